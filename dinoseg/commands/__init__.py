@@ -1,0 +1,1 @@
+"""Subcommands of the `dinoseg` CLI (see dinoseg/cli.py for the registry)."""

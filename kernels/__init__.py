@@ -1,0 +1,1 @@
+"""dinoseg.kernels: Pallas kernels with plain-XLA twins (installed as `dinoseg.kernels`)."""

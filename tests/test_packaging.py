@@ -1,0 +1,33 @@
+"""A non-editable install exposes dinoseg.kernels / dinoseg.data_pipelines and no generic top-level names."""
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_wheel_layout_and_imports_from_another_directory(tmp_path):
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                  str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+  wheel = next((tmp_path / "dist").glob("dinoseg-*.whl"))
+  names = zipfile.ZipFile(wheel).namelist()
+  top = {n.split("/")[0] for n in names}
+  assert "dinoseg" in top
+  assert not top & {"kernels", "data_pipelines", "configs", "scripts", "tests"}, top
+  assert "dinoseg/kernels/__init__.py" in names and "dinoseg/data_pipelines/__init__.py" in names
+  target = tmp_path / "site"
+  subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                 check=True, capture_output=True)
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = dict(os.environ, PYTHONPATH=str(target))
+  code = ("import dinoseg, dinoseg.kernels, dinoseg.data_pipelines, dinoseg.ops, dinoseg.parallel;"
+          "print(dinoseg.__file__); print(dinoseg.kernels.__file__)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert all(line.startswith(str(target)) for line in out.stdout.split()), out.stdout
+  bad = subprocess.run([sys.executable, "-c", "import kernels"], cwd=elsewhere, env=env, capture_output=True,
+                       text=True)
+  assert bad.returncode != 0 and "No module named 'kernels'" in bad.stderr
