@@ -1,0 +1,74 @@
+"""Registry of per-model weight converters (PyTorch state dict <-> Flax params).
+
+Each model family registers a `ModelConverter` under a name (e.g. "resnet50",
+"dinov2_vitb14_reg", "maskdino_r50_instance"). `dinoseg convert --model NAME` and the
+trainer's export use this registry; nothing else dispatches on model names.
+
+Conventions:
+- torch side: a flat dict {key: np.ndarray} with the reference checkpoint's key names.
+- Flax side: the nested `params` dict (plain dicts of np.ndarray / jax.Array), as
+  `model.init(...)["params"]` returns it; other Flax collections (e.g. frozen batch-norm
+  statistics) are included under their collection name only when the model has them,
+  in which case `to_flax` returns {"params": ..., "<collection>": ...} and sets
+  `variables=True`.
+- Both directions must fail loudly (KeyError / ValueError listing the keys) on missing or
+  unexpected keys, never load partially.
+"""
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+
+StateDict = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConverter:
+  """Converts one model family's weights in both directions.
+
+  Attributes:
+    name: registry key.
+    to_flax: torch state dict -> Flax params (or variables, see `variables`).
+    to_torch: Flax params (or variables) -> torch state dict with the reference key names
+      and shapes (tied tensors written under every key the reference has).
+    variables: True if the Flax side is a full variables dict ({"params": ..., ...}).
+    description: one line for `dinoseg convert --list`.
+  """
+  name: str
+  to_flax: Callable[[Mapping[str, np.ndarray]], dict]
+  to_torch: Callable[[Mapping], StateDict]
+  variables: bool = False
+  description: str = ""
+
+
+CONVERTERS: dict[str, ModelConverter] = {}
+
+
+def register(converter: ModelConverter) -> ModelConverter:
+  if converter.name in CONVERTERS:
+    raise ValueError(f"a converter named {converter.name!r} is already registered")
+  CONVERTERS[converter.name] = converter
+  return converter
+
+
+def get(name: str) -> ModelConverter:
+  """Returns the converter registered under `name` (ValueError listing known names otherwise)."""
+  _import_builtin_converters()
+  if name not in CONVERTERS:
+    raise ValueError(f"unknown model {name!r} for conversion; known: {', '.join(sorted(CONVERTERS)) or 'none'}")
+  return CONVERTERS[name]
+
+
+def names() -> list[str]:
+  _import_builtin_converters()
+  return sorted(CONVERTERS)
+
+
+# Modules that register converters when imported. Each family appends its module here.
+BUILTIN_CONVERTER_MODULES: list[str] = []
+
+
+def _import_builtin_converters() -> None:
+  import importlib  # noqa: PLC0415
+  for module in BUILTIN_CONVERTER_MODULES:
+    importlib.import_module(module)
