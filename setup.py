@@ -53,10 +53,23 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "safetensors>=0.4.5",
     "absl-py>=2.1",
+    # CLIP tokenizer: text cleaning and Unicode-class pre-splitting, as the reference does.
+    "ftfy>=6.3.1",
+    "regex>=2026.11.15",
+    # Ships CLIP's BPE merges (MIT; embedded in its extension module; needs only numpy). Wheels exist
+    # for CPython 3.11/3.12 on Linux x86_64, macOS arm64 and Windows x64. Elsewhere install
+    # open-clip-torch or clip-anytorch with --no-deps (they ship bpe_simple_vocab_16e6.txt.gz) or
+    # pass bpe_path= (see docs/dinov2_clip.md).
+    "instant-clip-tokenizer>=0.1.1; python_version < '3.13' and ("
+    "(sys_platform == 'linux' and platform_machine == 'x86_64') or "
+    "(sys_platform == 'darwin' and platform_machine == 'arm64') or "
+    "(sys_platform == 'win32' and platform_machine == 'AMD64'))",
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8.0", "pytest-xdist>=3.6", "pytest-timeout>=2.3", "setuptools>=68", "wheel>=0.40"],
+    "test": ["pytest>=8.0", "pytest-xdist>=3.6", "pytest-timeout>=2.3", "setuptools>=68", "wheel>=0.40",
+             # SegNext demo end-to-end test: drives Debian's chromium over the DevTools protocol.
+             "websocket-client>=1.9.2"],
     # PyTorch is only an oracle (parity tests) and a weight-file format. Install the
     # CPU build: `pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`.
     "torch": ["torch>=2.13.0"],
@@ -75,7 +88,7 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     include_package_data=True,
-    package_data={"dinoseg": ["assets/*", "py.typed"]},
+    package_data={"dinoseg": ["assets/*", "py.typed", "demo/*/static/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["dinoseg=dinoseg.cli:main"]},

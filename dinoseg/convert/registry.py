@@ -66,6 +66,12 @@ def names() -> list[str]:
 
 # Modules that register converters when imported. Each family appends its module here.
 BUILTIN_CONVERTER_MODULES: list[str] = []
+BUILTIN_CONVERTER_MODULES.append("dinoseg.convert.dinov2_clip")  # DINOv2, CLIP text
+BUILTIN_CONVERTER_MODULES.append("dinoseg.models.talk2dino.convert")  # Talk2DINO projection
+BUILTIN_CONVERTER_MODULES.append("dinoseg.models.segnext.convert")  # SegNext ViT-B sax1/sax2
+BUILTIN_CONVERTER_MODULES.append("dinoseg.convert.backbones")  # ResNet, Swin, SegNext ViT
+BUILTIN_CONVERTER_MODULES.append("dinoseg.models.toy.convert")  # the trainer's toy example
+BUILTIN_CONVERTER_MODULES.append("dinoseg.models.maskdino.convert")  # Mask DINO (all released layouts)
 
 
 def _import_builtin_converters() -> None:

@@ -1,0 +1,178 @@
+"""`dinoseg convert --model NAME --from SRC --to DST`: PyTorch checkpoints <-> Flax (Orbax) weights.
+
+SRC: a .pth/.pt, detectron2 .pkl or .safetensors file (read safely, see dinoseg.convert.readers), or an
+Orbax directory (`dinoseg convert --to DIR` output, or a trainer step directory
+`<workdir>/checkpoints/<step>` whose `state` item holds `params`). DST: a .pth, .safetensors or a new
+Orbax directory (any other path). Every tensor passes through the model's key map: missing or
+unexpected keys, shape mismatches and unsafe files stop the conversion (exit status 2); nothing is
+written partially. `--list` shows the models.
+"""
+import pathlib
+import sys
+
+HELP = "convert weights between PyTorch checkpoints and Flax/Orbax (--list shows the models)"
+
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".safetensors")
+# Non-trainable Flax collections a model may have besides "params" (kept beside `params` in Orbax trees).
+EXTRA_COLLECTIONS = ("frozen_bn",)
+
+
+def add_arguments(parser):
+  parser.add_argument("--model", help="converter name (see --list)")
+  parser.add_argument("--config", help="config file[:variant]; the model name is config.model.name")
+  parser.add_argument("--from", dest="src", help="source checkpoint file or Orbax directory")
+  parser.add_argument("--to", dest="dst", help="destination .pth / .safetensors file or a new Orbax directory")
+  parser.add_argument("--list", action="store_true", help="list the models that can be converted")
+  parser.add_argument("--select-prefix", default=None,
+                      help="keep only source keys starting with this prefix (stripped), e.g. 'backbone.' to take "
+                           "the backbone out of a full system checkpoint; the number of dropped keys is printed")
+  parser.add_argument("--wrap", default=None,
+                      help="write the .pth state dict inside {WRAP: state_dict} (detectron2 files use 'model')")
+  parser.add_argument("--ema", action="store_true",
+                      help="from a trainer checkpoint, export the EMA weights (`ema_params`) instead of `params`")
+  parser.add_argument("--no-torch", action="store_true", help="read .pth files with the torch-free reader")
+  parser.add_argument("--force", action="store_true", help="overwrite an existing destination file")
+  parser.add_argument("--verbose", action="store_true", help="print every converted array (path, shape, dtype)")
+
+
+def _is_torch_path(path: pathlib.Path) -> bool:
+  return path.suffix.lower() in _TORCH_SUFFIXES
+
+
+def _count(tree) -> tuple[int, int]:
+  import numpy as np  # noqa: PLC0415
+  leaves = []
+
+  def walk(node):
+    if isinstance(node, dict):
+      for v in node.values():
+        walk(v)
+    else:
+      leaves.append(node)
+
+  walk(tree)
+  return len(leaves), int(sum(np.size(x) for x in leaves))
+
+
+def _model_name(args, overrides) -> str:
+  if args.model:
+    return args.model
+  if args.config:
+    from dinoseg.config import load_config  # noqa: PLC0415
+    config = load_config(args.config, overrides)
+    try:
+      return str(config.model.name)
+    except AttributeError as e:
+      raise ValueError(f"--config {args.config} has no model.name; pass --model") from e
+  raise ValueError("--model (or --config with model.name) is required")
+
+
+def _read_source(args, converter):
+  """Returns the Flax tree the converter takes (params, or variables when converter.variables)."""
+  import numpy as np  # noqa: PLC0415
+
+  from dinoseg.convert import readers  # noqa: PLC0415
+  src = pathlib.Path(args.src)
+  if src.is_dir():
+    tree = readers.read_orbax(src)
+    key = "ema_params" if args.ema else "params"
+    if not isinstance(tree.get(key), dict):
+      raise ValueError(f"{src}: the Orbax tree has no {key!r} entry (top-level keys: {sorted(tree)})")
+    variables = {"params": tree[key], **{c: tree[c] for c in EXTRA_COLLECTIONS if c in tree}}
+    n, size = _count(variables)
+    print(f"read {n} arrays ({size:,} values) from Orbax checkpoint {src}")
+    return variables if converter.variables else variables["params"], None
+  obj = readers.read_checkpoint(src, use_torch=False if args.no_torch else None)
+  if not isinstance(obj, dict):
+    raise ValueError(f"{src} holds a {type(obj).__name__}, not a state dict")
+  for wrapper in ("model", "state_dict"):
+    if isinstance(obj.get(wrapper), dict):
+      others = sorted(k for k in obj if k != wrapper)
+      print(f"using the {wrapper!r} entry of {src}" + (f" (ignoring {', '.join(others)})" if others else ""))
+      obj = obj[wrapper]
+      break
+  state = {k: v for k, v in obj.items()}
+  bad = sorted(k for k, v in state.items() if not isinstance(v, np.ndarray | np.generic))
+  if bad:
+    raise ValueError(f"{src}: entries that are not tensors: {', '.join(bad[:10])}")
+  if args.select_prefix:
+    kept = {k[len(args.select_prefix):]: v for k, v in state.items() if k.startswith(args.select_prefix)}
+    if not kept:
+      raise ValueError(f"no key of {src} starts with {args.select_prefix!r}")
+    print(f"selected {len(kept)} keys under {args.select_prefix!r}, dropped {len(state) - len(kept)} others")
+    state = kept
+  n, size = _count(state)
+  print(f"read {n} tensors ({size:,} values) from {src}")
+  flax_tree = converter.to_flax(state)
+  if args.verbose:
+    from dinoseg.convert.keymap import flatten_variables  # noqa: PLC0415
+    for path, value in flatten_variables(flax_tree).items():
+      print(f"  {'/'.join(path)} {tuple(value.shape)} {value.dtype}")
+  return flax_tree, state
+
+
+def _write(args, converter, flax_tree) -> None:
+  from dinoseg.convert import readers  # noqa: PLC0415
+  dst = pathlib.Path(args.dst)
+  if _is_torch_path(dst):
+    if dst.suffix.lower() == ".pkl":
+      raise ValueError("writing .pkl is not supported; write .pth or .safetensors")
+    if dst.exists() and not args.force:
+      raise ValueError(f"{dst} exists; pass --force to overwrite")
+    state = converter.to_torch(flax_tree)
+    if args.verbose:
+      for key, value in state.items():
+        print(f"  {key} {tuple(value.shape)} {value.dtype}")
+    if dst.suffix.lower() == ".safetensors":
+      readers.write_safetensors(state, dst)
+    else:
+      readers.write_pth(state, dst, wrap=args.wrap)
+    n, size = _count(state)
+    print(f"wrote {n} tensors ({size:,} values) to {dst}")
+    return
+  tree = flax_tree if converter.variables else {"params": flax_tree}
+  readers.write_orbax(tree, dst)
+  n, size = _count(tree)
+  print(f"wrote {n} arrays ({size:,} values) to Orbax checkpoint {dst}")
+
+
+def _report_dropped(state, represented: set) -> None:
+  """Prints the source keys the model does not use (ignored buffers, classification heads, ...) and
+  the reference keys the source lacked (set by the converter, e.g. Swin output norms from ImageNet files)."""
+  from dinoseg.convert.keymap import strip_prefix  # noqa: PLC0415
+  best = max((set(state), set(strip_prefix(state, "backbone."))), key=lambda keys: len(keys & represented))
+  if 2 * len(best & represented) < len(represented):
+    print(f"{len(state)} source keys were renamed to {len(represented)} reference keys")
+    return
+  dropped, added = sorted(best - represented), sorted(represented - best)
+  if dropped:
+    print(f"dropped {len(dropped)} keys the model does not use: {', '.join(dropped[:20])}"
+          + (" ..." if len(dropped) > 20 else ""))
+  if added:
+    print(f"{len(added)} keys were not in the source and were set by the converter: {', '.join(added[:20])}"
+          + (" ..." if len(added) > 20 else ""))
+
+
+def main(args, overrides) -> int:
+  from dinoseg.convert import readers, registry  # noqa: PLC0415
+  if args.list:
+    for name in registry.names():
+      print(f"{name:32s} {registry.get(name).description}")
+    return 0
+  if not args.src or not args.dst:
+    raise ValueError("--from and --to are required (or --list)")
+  converter = registry.get(_model_name(args, overrides))
+  try:
+    flax_tree, state = _read_source(args, converter)
+    if state is not None:
+      # Which source keys the model represents: export the converted tree and compare names.
+      represented = set(converter.to_torch(flax_tree))
+      n, size = _count(flax_tree)
+      print(f"converted {len(represented)} tensors to {n} Flax arrays ({size:,} values) for {converter.name}")
+      _report_dropped(state, represented)
+    _write(args, converter, flax_tree)
+  except (KeyError, ValueError, readers.UnsafeCheckpointError, RuntimeError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"dinoseg convert: error: {message}", file=sys.stderr)
+    return 2
+  return 0
