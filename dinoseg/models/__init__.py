@@ -1,0 +1,1 @@
+"""The segmentation systems (one sub-package each): maskdino, dinov, talk2dino, ov2seg, segnext."""

@@ -1,0 +1,152 @@
+"""The plug-in interface between one system and the shared trainer, and the task registry.
+
+A system (Mask DINO, DINOv, Talk2DINO, OV2Seg, SegNext, the toy example) plugs into
+`dinoseg train` / `dinoseg eval` by subclassing `Task` and registering it under the name its
+configs put in `config.task`:
+
+  @task.register("toy_segmentation")
+  class ToySegmentationTask(task.Task):
+    def init_variables(self, rng): ...           # Flax variables {"params": ..., other collections}
+    def loss_fn(self, params, model_state, batch, rng, *, train=True): ...  # -> (loss, metrics)
+    def train_iterator(self, process_index, process_count): ...  # per-process NumPy batches
+    # optional, for evaluation:
+    def predict_fn(self, params, model_state, batch): ...       # -> predictions (batch-leading)
+    def eval_iterator(self, process_index, process_count): ...  # finite, per-process batches
+    def evaluator(self): ...                                     # -> Evaluator
+
+and appending its module to `BUILTIN_TASK_MODULES` (imported lazily on lookup). The trainer owns
+everything else: the mesh, sharded state creation, the optimizer, the jitted step, checkpoints,
+logging. The contract, in shapes and rules (full example in `dinoseg/models/toy/`):
+
+- `init_variables(rng)` is traced (under `jax.eval_shape` and `jax.jit`), so it must be pure and
+  use only `rng` (a typed PRNG key). Leaves may be `nn.LogicallyPartitioned` boxes
+  (`nn.with_logical_partitioning`); the logical axis rules then place them. Collections other
+  than "params" (e.g. "frozen_bn") are carried in `TrainState.model_state`, never optimized and
+  never updated by the step.
+- `loss_fn(params, model_state, batch, rng, *, train)` runs inside the jitted step on the global
+  batch (leaves (B, ...) sharded over the batch axes). `params` arrive in the compute dtype
+  (`config.train.compute_dtype`; floating batch leaves are cast too), so upcast logits to float32
+  before losses. Returns `(loss, metrics)`: a float scalar to minimize and a flat dict of scalar
+  arrays (each loss term, accuracies) that is logged every step. With gradient accumulation it
+  sees micro-batches of B / `config.optimizer.grad_accum_steps` examples and its losses and
+  metrics are averaged over them.
+- `train_iterator(process_index, process_count)` returns an infinite iterator of this process's
+  slice of every global batch (dicts of NumPy arrays, leading axis = global batch / process
+  count; the global batch is their concatenation in process order). It must have `get_state()`
+  / `set_state()` (a grain `DatasetIterator` or `DataLoader` iterator): its state is checkpointed
+  with the model so a resumed run sees exactly the batches it would have seen.
+- `predict_fn(params, model_state, batch)` runs jitted on a global eval batch and returns a
+  pytree of arrays with the batch axis first. The trainer gathers predictions and the batch to
+  NumPy on every process and calls `evaluator.update(batch, predictions)` per batch, then
+  `evaluator.result()` -> a JSON-serializable dict of metrics (written to
+  `<workdir>/eval/step_<N>.json`, logged, and used for keep-best checkpoints via
+  `config.train.best_metric`). Eval batches must have static shapes: pad the last one and mark
+  padding rows (e.g. a "valid" key) for the evaluator to skip.
+"""
+import abc
+import importlib
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+
+import ml_collections
+
+
+class Evaluator(Protocol):
+  """Accumulates predictions over eval batches; one fresh instance per evaluation."""
+
+  def update(self, batch: Mapping[str, Any], predictions: Any) -> None:
+    """Adds one global batch (NumPy arrays) and the task's predictions for it."""
+
+  def result(self) -> dict[str, Any]:
+    """The metrics over everything added: a JSON-serializable dict (scalars at the top level)."""
+
+
+class Task(abc.ABC):
+  """One system's model, loss, data and evaluation, built from its config (see module docstring).
+
+  Attributes:
+    config: the full run config (locked ConfigDict).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  @abc.abstractmethod
+  def init_variables(self, rng) -> Mapping[str, Any]:
+    """Flax variables {"params": ..., <other collections>: ...} from a PRNG key (traced)."""
+
+  @abc.abstractmethod
+  def loss_fn(self, params, model_state: Mapping[str, Any], batch: Mapping[str, Any], rng, *,
+              train: bool = True) -> tuple[Any, dict[str, Any]]:
+    """(scalar loss, {name: scalar metric}) for a (micro-)batch; traced inside the train step."""
+
+  @abc.abstractmethod
+  def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict]:
+    """Infinite iterator of this process's NumPy batches, with get_state()/set_state()."""
+
+  def predict_fn(self, params, model_state: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
+    """Predictions for a global eval batch (traced). Needed only when the task evaluates."""
+    raise NotImplementedError(f"task {type(self).__name__} defines no predict_fn, so it cannot be evaluated")
+
+  def eval_iterator(self, process_index: int, process_count: int) -> Iterable[dict] | None:
+    """A finite iterable of this process's eval batches, or None when the task has no evaluation."""
+    return None
+
+  def evaluator(self) -> Evaluator | None:
+    """A fresh Evaluator, or None when the task has no evaluation."""
+    return None
+
+
+TaskFactory = Callable[[ml_collections.ConfigDict], Task]
+TASKS: dict[str, TaskFactory] = {}
+
+# Modules that register tasks when imported. Each system appends its module here.
+BUILTIN_TASK_MODULES: list[str] = []
+BUILTIN_TASK_MODULES.append("dinoseg.models.toy.task")  # the worked example (tests, bench)
+BUILTIN_TASK_MODULES.append("dinoseg.models.talk2dino.task")  # Talk2DINO projection on cached features
+BUILTIN_TASK_MODULES.append("dinoseg.models.segnext.task")  # SegNext interactive segmentation
+BUILTIN_TASK_MODULES.append("dinoseg.models.maskdino.task")  # Mask DINO (instance / panoptic / semantic)
+
+
+def register(name: str) -> Callable[[TaskFactory], TaskFactory]:
+  """Class decorator registering a Task subclass (or any config -> Task callable) under `name`."""
+
+  def wrap(factory: TaskFactory) -> TaskFactory:
+    if name in TASKS and TASKS[name] is not factory:
+      raise ValueError(f"a task named {name!r} is already registered ({TASKS[name]})")
+    TASKS[name] = factory
+    return factory
+
+  return wrap
+
+
+def _import_builtin_tasks() -> None:
+  for module in BUILTIN_TASK_MODULES:
+    importlib.import_module(module)
+
+
+def names() -> list[str]:
+  _import_builtin_tasks()
+  return sorted(TASKS)
+
+
+def get(name: str) -> TaskFactory:
+  """The factory registered under `name` (ValueError listing the known tasks otherwise)."""
+  if name not in TASKS:
+    _import_builtin_tasks()
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r} (config.task); known: {', '.join(sorted(TASKS)) or 'none'}")
+  return TASKS[name]
+
+
+def build(config: ml_collections.ConfigDict) -> Task:
+  """Builds the task named by `config.task`."""
+  name = config.get("task")
+  if not name:
+    raise ValueError("the config has no `task` entry naming the system to train (see dinoseg.train.task)")
+  task = get(str(name))(config)
+  if not isinstance(task, Task):
+    raise ValueError(f"task {name!r} built a {type(task).__name__}, not a dinoseg.train.task.Task")
+  return task
+
+
+__all__ = ["Task", "Evaluator", "TASKS", "BUILTIN_TASK_MODULES", "register", "get", "build", "names"]

@@ -1,0 +1,344 @@
+"""The train loop and the evaluate loop shared by every task (docs/training.md).
+
+`train(config, workdir)`:
+  build the task, mesh, optimizer and the sharded state layout (`build_run`)
+  -> restore the newest usable checkpoint of <workdir>/checkpoints (state + data iterator), or
+     create a fresh state from config.seed
+  -> loop: next per-process batch -> global batch -> jitted step (state donated)
+     every log_every_steps (and before any eval or save): fetch the window's metrics, write one
+     row per step, stop if max_nonfinite_steps consecutive steps were skipped
+     every eval_every_steps: evaluate, write eval/step_<N>.json
+     every checkpoint_every_steps, at the end, and on SIGTERM: save (async)
+  -> wait for the last save.
+
+`evaluate(run, state)` runs the task's predict_fn over its eval iterator and returns the
+evaluator's results; `evaluate_checkpoint(config, workdir)` does so for a saved checkpoint
+(`dinoseg eval`).
+"""
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dinoseg import parallel
+from dinoseg.train import checkpointing, optimizer as optimizer_lib, state as state_lib, step as step_lib
+from dinoseg.train import task as task_lib
+from dinoseg.train.defaults import TRAIN_DEFAULTS, resolve
+from dinoseg.train.metrics import MetricWriter
+from dinoseg.train.preemption import PreemptionHandler
+
+
+class TrainingDivergedError(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradient norm."""
+
+
+def _validate_settings(s: dict) -> None:
+  for key in ("num_steps", "log_every_steps", "max_nonfinite_steps", "keep_last"):
+    if int(s[key]) < 1:
+      raise ValueError(f"train.{key} must be >= 1, got {s[key]!r}")
+  for key in ("checkpoint_every_steps", "eval_every_steps", "keep_best"):
+    if int(s[key]) < 0:
+      raise ValueError(f"train.{key} must be >= 0, got {s[key]!r}")
+  if not 0.0 <= float(s["ema_decay"]) < 1.0:
+    raise ValueError(f"train.ema_decay must be in [0, 1), got {s['ema_decay']!r}")
+  step_lib.compute_dtype(s["compute_dtype"])
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a run derives from its config, before any array exists.
+
+  Attributes:
+    config: the run config.
+    task: the `Task` (config.task).
+    settings: resolved `config.train` (see `defaults.TRAIN_DEFAULTS`).
+    mesh: the device mesh (`config.mesh`); rules: logical axis rules (`config.sharding_rules`).
+    optimizer: from `config.optimizer`.
+    abstract: TrainState of ShapeDtypeStructs; shardings: TrainState of NamedShardings.
+  """
+  config: Any
+  task: task_lib.Task
+  settings: dict
+  mesh: jax.sharding.Mesh
+  rules: Any
+  optimizer: optimizer_lib.Optimizer
+  abstract: state_lib.TrainState
+  shardings: state_lib.TrainState
+  _train_step: Callable | None = None
+  _predict: Callable | None = None
+
+  @property
+  def batch_axes(self) -> tuple[str, ...]:
+    return tuple(a for a in parallel.BATCH_AXES if a in self.mesh.axis_names)
+
+  @property
+  def ema(self) -> bool:
+    return float(self.settings["ema_decay"]) > 0
+
+  def context(self):
+    return state_lib.mesh_context(self.mesh, self.rules)
+
+  def restore_target(self):
+    return state_lib.with_shardings(self.abstract, self.shardings)
+
+  def create_state(self) -> state_lib.TrainState:
+    return state_lib.create_train_state(self.task, self.optimizer.tx, self.shardings, self.mesh, self.rules,
+                                        seed=int(self.config.get("seed", 0)), ema=self.ema)
+
+  def global_batch(self, local_batch):
+    return parallel.global_batch(local_batch, self.mesh, self.batch_axes)
+
+  @property
+  def train_step(self) -> Callable:
+    """The jitted step: (state, global batch) -> (state, metrics); the state is donated."""
+    if self._train_step is None:
+      fn = step_lib.make_train_step(self.task, self.optimizer, dtype=self.settings["compute_dtype"],
+                                    ema_decay=float(self.settings["ema_decay"]), batch_axes=self.batch_axes)
+      batch_sh = parallel.batch_sharding(self.mesh, self.batch_axes)
+      self._train_step = jax.jit(fn, in_shardings=(self.shardings, batch_sh),
+                                 out_shardings=(self.shardings, NamedSharding(self.mesh, P())), donate_argnums=0)
+    return self._train_step
+
+  @property
+  def predict(self) -> Callable:
+    """The jitted eval step: (params, model_state, global batch) -> predictions."""
+    if self._predict is None:
+      self._predict = jax.jit(step_lib.make_predict_step(self.task, dtype=self.settings["compute_dtype"]))
+    return self._predict
+
+
+def build_run(config, task: task_lib.Task | None = None, devices=None) -> Run:
+  """Resolves settings, builds the task (unless given), mesh, optimizer and state layout.
+
+  Args:
+    config: the run config.
+    task: a Task instance to use instead of building `config.task`.
+    devices: devices of the mesh (default: all); e.g. one device to compare with a sharded run.
+  """
+  settings = resolve(config.get("train"), TRAIN_DEFAULTS, "train")
+  _validate_settings(settings)
+  task = task if task is not None else task_lib.build(config)
+  mesh = parallel.make_mesh(config.get("mesh") or {"data": -1}, devices)
+  rules = config.get("sharding_rules")
+  optimizer = optimizer_lib.build_optimizer(config.get("optimizer"), int(settings["num_steps"]))
+  abstract, shardings = state_lib.state_shardings(
+      task, optimizer.tx, mesh, rules, ema=float(settings["ema_decay"]) > 0,
+      fsdp_min_size=int(settings["fsdp_min_size"]))
+  return Run(config=config, task=task, settings=settings, mesh=mesh, rules=rules, optimizer=optimizer,
+             abstract=abstract, shardings=shardings)
+
+
+def _gather(tree):
+  """Global jax.Arrays -> full NumPy arrays on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def eval_params(run: Run, state: state_lib.TrainState):
+  """The params evaluated: the EMA params when the run keeps them, else the params."""
+  return state.ema_params if state.ema_params is not None else state.params
+
+
+def evaluate(run: Run, state: state_lib.TrainState) -> dict | None:
+  """Runs the task's evaluation on `state`; None when the task has none.
+
+  Every process iterates its own slice of the eval batches and sees the gathered global
+  predictions, so the evaluator's result is the same everywhere.
+  """
+  evaluator = run.task.evaluator()
+  batches = run.task.eval_iterator(jax.process_index(), jax.process_count())
+  if evaluator is None or batches is None:
+    return None
+  params = eval_params(run, state)
+  with run.context():
+    for local in batches:
+      batch = run.global_batch(local)
+      predictions = run.predict(params, state.model_state, batch)
+      evaluator.update(_gather(batch), _gather(predictions))
+  return evaluator.result()
+
+
+class _IteratorStateSnapshot:
+  """The iterator's position at save time (grain's handler calls get_state(), maybe later)."""
+
+  def __init__(self, iterator):
+    state = iterator.get_state()
+    self._state = state if isinstance(state, bytes) else json.dumps(state, indent=4).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns: the final state, its step, why the loop ended, the last eval results."""
+  state: state_lib.TrainState
+  step: int
+  stopped_by: str  # "completed" or "preempted"
+  eval_results: dict | None
+  workdir: pathlib.Path
+
+
+def _log_rows(pending, elapsed: float, batch_size: int) -> list[dict]:
+  """Fetches the window's device metrics (one host sync) into per-step rows with timing."""
+  values = jax.device_get([m for _, m in pending])
+  step_time = elapsed / max(len(pending), 1)
+  rows = []
+  for (step, _), metrics in zip(pending, values):
+    row = {"step": step, **{k: np.asarray(v).item() for k, v in metrics.items()}}
+    row["step_time"] = step_time
+    row["examples_per_sec"] = batch_size / step_time if step_time > 0 else float("nan")
+    rows.append(row)
+  return rows
+
+
+def train(config, workdir, *, task: task_lib.Task | None = None, echo: Callable[[str], None] | None = None
+          ) -> TrainResult:
+  """Trains `config` in `workdir`, resuming from its checkpoints (module docstring).
+
+  Args:
+    config: the run config (config.task, config.train, config.optimizer, config.mesh, ...).
+    workdir: run directory (checkpoints/, metrics.jsonl, tensorboard/, eval/, config.json).
+    task: a Task instance to use instead of building config.task.
+    echo: where progress messages go (default: print on process 0).
+  Raises:
+    TrainingDivergedError: `max_nonfinite_steps` consecutive non-finite steps; nothing is saved
+      after the last good checkpoint.
+    checkpointing.CheckpointRestoreError: checkpoints exist but none is usable.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  run = build_run(config, task)
+  s = run.settings
+  num_steps, log_every = int(s["num_steps"]), int(s["log_every_steps"])
+  ckpt_every, eval_every = int(s["checkpoint_every_steps"]), int(s["eval_every_steps"])
+  max_nonfinite = int(s["max_nonfinite_steps"])
+  say = echo or (lambda text: print(text, flush=True) if jax.process_index() == 0 else None)
+
+  checkpointer = checkpointing.Checkpointer(
+      workdir / "checkpoints", keep_last=int(s["keep_last"]), keep_best=int(s["keep_best"]),
+      best_metric=str(s["best_metric"]), best_mode=str(s["best_mode"]), async_save=bool(s["async_checkpointing"]),
+      echo=say)
+  train_iter = run.task.train_iterator(jax.process_index(), jax.process_count())
+  with run.context():
+    restored = checkpointer.restore(run.restore_target(), train_iter)
+  if restored is not None:
+    state = restored.state
+    say(f"resumed from {checkpointer.step_dir(restored.step)} at step {restored.step}")
+  else:
+    state = run.create_state()
+    say(f"starting a new run in {workdir} ({jax.process_count()} process(es), {jax.device_count()} devices, "
+        f"mesh {dict(zip(run.mesh.axis_names, run.mesh.devices.shape))})")
+  start = int(jax.device_get(state.step))
+  last_saved = restored.step if restored is not None else None
+
+  writer = MetricWriter(workdir, num_steps=num_steps, start_step=start, progress=bool(s["progress"]))
+  writer.write_json("config.json", config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  has_eval = run.task.evaluator() is not None
+  eval_results, stopped_by = None, "completed"
+  pending: list[tuple[int, dict]] = []
+  step, batch_size = start, None
+  window_start = time.perf_counter()
+
+  def flush() -> None:
+    """Fetches the pending metrics (one host sync), writes them, stops a diverged run."""
+    nonlocal window_start, pending
+    now = time.perf_counter()
+    rows = _log_rows(pending, now - window_start, batch_size)
+    if rows[0]["step"] == start + 1:
+      writer.message(f"step {start + 1}: first step (with compilation) took {now - window_start:.1f}s")
+    window_start, pending = now, []
+    writer.write_rows(rows)
+    writer.progress(rows[-1]["step"], loss=rows[-1]["loss"], lr=rows[-1]["learning_rate"])
+    diverged = [r for r in rows if r["nonfinite_streak"] >= max_nonfinite]
+    if diverged:
+      bad = diverged[0]
+      raise TrainingDivergedError(
+          f"stopping at step {bad['step']}: the loss or gradient norm was not finite for "
+          f"{bad['nonfinite_streak']} consecutive steps (train.max_nonfinite_steps={max_nonfinite}; "
+          f"{bad['nonfinite_total']} steps skipped in all). Those updates were skipped and nothing was saved "
+          f"after them; the last checkpoint is step {last_saved} in {checkpointer.directory}. "
+          "Lower the learning rate, enable gradient clipping, compute in float32, or check the data.")
+
+  try:
+    with PreemptionHandler() as preemption:
+      while step < num_steps:
+        batch = run.global_batch(next(train_iter))
+        if batch_size is None:
+          batch_size = int(jax.tree.leaves(batch)[0].shape[0])
+          parallel.check_batch_divisible(batch_size, run.mesh, run.batch_axes)
+        with run.context():
+          state, metrics = run.train_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        final = step == num_steps
+        preempted = preemption.should_stop(step)
+        do_eval = has_eval and ((eval_every and step % eval_every == 0) or (final and bool(s["eval_at_end"])))
+        do_save = (ckpt_every and step % ckpt_every == 0) or final or preempted
+        if step == start + 1 or step % log_every == 0 or do_eval or do_save:
+          flush()
+        if do_eval:
+          eval_results = evaluate(run, state)
+          if eval_results is not None:
+            writer.write_json(f"eval/step_{step}.json", {"step": step, "results": eval_results})
+            writer.write_scalars(step, {k: v for k, v in eval_results.items() if np.ndim(v) == 0}, prefix="eval/")
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in list(eval_results.items())[:6]
+                              if isinstance(v, (int, float)))
+            writer.message(f"step {step}: eval {shown}")
+        if do_save and step != last_saved:
+          checkpointer.save(step, state, _IteratorStateSnapshot(train_iter),
+                            metrics=eval_results if do_eval else None)
+          last_saved = step
+        if preempted:
+          checkpointer.wait()
+          stopped_by = "preempted"
+          writer.message(f"received signal {preemption.signal_received}: saved checkpoint "
+                         f"{checkpointer.step_dir(step)} and stopped at step {step}")
+          break
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+    writer.close()
+  return TrainResult(state=state, step=step, stopped_by=stopped_by, eval_results=eval_results, workdir=workdir)
+
+
+def restore_for_eval(config, workdir, *, step: int | None = None, task: task_lib.Task | None = None
+                     ) -> tuple[Run, state_lib.TrainState, int]:
+  """(run, state, step) of the newest usable (or the given) checkpoint of `workdir`."""
+  directory = pathlib.Path(workdir).resolve() / "checkpoints"
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no checkpoints in {workdir} (expected {directory})")
+  run = build_run(config, task)
+  checkpointer = checkpointing.Checkpointer(directory, async_save=False)
+  try:
+    with run.context():
+      restored = checkpointer.restore(run.restore_target(), None, step=step)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  return run, restored.state, restored.step
+
+
+def evaluate_checkpoint(config, workdir, *, step: int | None = None, task: task_lib.Task | None = None) -> dict:
+  """Evaluates a checkpoint of `workdir`; writes <workdir>/eval/step_<N>.json; returns {"step", "results"}."""
+  run, state, restored_step = restore_for_eval(config, workdir, step=step, task=task)
+  results = evaluate(run, state)
+  if results is None:
+    raise ValueError(f"task {config.get('task')!r} has no evaluation (no evaluator / eval_iterator)")
+  out = {"step": restored_step, "results": results}
+  if jax.process_index() == 0:
+    path = pathlib.Path(workdir).resolve() / "eval" / f"step_{restored_step}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+  return out
+
+
+__all__ = ["Run", "build_run", "train", "evaluate", "evaluate_checkpoint", "restore_for_eval", "TrainResult",
+           "TrainingDivergedError", "eval_params"]
