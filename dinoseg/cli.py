@@ -19,6 +19,12 @@ from dinoseg.config import split_config_args
 COMMANDS: dict[str, str] = {
     "env": "dinoseg.commands.env",
     "config": "dinoseg.commands.config",
+    "convert": "dinoseg.commands.convert",
+    "talk2dino": "dinoseg.commands.talk2dino",
+    "demo": "dinoseg.commands.demo",
+    "data": "dinoseg.commands.data",
+    "train": "dinoseg.commands.train",
+    "eval": "dinoseg.commands.eval",
 }
 
 

@@ -1,0 +1,331 @@
+"""Mask DINO's set criterion: Hungarian matching of every prediction, focal (or CE) class loss,
+L1 + GIoU box losses, point-sampled mask BCE + dice, denoising losses (reference `criterion.py`,
+`matcher.py`; docs/maskdino.md).
+
+Static-shape conventions:
+- Targets are `PaddedInstances` with T rows per image (`valid` marks real ones); masks live on the
+  padded input canvas (any resolution: points are sampled in normalized coordinates).
+- Matching returns, for every target slot (b, t), the matched query; padded targets carry a large
+  finite cost, so the assignment of the real ones is the unpadded optimum.
+- Denoising queries use the fixed assignment query g * T + t <-> target t of group g.
+
+Losses and names (weights multiplied in, as `MaskDINO.forward` returns them):
+  final prediction: loss_ce, loss_mask, loss_dice, loss_bbox, loss_giou
+  prediction i < last: *_{i}; two-stage encoder prediction: *_interm;
+  denoising final / i: *_dn / *_dn_{i} (with two-stage from i = 0, else from i = 1, as the reference).
+Normalizers: num_masks = max(number of valid targets in the global batch, 1); denoising terms use
+num_masks * groups. Class loss: sigmoid focal (alpha 0.25, gamma 2) summed over queries and classes
+/ num_masks, or with `semantic_ce_loss` softmax CE over C + 1 logits weighted by (1, ..., 1,
+no_object_weight). Any number of classes works (no COCO-specific thing/stuff split).
+
+Random draws: the matcher's uniform points (B, P, 2) per output, and the mask loss's oversampled
+candidates (B, T, P * oversample, 2) and extra random points (B, T, P - P * importance, 2) per output
+come from `draws(output_name, kind, shape)`; `random_draws(key)` gives jax.random ones. The parity
+test feeds the reference's draws through the same hook.
+"""
+import zlib
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dinoseg.models.maskdino.decoder import DecoderOutputs
+from dinoseg.ops import (bilinear_gather, box_cxcywh_to_xyxy, box_l1_loss, dice_loss, importance_point_counts,
+                         point_sample, sigmoid_ce_loss, sigmoid_focal_loss, softmax_cross_entropy)
+from dinoseg.structures import PaddedInstances
+
+Draws = Callable[[str, str, tuple], jax.Array]
+# assign(cost (B, Q, T), valid (B, T)) -> (B, T) int32 index of the query matched to each target.
+AssignFn = Callable[[jax.Array, jax.Array], jax.Array]
+LARGE_COST = 1e6
+
+
+def random_draws(key: jax.Array) -> Draws:
+  """Uniform [0, 1) draws keyed by (output name, kind), independent across names and kinds."""
+  def draw(name: str, kind: str, shape: tuple) -> jax.Array:
+    sub = jax.random.fold_in(key, zlib.crc32(f"{name}/{kind}".encode()) & 0x7FFFFFFF)
+    return jax.random.uniform(sub, shape, jnp.float32)
+  return draw
+
+
+# ----------------------------------------------------------------------------- costs and box ops
+
+def _giou_parts(a, b):
+  """Pairwise GIoU of xyxy boxes (..., N, 4) x (..., M, 4) with the reference's +1e-6 denominators."""
+  area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+  area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+  lt = jnp.maximum(a[..., :, None, :2], b[..., None, :, :2])
+  rb = jnp.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+  wh = jnp.clip(rb - lt, 0.0)
+  inter = wh[..., 0] * wh[..., 1]
+  union = area_a[..., :, None] + area_b[..., None, :] - inter
+  iou = inter / (union + 1e-6)
+  lt = jnp.minimum(a[..., :, None, :2], b[..., None, :, :2])
+  rb = jnp.maximum(a[..., :, None, 2:], b[..., None, :, 2:])
+  wh = jnp.clip(rb - lt, 0.0)
+  area = wh[..., 0] * wh[..., 1]
+  return iou - (area - union) / (area + 1e-6)
+
+
+def generalized_box_iou_eps(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Pairwise GIoU (..., N, M) of cxcywh boxes, as `maskdino/utils/box_ops.py` (eps 1e-6; never NaN)."""
+  return _giou_parts(box_cxcywh_to_xyxy(a), box_cxcywh_to_xyxy(b))
+
+
+def focal_class_cost(logits: jax.Array, labels: jax.Array, alpha: float = 0.25, gamma: float = 2.0) -> jax.Array:
+  """(B, Q, C) logits, (B, T) labels -> (B, Q, T) focal matching cost (reference `HungarianMatcher`)."""
+  prob = jax.nn.sigmoid(logits.astype(jnp.float32))
+  neg = (1 - alpha) * (prob ** gamma) * (-jnp.log(1 - prob + 1e-8))
+  pos = alpha * ((1 - prob) ** gamma) * (-jnp.log(prob + 1e-8))
+  cost = pos - neg
+  return jnp.take_along_axis(cost, jnp.broadcast_to(labels[:, None, :], (cost.shape[0], cost.shape[1], labels.shape[1])),
+                             axis=2)
+
+
+def mask_costs(pred_points: jax.Array, tgt_points: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mask BCE and dice costs (B, Q, T) from point logits (B, Q, P) and target point values (B, T, P)."""
+  p = pred_points.shape[-1]
+  pos = jnp.maximum(pred_points, 0) - pred_points + jnp.log1p(jnp.exp(-jnp.abs(pred_points)))  # BCE(x, 1)
+  neg = jnp.maximum(pred_points, 0) + jnp.log1p(jnp.exp(-jnp.abs(pred_points)))  # BCE(x, 0)
+  bce = (jnp.einsum("bqp,btp->bqt", pos, tgt_points) + jnp.einsum("bqp,btp->bqt", neg, 1 - tgt_points)) / p
+  prob = jax.nn.sigmoid(pred_points)
+  numerator = 2 * jnp.einsum("bqp,btp->bqt", prob, tgt_points)
+  denominator = prob.sum(-1)[:, :, None] + tgt_points.sum(-1)[:, None, :]
+  dice = 1 - (numerator + 1) / (denominator + 1)
+  return bce, dice
+
+
+def sample_masks(masks: jax.Array, points: jax.Array) -> jax.Array:
+  """masks (N, H, W) (any dtype), points (N, P, 2) in [0, 1] -> (N, P) bilinear samples (grid_sample, zeros)."""
+  return point_sample(masks.astype(jnp.float32)[..., None], points)[..., 0]
+
+
+def sample_target_masks(masks: jax.Array, target_idx: jax.Array, points: jax.Array) -> jax.Array:
+  """Samples mask `target_idx[b, n]` of image b at points[b, n]: masks (B, T, H, W), target_idx (B, N),
+  points (B, N, P, 2) in [0, 1] -> (B, N, P), equal to `sample_masks` on the gathered masks.
+
+  The masks are stacked into one tall map per image with a zero row after each mask, so that the
+  bilinear taps of one mask never reach the next; nothing of size N x H x W is materialized.
+  """
+  b, t, h, w = masks.shape
+  n, p = points.shape[1:3]
+  tall = jnp.pad(masks.astype(jnp.float32), ((0, 0), (0, 0), (0, 1), (0, 0))).reshape(b, t * (h + 1) * w, 1)
+  px = points[..., 0] * w - 0.5
+  py = points[..., 1] * h - 0.5 + (target_idx * (h + 1)).astype(jnp.float32)[..., None]
+  out = bilinear_gather(tall, (t * (h + 1), w), px.reshape(b, n * p), py.reshape(b, n * p))
+  return out.reshape(b, n, p)
+
+
+def matching_assign(matcher: str = "hungarian_device") -> AssignFn:
+  """The assignment of dinoseg.matching (`matcher`: "hungarian_device" or "scipy_host")."""
+  def assign(cost: jax.Array, valid: jax.Array) -> jax.Array:
+    from dinoseg import matching  # noqa: PLC0415
+    return matching.assign(cost, valid, matcher=matcher).pred_index
+  return assign
+
+
+# ----------------------------------------------------------------------------- the criterion
+
+class SetCriterion:
+  """Computes the weighted loss dictionary of one batch (a pure function of arrays; jit it).
+
+  Args:
+    num_classes: C.
+    loss: the `loss` config (configs/maskdino; defaults.loss_config()).
+    semantic_ce_loss: softmax CE class loss with a no-object logit (class logits have C + 1 columns).
+    dn: "seg" or "no".
+    assign: the assignment solver (default: dinoseg.matching with `loss.matcher`).
+  """
+
+  def __init__(self, num_classes: int, loss: ml_collections.ConfigDict, *, semantic_ce_loss: bool = False,
+               dn: str = "seg", assign: AssignFn | None = None):
+    if num_classes <= 0:
+      raise ValueError(f"num_classes must be positive, got {num_classes}")
+    self.num_classes = num_classes
+    self.cfg = loss
+    self.semantic_ce_loss = semantic_ce_loss
+    self.dn = dn
+    self.assign = assign or matching_assign(loss.get("matcher", "hungarian_device"))
+    self.num_sampled, self.num_uncertain, self.num_random = importance_point_counts(
+        loss.num_points, loss.oversample_ratio, loss.importance_sample_ratio)
+    # The reference matcher always uses the sigmoid focal class cost (also with the CE loss).
+    from dinoseg.kernels import CostWeights  # noqa: PLC0415
+    self.cost_weights = CostWeights(class_weight=loss.cost_class_weight, bbox_weight=loss.cost_box_weight,
+                                    giou_weight=loss.cost_giou_weight, mask_weight=loss.cost_mask_weight,
+                                    dice_weight=loss.cost_dice_weight, class_cost="focal",
+                                    focal_alpha=loss.focal_alpha, pad_cost=LARGE_COST)
+    self.weights = {"loss_ce": loss.class_weight, "loss_mask": loss.mask_weight, "loss_dice": loss.dice_weight,
+                    "loss_bbox": loss.box_weight, "loss_giou": loss.giou_weight}
+
+  # -- matching
+  def matching_cost(self, logits, boxes, masks, targets: PaddedInstances, points) -> jax.Array:
+    """(B, Q, T) cost (dinoseg.kernels.matching_cost); padded targets get the kernel's pad cost.
+
+    points (B, P, 2): uniform points shared by every prediction and target of an image (reference).
+    """
+    from dinoseg.kernels import matching_cost  # noqa: PLC0415
+    pred_pts = point_sample(masks.transpose(0, 2, 3, 1).astype(jnp.float32), points)  # (B, P, Q)
+    tgt_pts = point_sample(targets.masks.astype(jnp.float32).transpose(0, 2, 3, 1), points)  # (B, P, T)
+    return matching_cost(pred_logits=logits, target_labels=targets.labels, target_valid=targets.valid,
+                         pred_boxes=boxes, target_boxes=targets.boxes,
+                         pred_mask_points=pred_pts.transpose(0, 2, 1), target_mask_points=tgt_pts.transpose(0, 2, 1),
+                         weights=self.cost_weights, impl=self.cfg.get("matching_cost_impl", "auto"))
+
+  # -- losses for an assignment: query index (B, N) and target index (B, N) per slot
+  def _class_loss(self, logits, query_idx, tgt_labels, valid, normalizer):
+    b, q, _ = logits.shape
+    bidx = jnp.broadcast_to(jnp.arange(b)[:, None], query_idx.shape)
+    if self.semantic_ce_loss:
+      target_classes = jnp.full((b, q), self.num_classes, jnp.int32)
+      target_classes = target_classes.at[bidx, jnp.where(valid, query_idx, q)].set(tgt_labels, mode="drop")
+      weight = jnp.ones(self.num_classes + 1, jnp.float32).at[-1].set(self.cfg.no_object_weight)
+      return softmax_cross_entropy(logits.astype(jnp.float32), target_classes, class_weight=weight)
+    onehot = jnp.zeros(logits.shape, jnp.float32)
+    onehot = onehot.at[bidx, jnp.where(valid, query_idx, q), tgt_labels].set(1.0, mode="drop")
+    return sigmoid_focal_loss(logits.astype(jnp.float32), onehot, num_boxes=normalizer, alpha=self.cfg.focal_alpha)
+
+  def _box_losses(self, boxes, query_idx, tgt_boxes, valid, normalizer):
+    src = jnp.take_along_axis(boxes, query_idx[..., None], axis=1).astype(jnp.float32)
+    l1 = box_l1_loss(src, tgt_boxes, num_boxes=normalizer, valid=valid)
+    a, b = box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt_boxes)
+    giou = _giou_parts(a[..., None, :], b[..., None, :])[..., 0, 0]
+    return l1, jnp.sum(jnp.where(valid, 1 - giou, 0.0)) / normalizer
+
+  def _mask_losses(self, masks, query_idx, tgt_masks, target_idx, valid, normalizer, cand, rand):
+    """masks (B, Q, h, w); query_idx / target_idx / valid (B, N); tgt_masks (B, T, H, W);
+    cand (B, N, S, 2), rand (B, N, R, 2) -> (bce, dice)."""
+    b, n = query_idx.shape
+    src = jnp.take_along_axis(masks, query_idx[:, :, None, None], axis=1).reshape(b * n, *masks.shape[2:])
+    cand = cand.reshape(b * n, self.num_sampled, 2)
+    src_sg = jax.lax.stop_gradient(src).astype(jnp.float32)
+    uncertainty = -jnp.abs(sample_masks(src_sg, cand))
+    _, top = jax.lax.top_k(uncertainty, self.num_uncertain)
+    coords = jnp.take_along_axis(cand, top[..., None], axis=1)
+    if self.num_random:
+      coords = jnp.concatenate([coords, rand.reshape(b * n, self.num_random, 2)], axis=1)
+    coords = jax.lax.stop_gradient(coords)
+    labels = sample_target_masks(tgt_masks, target_idx, coords.reshape(b, n, -1, 2)).reshape(b * n, -1)
+    labels = jax.lax.stop_gradient(labels)
+    logits = sample_masks(src.astype(jnp.float32), coords)
+    valid = valid.reshape(b * n)
+    return (sigmoid_ce_loss(logits, labels, num_masks=normalizer, valid=valid),
+            dice_loss(logits, labels, num_masks=normalizer, valid=valid))
+
+  def _losses(self, logits, boxes, masks, query_idx, tgt_labels, tgt_boxes, tgt_masks, target_idx, valid,
+              normalizer, cand, rand, with_boxes=True):
+    out = {"loss_ce": self._class_loss(logits, query_idx, tgt_labels, valid, normalizer)}
+    out["loss_mask"], out["loss_dice"] = self._mask_losses(masks, query_idx, tgt_masks, target_idx, valid,
+                                                           normalizer, cand, rand)
+    if with_boxes:
+      out["loss_bbox"], out["loss_giou"] = self._box_losses(boxes, query_idx, tgt_boxes, valid, normalizer)
+    return out
+
+  def _point_draws(self, names, draws: Draws, b: int, n: int):
+    cand = jnp.stack([draws(nm, "cand", (b, n, self.num_sampled, 2)) for nm in names])
+    if self.num_random:
+      rand = jnp.stack([draws(nm, "rand", (b, n, self.num_random, 2)) for nm in names])
+    else:
+      rand = jnp.zeros((len(names), b, n, 0, 2), jnp.float32)
+    return cand, rand
+
+  def matched_losses(self, names, logits, boxes, masks, targets: PaddedInstances, normalizer, draws: Draws):
+    """Matching + losses of M predictions at once (vmapped: one compiled body for all of them).
+
+    Args:
+      names: M output names (for the draws); logits (M, B, Q, C), boxes (M, B, Q, 4), masks (M, B, Q, h, w).
+    Returns:
+      ({loss name: (M,)}, (M, B, T) matched query per target).
+    """
+    m, b = len(names), logits.shape[1]
+    t = targets.labels.shape[1]
+    points = jnp.stack([draws(nm, "match", (b, self.cfg.num_points, 2)) for nm in names])
+    costs = jax.vmap(self.matching_cost, in_axes=(0, 0, 0, None, 0))(logits, boxes, masks, targets, points)
+    costs = jax.lax.stop_gradient(costs)
+    valid = jnp.broadcast_to(targets.valid[None], (m,) + targets.valid.shape)
+    idx = self.assign(costs.reshape(m * b, *costs.shape[2:]), valid.reshape(m * b, t))
+    idx = jax.lax.stop_gradient(idx).astype(jnp.int32).reshape(m, b, t)
+    cand, rand = self._point_draws(names, draws, b, t)
+    target_idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+
+    def one(lg, bx, mk, qi, cd, rd):
+      return self._losses(lg, bx, mk, qi, targets.labels, targets.boxes, targets.masks, target_idx, targets.valid,
+                          normalizer, cd, rd, with_boxes=self.cfg.box_loss)
+    return jax.vmap(one)(logits, boxes, masks, idx, cand, rand), idx
+
+  def denoising_losses(self, names, logits, boxes, masks, targets: PaddedInstances, groups: int, normalizer,
+                       draws: Draws):
+    """Losses of M denoising predictions (fixed assignment: query g * T + t <-> target t)."""
+    b, t = targets.labels.shape
+    n = groups * t
+    query_idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None], (b, n))
+    rep = lambda x: jnp.broadcast_to(x[:, None], (b, groups) + x.shape[1:]).reshape((b, n) + x.shape[2:])  # noqa: E731
+    target_idx = rep(jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t)))
+    labels, tboxes, valid = rep(targets.labels), rep(targets.boxes), rep(targets.valid)
+    cand, rand = self._point_draws(names, draws, b, n)
+
+    def one(lg, bx, mk, cd, rd):
+      return self._losses(lg, bx, mk, query_idx, labels, tboxes, targets.masks, target_idx, valid,
+                          normalizer * groups, cd, rd, with_boxes=True)
+    return jax.vmap(one)(logits, boxes, masks, cand, rand)
+
+  def __call__(self, outputs: DecoderOutputs, targets: PaddedInstances, draws: Draws,
+               return_indices: bool = False):
+    """The weighted loss dictionary (and, with `return_indices`, the matched query per target per output).
+
+    Args:
+      outputs: training-mode DecoderOutputs (masks for every prediction).
+      targets: PaddedInstances with labels (B, T), boxes (B, T, 4) cxcywh, masks (B, T, H, W), valid (B, T).
+      draws: the random-draw provider (`random_draws(key)`).
+    """
+    if targets.masks is None:
+      raise ValueError("targets.masks is required by the mask losses")
+    if outputs.masks.shape[0] != outputs.logits.shape[0]:
+      raise ValueError("outputs must come from training mode (masks for every prediction)")
+    normalizer = jnp.maximum(jnp.sum(targets.valid.astype(jnp.float32)), 1.0)
+    n_pred = outputs.logits.shape[0]
+    last = n_pred - 1
+    losses, indices = {}, {}
+
+    def add(suffix, values):
+      for k, v in values.items():
+        losses[k + suffix] = v * self.weights[k]
+
+    ks = list(range(n_pred)) if self.cfg.deep_supervision else [last]
+    sel = np.asarray(ks)
+    names = [f"pred{k}" for k in ks]
+    logits, boxes, masks = outputs.logits[sel], outputs.boxes[sel], outputs.masks[sel]
+    suffixes = ["" if k == last else f"_{k}" for k in ks]
+    if outputs.interm_logits is not None:
+      names.append("interm")
+      suffixes.append("_interm")
+      logits = jnp.concatenate([logits, outputs.interm_logits[None]])
+      boxes = jnp.concatenate([boxes, outputs.interm_boxes[None]])
+      masks = jnp.concatenate([masks, outputs.interm_masks[None]])
+    values, idx = self.matched_losses(names, logits, boxes, masks, targets, normalizer, draws)
+    for i, (name, suffix) in enumerate(zip(names, suffixes)):
+      add(suffix, {k: v[i] for k, v in values.items()})
+      indices[name] = idx[i]
+    if self.dn != "no":
+      start = 0 if outputs.interm_logits is not None else 1
+      ks = [k for k in range(n_pred) if k == last or (k >= start and self.cfg.deep_supervision)]
+      suffixes = ["_dn" if k == last else f"_dn_{k}" for k in ks]
+      if outputs.dn_logits is None:  # denoising on, but no groups this step: zero terms (reference)
+        for suffix in suffixes:
+          add(suffix, {key: jnp.zeros((), jnp.float32) for key in self.weights})
+      else:
+        sel = np.asarray(ks)
+        values = self.denoising_losses([f"dn{k}" for k in ks], outputs.dn_logits[sel], outputs.dn_boxes[sel],
+                                       outputs.dn_masks[sel], targets, outputs.dn_groups, normalizer, draws)
+        for i, suffix in enumerate(suffixes):
+          add(suffix, {k: v[i] for k, v in values.items()})
+    return (losses, indices) if return_indices else losses
+
+
+def total_loss(losses: Mapping[str, jax.Array]) -> jax.Array:
+  return sum(losses.values())
+
+
+__all__ = ["SetCriterion", "random_draws", "focal_class_cost", "mask_costs", "generalized_box_iou_eps",
+           "sample_masks", "sample_target_masks", "matching_assign", "total_loss", "LARGE_COST"]

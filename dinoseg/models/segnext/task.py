@@ -1,0 +1,257 @@
+"""SegNext as a `dinoseg.train` task ("segnext"): `dinoseg train` / `dinoseg eval` plug in here.
+
+Config (configs/segnext/vitb_sax2.py): `model` (SegNext fields + converter `name`), `weights`
+(init / backbone / allow_random), `data` (a data-pipelines config: task "interactive", the
+"segnext" prompt sampler), `segnext` (iterative training: max_rounds, loss_alpha, loss_gamma,
+edt_row_chunk), `train` / `optimizer` (trainer groups), `eval` (datasets, protocol settings).
+
+- `init_variables(rng)`: random init; with `weights.init` (a full SegNext checkpoint, e.g. the
+  COCO+LVIS sax2 for the HQSeg fine-tune) or `weights.backbone` (MAE ViT weights, position grid
+  resized bicubically as the reference's `interpolate_pos_embed`) the loaded arrays are fetched
+  from the host with `jax.pure_callback`, so no weights are baked into the compiled program.
+- `loss_fn`: `iterative.iterative_loss` (0-3 no-grad click rounds, normalized focal loss).
+- `train_iterator`: the data pipelines' grain iterator (`config.data`).
+- Evaluation: `eval_iterator` reads `config.eval.datasets` (prepared directories) at original
+  resolution (`data.InteractiveEvalBatches`); `predict_fn` runs the whole click protocol on device
+  (`protocol.click_protocol`, the same clicks as the host simulator) plus the one-round box and
+  scribble evaluations; `SegNextEvaluator` computes NoC@85/90/95, NoF, mIoU@k per dataset and writes
+  the per-click IoU curves (JSON + PNG) to `config.eval.output_dir` when set.
+- `variables_from_weights(path)`: params from a reference .pth / Orbax directory (for tools that
+  evaluate released weights instead of a trainer checkpoint).
+"""
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dinoseg.models.segnext import prompts as prompt_lib
+from dinoseg.models.segnext import protocol
+from dinoseg.models.segnext.iterative import iterative_loss
+from dinoseg.models.segnext.model import SegNext, build_segnext
+from dinoseg.models.segnext.sampler import PromptSampler, PromptSamplerConfig
+from dinoseg.train import task as task_lib
+
+
+def sampler_config(options: Mapping[str, Any]) -> PromptSamplerConfig:
+  fields = set(PromptSamplerConfig.__dataclass_fields__)
+  return PromptSamplerConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(options).items()
+                                if k in fields})
+
+
+def mae_backbone_params(state: Mapping[str, np.ndarray], model: SegNext, backbone_params: Mapping
+                        ) -> tuple[dict, list, list]:
+  """MAE ViT weights -> the SegNext backbone params (reference `init_weights_from_pretrained`).
+
+  The position embedding's patch grid is resized to the model's grid with bicubic interpolation
+  (align_corners=False), the CLS slot kept; keys the backbone does not have (cls_token, norm,
+  decoder, head) are reported as unexpected, backbone params absent from the file (fc_norm) as
+  missing and kept as initialized, as the reference's `load_state_dict(strict=False)`.
+
+  Returns:
+    (new backbone params, missing torch keys, unexpected torch keys).
+  """
+  from dinoseg.convert import backbones as backbone_convert  # noqa: PLC0415
+  from dinoseg.ops import interpolate  # noqa: PLC0415
+  state = {k: np.asarray(v) for k, v in state.items()}
+  grid = model.grid_size
+  if "pos_embed" in state:
+    pe = state["pos_embed"]
+    old = int(round((pe.shape[1] - 1) ** 0.5))
+    if old != grid:
+      tokens = jnp.asarray(pe[:, 1:].reshape(1, old, old, pe.shape[-1]))
+      tokens = np.asarray(interpolate(tokens, (grid, grid), mode="bicubic", align_corners=False))
+      state["pos_embed"] = np.concatenate([pe[:, :1], tokens.reshape(1, grid * grid, -1)], 1)
+  vit = model.make_backbone()
+  current = backbone_convert.backbone_to_torch(vit, jax.tree.map(np.asarray, dict(backbone_params)))
+  missing = sorted(set(current) - set(state))
+  unexpected = sorted(set(state) - set(current))
+  merged = {k: (state[k] if k in state else v) for k, v in current.items()}
+  return backbone_convert.backbone_to_flax(vit, merged), missing, unexpected
+
+
+class SegNextEvaluator:
+  """Accumulates the device protocol's outputs per dataset; `result()` gives the metrics."""
+
+  def __init__(self, eval_config, labels: list[str]):
+    self.config = eval_config
+    self.labels = labels
+    self.curves: dict[str, list[np.ndarray]] = {label: [] for label in labels}
+    self.box: dict[str, list[float]] = {label: [] for label in labels}
+    self.scribble: dict[str, list[float]] = {label: [] for label in labels}
+
+  def update(self, batch, predictions) -> None:
+    label = self.labels[int(np.asarray(batch["dataset_index"]).reshape(-1)[0])]
+    for j, valid in enumerate(np.asarray(batch["valid"])):
+      if valid:
+        self.curves[label].append(np.asarray(predictions["ious"][j], np.float32))
+        if "box_iou" in predictions:
+          self.box[label].append(float(predictions["box_iou"][j]))
+        if "scribble_iou" in predictions:
+          self.scribble[label].append(float(predictions["scribble_iou"][j]))
+
+  def result(self) -> dict:
+    from dinoseg.evaluation import interactive  # noqa: PLC0415
+    c = self.config
+    out, per_label = {}, {}
+    for label in self.labels:
+      if not self.curves[label]:
+        continue
+      metrics = interactive.summarize(self.curves[label], max_clicks=int(c.max_clicks),
+                                      thresholds=tuple(c.noc_thresholds),
+                                      miou_at=tuple(k for k in (1, 5) if k <= int(c.max_clicks)))
+      if self.box[label]:
+        metrics["box_mIoU"] = float(np.mean(self.box[label]))
+      if self.scribble[label]:
+        metrics["scribble_mIoU"] = float(np.mean(self.scribble[label]))
+      per_label[label] = metrics
+      out.update({f"{label}/{k}": v for k, v in metrics.items()})
+    if c.output_dir and per_label and jax.process_index() == 0:  # <output_dir>/iou_curves.{json,png}
+      interactive.save_curves(c.output_dir, {k: self.curves[k] for k in per_label}, per_label)
+    return out
+
+
+@task_lib.register("segnext")
+class SegNextTask(task_lib.Task):
+  """SegNext training (iterative click simulation) and click-protocol evaluation."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.model: SegNext = build_segnext(config.model)
+    self.sampler = PromptSampler(sampler_config(config.data.get("prompt_sampler_options") or {}))
+    self._pretrained = None
+
+  # ------------------------------------------------------------------ params
+  def _host_pretrained(self) -> dict | None:
+    """The params subtrees given by `weights` (NumPy, loaded once), or None."""
+    w = self.config.weights
+    if self._pretrained is None and (w.init or w.backbone):
+      from dinoseg.models.segnext.weights import init_params, load_model  # noqa: PLC0415
+      if w.init:
+        _, params = load_model(self.config.model, w.init)
+        self._pretrained = jax.tree.map(np.asarray, dict(params))
+      else:
+        from dinoseg.convert import readers  # noqa: PLC0415
+        obj = readers.read_checkpoint(w.backbone)
+        state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
+        random_backbone = jax.tree.map(np.asarray, init_params(self.model, int(self.config.seed))["backbone"])
+        backbone, missing, unexpected = mae_backbone_params(state, self.model, random_backbone)
+        print(f"segnext: backbone from {w.backbone}: missing {missing}, unexpected {unexpected}")
+        self._pretrained = {"backbone": jax.tree.map(np.asarray, backbone)}
+    return self._pretrained
+
+  def init_variables(self, rng):
+    s = self.model.image_size
+    params = self.model.init(rng, jnp.zeros((1, s, s, 3)), jnp.asarray([[s, s]], jnp.int32),
+                             prompt_lib.empty_prompts(1), jnp.zeros((1, s, s)))["params"]
+    pretrained = self._host_pretrained()
+    if pretrained is None:
+      if not self.config.weights.allow_random:
+        raise ValueError("no weights: set weights.init (a SegNext checkpoint) or weights.backbone (MAE ViT), "
+                         "or weights.allow_random=True")
+      return {"params": params}
+    params = dict(params)
+    for name, subtree in pretrained.items():
+      if name not in params:
+        raise ValueError(f"pretrained weights have a {name!r} subtree the model lacks")
+      want = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params[name])
+      got = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), subtree)
+      if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+        raise ValueError(f"pretrained {name!r} weights do not match the model's shapes")
+      params[name] = jax.pure_callback(lambda t=subtree: t, want)
+    return {"params": params}
+
+  def variables_from_weights(self, path: str) -> dict:
+    """{"params": ...} from a released .pth or an Orbax directory (architecture checked against the config)."""
+    from dinoseg.models.segnext.weights import load_model  # noqa: PLC0415
+    model, params = load_model(self.config.model, path)
+    if model.fusion_depth != self.model.fusion_depth or model.embed_dim != self.model.embed_dim:
+      raise ValueError(f"{path} holds a SegNext with fusion_depth={model.fusion_depth}, embed_dim="
+                       f"{model.embed_dim}; the config has {self.model.fusion_depth}, {self.model.embed_dim}")
+    if self.model.extra_prompts and "extra_prompts_encoder" not in params:
+      params = dict(params)
+      p, d = self.model.patch_size, self.model.embed_dim
+      params["extra_prompts_encoder"] = {"kernel": jnp.zeros((p, p, 3, d), jnp.float32)}
+    return {"params": params}
+
+  # -------------------------------------------------------------- training
+  def _prompts(self, batch) -> prompt_lib.Prompts:
+    return prompt_lib.Prompts(points=batch["points"].astype(jnp.float32), boxes=batch["boxes"].astype(jnp.float32),
+                              scribbles=batch["scribbles"].astype(jnp.float32),
+                              scribble_labels=batch["scribble_labels"].astype(jnp.int32))
+
+  def loss_fn(self, params, model_state, batch, rng, *, train=True):
+    c = self.config.segnext
+    images = batch["image"].astype(jnp.float32) / jnp.float32(255)
+    gt = batch["gt_mask"].astype(jnp.float32)
+    loss, aux = iterative_loss(self.model, params, images, gt, self._prompts(batch), rng,
+                               max_rounds=int(c.max_rounds) if train else 0, loss_alpha=float(c.loss_alpha),
+                               loss_gamma=float(c.loss_gamma), row_chunk=int(c.edt_row_chunk) or None,
+                               sample_valid=batch.get("example_valid"))
+    pred = jax.nn.sigmoid(aux["logits"]) > 0.49
+    obj = gt > 0.5
+    inter = jnp.sum(pred & obj, axis=(1, 2))
+    union = jnp.sum(pred | obj, axis=(1, 2))
+    iou = jnp.mean(jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0))
+    return loss, {"normalized_focal_loss": loss, "iou": iou, "click_rounds": aux["num_rounds"].astype(jnp.float32)}
+
+  def train_iterator(self, process_index, process_count):
+    from dinoseg.data_pipelines import pipeline  # noqa: PLC0415
+    return pipeline.build_train_iterator(self.config.data, process_index, process_count)
+
+  # ------------------------------------------------------------ evaluation
+  def predict_fn(self, params, model_state, batch):
+    e = self.config.eval
+    out = protocol.click_protocol(self.model, params, batch["image"], batch["image_hw"], batch["gt"],
+                                  max_clicks=int(e.max_clicks), threshold=float(e.pred_threshold),
+                                  row_chunk=int(self.config.segnext.edt_row_chunk) or None)
+    b = batch["gt"].shape[0]
+    types = tuple(e.prompt_types)
+    if "box" in types:
+      prompts = prompt_lib.empty_prompts(b).replace(boxes=batch["box"].astype(jnp.float32))
+      out["box_iou"] = protocol.one_round(self.model, params, batch["image"], batch["image_hw"], batch["gt"],
+                                          prompts, float(e.pred_threshold))
+    if "scribble" in types:
+      base = prompt_lib.empty_prompts(b, num_scribbles=1, scribble_length=batch["scribble"].shape[1])
+      prompts = base.replace(scribbles=batch["scribble"][:, None].astype(jnp.float32),
+                             scribble_labels=jnp.ones((b, 1), jnp.int32))
+      out["scribble_iou"] = protocol.one_round(self.model, params, batch["image"], batch["image_hw"], batch["gt"],
+                                               prompts, float(e.pred_threshold))
+    return out
+
+  def _datasets(self) -> list[tuple[str, str, str]]:
+    """[(label, path, split)] from config.eval.datasets entries "label=path[:split]"."""
+    out = []
+    for entry in self.config.eval.datasets:
+      label, _, rest = str(entry).partition("=")
+      if not rest:
+        raise ValueError(f"eval.datasets entries must be 'label=path[:split]', got {entry!r}")
+      path, _, split = rest.partition(":")
+      out.append((label, path, split or "val"))
+    return out
+
+  def eval_iterator(self, process_index, process_count):
+    from dinoseg.models.segnext.data import InteractiveEvalBatches  # noqa: PLC0415
+    datasets = self._datasets()
+    if not datasets:
+      return None
+    e = self.config.eval
+
+    def batches():
+      for index, (label, path, split) in enumerate(datasets):
+        if not pathlib.Path(path).is_dir():
+          raise FileNotFoundError(f"eval dataset {label!r}: no prepared dataset at {path}")
+        reader = InteractiveEvalBatches(path, split, int(e.batch_size), self.sampler, process_index, process_count,
+                                        max_examples=int(e.max_examples), seed=int(self.config.seed))
+        for batch in reader:
+          batch["dataset_index"] = np.full((len(batch["valid"]),), index, np.int32)
+          yield batch
+    return batches()
+
+  def evaluator(self):
+    labels = [label for label, _, _ in self._datasets()]
+    return SegNextEvaluator(self.config.eval, labels) if labels else None
+
+
+__all__ = ["SegNextTask", "SegNextEvaluator", "mae_backbone_params", "sampler_config"]
