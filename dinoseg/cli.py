@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "data": "dinoseg.commands.data",
     "train": "dinoseg.commands.train",
     "eval": "dinoseg.commands.eval",
+    "predict": "dinoseg.commands.predict",
 }
 
 

@@ -106,8 +106,8 @@ def draw_panoptic(image: np.ndarray, segmentation: np.ndarray, segments_info: Se
 
 # ----------------------------------------------------------------------------- weights and registry
 
-def load_variables(config, weights: str | os.PathLike) -> dict:
-  """Flax variables for `config` from a reference checkpoint (.pth/.pkl/.safetensors, converted) or an
+def load_maskdino_variables(config, weights: str | os.PathLike) -> dict:
+  """Mask DINO variables from a reference checkpoint (.pth/.pkl/.safetensors, converted strictly) or an
   Orbax directory (dinoseg's own checkpoints: {"params": ..., ...} possibly under "state")."""
   from dinoseg.convert import readers  # noqa: PLC0415
   tree = readers.read_checkpoint(weights)
@@ -118,11 +118,23 @@ def load_variables(config, weights: str | os.PathLike) -> dict:
     if not (isinstance(tree, Mapping) and "params" in tree):
       raise ValueError(f"{weights}: an Orbax checkpoint with a 'params' entry is expected")
     return {k: v for k, v in tree.items() if k in ("params", "frozen_bn")}
-  task = config.get("task", "maskdino")
-  if task != "maskdino":
-    raise ValueError(f"converting reference checkpoints is registered for task 'maskdino', not {task!r}")
   from dinoseg.models.maskdino import convert  # noqa: PLC0415
   return convert.to_flax(tree, config.model)
+
+
+# config.task -> "module:function(config, weights) -> Flax variables" for `dinoseg predict --weights`.
+VARIABLE_LOADERS: dict[str, str] = {
+    "maskdino": "dinoseg.predict:load_maskdino_variables",
+    "talk2dino": "dinoseg.models.talk2dino.predict:load_variables",
+}
+
+
+def load_variables(config, weights: str | os.PathLike) -> dict:
+  """Flax variables for `config` from a weights file or directory, read by the task's loader."""
+  task = config.get("task", "maskdino")
+  if task not in VARIABLE_LOADERS:
+    raise ValueError(f"no weights loader registered for task {task!r}; known: {', '.join(sorted(VARIABLE_LOADERS))}")
+  return _resolve(VARIABLE_LOADERS[task])(config, weights)
 
 
 def _resolve(spec: str) -> Callable:

@@ -24,12 +24,21 @@ def add_arguments(parser):
   parser.add_argument("--output", required=True, help="output directory (created)")
   parser.add_argument("--score-threshold", type=float, default=0.5, help="instances drawn on the overlays")
   parser.add_argument("--max-images", type=int, default=0, help="stop after N images (0: all)")
+  parser.add_argument("--classes", default=None,
+                      help="open-vocabulary models (Talk2DINO): comma-separated class names, e.g. 'cat,dog,grass'")
+  parser.add_argument("--with-background", action="store_true",
+                      help="open-vocabulary models: add a background class (Talk2DINO's background threshold)")
 
 
 def main(args, config_overrides) -> int:
   from dinoseg import predict  # noqa: PLC0415
   from dinoseg.config import load_config  # noqa: PLC0415
 
+  config_overrides = list(config_overrides)
+  if args.classes is not None:
+    config_overrides.append(f"predict.classes={args.classes}")
+  if args.with_background:
+    config_overrides.append("predict.with_background=True")
   config = load_config(args.config, config_overrides)
   images = predict.list_images(args.input)
   if args.max_images > 0:

@@ -95,6 +95,19 @@ class Task(abc.ABC):
     """A fresh Evaluator, or None when the task has no evaluation."""
     return None
 
+  def variables_from_weights(self, path: str) -> Mapping[str, Any]:
+    """Flax variables ({"params": ..., other collections}) read from a weights file or directory
+    (e.g. a released PyTorch checkpoint, converted), for `dinoseg eval --weights`. Must have the
+    tree structure of `init_variables`."""
+    raise ValueError(f"task {type(self).__name__} cannot read weights files; evaluate a training workdir instead "
+                     "(dinoseg eval --workdir=DIR)")
+
+  def evaluate_weights(self, path: str | None, workdir: str | None) -> dict[str, Any] | None:
+    """A task's own evaluation of a weights file (e.g. a benchmark suite that is not the trainer's
+    eval loop); None (the default) means: use the trainer's evaluation with `variables_from_weights`."""
+    del path, workdir
+    return None
+
 
 TaskFactory = Callable[[ml_collections.ConfigDict], Task]
 TASKS: dict[str, TaskFactory] = {}

@@ -152,15 +152,19 @@ def evaluate(run: Run, state: state_lib.TrainState) -> dict | None:
   Every process iterates its own slice of the eval batches and sees the gathered global
   predictions, so the evaluator's result is the same everywhere.
   """
+  return evaluate_variables(run, eval_params(run, state), state.model_state)
+
+
+def evaluate_variables(run: Run, params, model_state) -> dict | None:
+  """Runs the task's evaluation with the given (sharded) params and model state; None without one."""
   evaluator = run.task.evaluator()
   batches = run.task.eval_iterator(jax.process_index(), jax.process_count())
   if evaluator is None or batches is None:
     return None
-  params = eval_params(run, state)
   with run.context():
     for local in batches:
       batch = run.global_batch(local)
-      predictions = run.predict(params, state.model_state, batch)
+      predictions = run.predict(params, model_state, batch)
       evaluator.update(_gather(batch), _gather(predictions))
   return evaluator.result()
 
@@ -340,5 +344,49 @@ def evaluate_checkpoint(config, workdir, *, step: int | None = None, task: task_
   return out
 
 
-__all__ = ["Run", "build_run", "train", "evaluate", "evaluate_checkpoint", "restore_for_eval", "TrainResult",
-           "TrainingDivergedError", "eval_params"]
+def _place(tree, target, shardings, what: str):
+  """Puts the NumPy leaves of `tree` on the mesh with the structure/shapes of `target` (checked)."""
+  want = jax.tree_util.tree_structure(target)
+  got = jax.tree_util.tree_structure(tree)
+  if got != want:
+    paths = lambda t: {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(t)}  # noqa: E731
+    missing, unexpected = sorted(paths(target) - paths(tree)), sorted(paths(tree) - paths(target))
+    raise ValueError(f"{what} do not fit the configured model: missing {missing[:8]} ({len(missing)}), "
+                     f"unexpected {unexpected[:8]} ({len(unexpected)})")
+  bad = [(jax.tree_util.keystr(k), tuple(a.shape), tuple(b.shape))
+         for (k, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(target))
+         if tuple(a.shape) != tuple(b.shape)]
+  if bad:
+    raise ValueError(f"{what}: shape mismatches (path, file, model) {bad[:8]}")
+  leaves = [np.asarray(a, b.dtype) for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(target))]
+  return jax.device_put(jax.tree_util.tree_unflatten(want, leaves), shardings)
+
+
+def evaluate_weights(config, weights: str, *, workdir: str | None = None,
+                     task: task_lib.Task | None = None) -> dict:
+  """Evaluates a weights file (e.g. a released PyTorch checkpoint) with the task's evaluation.
+
+  The task reads the file (`Task.variables_from_weights`, strict about keys and shapes) or runs its own
+  evaluation (`Task.evaluate_weights`). Results go to <workdir>/eval/weights_<name>.json when a workdir is
+  given. Returns {"weights", "results"}.
+  """
+  task = task if task is not None else task_lib.build(config)
+  results = task.evaluate_weights(weights, workdir)
+  if results is None:
+    run = build_run(config, task)
+    variables = dict(run.task.variables_from_weights(weights))
+    params = _place(variables.pop("params"), run.abstract.params, run.shardings.params, f"{weights}: params")
+    model_state = _place(variables, run.abstract.model_state, run.shardings.model_state, f"{weights}: model state")
+    results = evaluate_variables(run, params, model_state)
+    if results is None:
+      raise ValueError(f"task {config.get('task')!r} has no evaluation (no evaluator / eval_iterator)")
+  out = {"weights": str(weights), "results": results}
+  if workdir is not None and jax.process_index() == 0:
+    path = pathlib.Path(workdir).resolve() / "eval" / f"weights_{pathlib.Path(weights).stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, sort_keys=True, default=float) + "\n")
+  return out
+
+
+__all__ = ["Run", "build_run", "train", "evaluate", "evaluate_checkpoint", "evaluate_variables", "evaluate_weights",
+           "restore_for_eval", "TrainResult", "TrainingDivergedError", "eval_params"]

@@ -257,3 +257,24 @@ def test_convert_exports_the_trained_toy_model_to_pytorch(reference, tmp_path, t
   tree = _state(reference)
   ours = np.asarray(build_model(config.model).apply({"params": tree["params"], "frozen_bn": tree["frozen_bn"]}, images))
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_weights_of_the_export_equals_the_checkpoint_evaluation(reference, tmp_path, torch):
+  """`dinoseg eval --weights=model.pth` (the PyTorch export) gives the checkpoint's own results."""
+  from dinoseg.cli import main as cli_main
+
+  out = tmp_path / "toy.pth"
+  assert cli_main(["convert", "--config", CONFIG, "--from", str(reference / "checkpoints" / str(NUM_STEPS)),
+                   "--to", str(out)]) == 0
+  workdir = tmp_path / "eval_run"
+  assert cli_main(["eval", f"--config={CONFIG}", f"--weights={out}", f"--workdir={workdir}"]) == 0
+  got = json.loads((workdir / "eval" / "weights_toy.json").read_text())["results"]
+  want = json.loads((reference / "eval" / f"step_{NUM_STEPS}.json").read_text())["results"]
+  # The reference run keeps no EMA, so its evaluation used the very params that were exported.
+  assert got == pytest.approx(want, rel=1e-6)
+  assert cli_main(["eval", f"--config={CONFIG}"]) == 2  # neither --workdir nor --weights
+  bad = tmp_path / "bad.pth"
+  state = torch.load(out, weights_only=True)
+  state.pop("classifier.bias")
+  torch.save(state, bad)
+  assert cli_main(["eval", f"--config={CONFIG}", f"--weights={bad}"]) == 1  # strict: a missing key is an error

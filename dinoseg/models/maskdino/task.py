@@ -180,6 +180,12 @@ class MaskDINOTask(task_lib.Task):
     h, w = _hw(self.config.data.image_size)
     return self.model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32))
 
+  def variables_from_weights(self, path):
+    """Variables from a released checkpoint (.pth / .pkl / .safetensors; every layout of
+    convert.py, strict) or from a dinoseg Orbax directory, for `dinoseg eval --weights`."""
+    from dinoseg.predict import load_variables  # noqa: PLC0415
+    return load_variables(self.config, path)
+
   def loss_fn(self, params, model_state, batch, rng, *, train=True):
     images = batch["image"]
     targets = PaddedInstances(labels=batch["labels"].astype(jnp.int32), boxes=batch["boxes"].astype(jnp.float32),

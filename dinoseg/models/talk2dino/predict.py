@@ -141,6 +141,19 @@ def make_predictor(config, variables) -> Talk2DinoPredictor:
   return Talk2DinoPredictor(config, projection_params=params)
 
 
+def load_variables(config, weights) -> dict:
+  """`dinoseg predict --weights`: {"params": projection params} from a projection file (.pth /
+  .safetensors / .npz / .msgpack) or a training workdir; the backbones come from config.weights."""
+  from dinoseg.models.talk2dino.convert import projection_to_flax  # noqa: PLC0415
+  from dinoseg.models.talk2dino.weights import load_flax_params, read_state_dict, resolve_projection_path  # noqa: PLC0415
+  path = resolve_projection_path(weights)
+  if path.endswith(".msgpack"):
+    return {"params": load_flax_params(path)}
+  from dinoseg.models.talk2dino.task import _text_dim, build_projection  # noqa: PLC0415
+  projection = build_projection(config)
+  return {"params": projection_to_flax(read_state_dict(path), int(projection.embed_dim), _text_dim(config))}
+
+
 def read_image(path: str | pathlib.Path) -> np.ndarray:
   """RGB uint8 (H, W, 3) from an image file."""
   from PIL import Image  # noqa: PLC0415

@@ -191,6 +191,13 @@ def _register_task():
     def evaluator(self):
       return _ValidationLoss()
 
+    def evaluate_weights(self, path, workdir):
+      """`dinoseg eval --weights`: the open-vocabulary benchmarks of `config.eval` (mIoU per
+      benchmark, JSON + the paper's table), as `dinoseg talk2dino eval` runs them."""
+      del workdir
+      from dinoseg.models.talk2dino.evaluate import run_evaluation  # noqa: PLC0415
+      return run_evaluation(self.config, path, None, progress=True)
+
   return Talk2DinoTask
 
 

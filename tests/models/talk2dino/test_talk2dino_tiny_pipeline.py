@@ -195,3 +195,25 @@ def test_dinoseg_train_runs_the_task(trained, tmp_path):
   losses = [s["infonce"] for s in steps if "infonce" in s]
   assert len(losses) == 4 and all(np.isfinite(losses))
   assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
+
+
+def test_generic_predict_and_eval_commands(trained, tmp_path):
+  """`dinoseg predict --classes ... --with-background` and `dinoseg eval --weights` run Talk2DINO
+  through the shared commands, with the same results as the Talk2DINO API."""
+  from PIL import Image
+  config, root = trained
+  image = sources.CaptionRecords(root / "captions", "val")[0].image
+  Image.fromarray(image).save(tmp_path / "in.png")
+  out = tmp_path / "out"
+  assert cli.main(["predict", f"--config={CONFIG}", f"--weights={root / 'run'}", f"--input={tmp_path / 'in.png'}",
+                   f"--output={out}", "--classes=red,sky", "--with-background"]) == 0
+  with Image.open(out / "in_labels.png") as raw:
+    labels = np.asarray(raw)
+  predictor = pr.Talk2DinoPredictor(config, str(root / "run"))
+  np.testing.assert_array_equal(predictor(image, ["red", "sky"], True).labels, labels)
+  data_dir = f"--config.eval.data_dir={root / 'benchmarks'}"
+  output = tmp_path / "eval.json"
+  assert cli.main(["eval", f"--config={CONFIG}", f"--weights={root / 'run'}", data_dir,
+                   f"--config.eval.output={output}"]) == 0
+  got = json.loads(output.read_text())["results"]
+  assert sorted(got) == list(config.eval.benchmarks) and all(0.0 <= got[k]["mIoU"] <= 100.0 for k in got)
