@@ -16,8 +16,8 @@ Data: `dinoseg data prepare` the COCO+LVIS annotations (RITM's combined set, e.g
   dinoseg eval --config=configs/segnext/vitb_sax2.py --weights=weights/vitb_sa2_cocolvis_epoch_90.pth
   dinoseg demo segnext --weights=weights/vitb_sa2_cocolvis_epoch_90.pth --port=8008
 
-`--weights` takes a released checkpoint (.pth, converted on the fly) or an Orbax directory (for
-`dinoseg eval` this needs the trainer's --weights option, see docs/segnext.md).
+`--weights` takes a released checkpoint (.pth, converted on the fly) or an Orbax directory; `dinoseg eval`
+evaluates it on `eval.datasets` (curves to `eval.output_dir` when set; see docs/segnext.md).
 Tiny CPU variant (128 px, width 32, random init, synthetic data prepared into /tmp):
 
   dinoseg data synth --layout hqseg44k --out /tmp/segnext_raw --num-images 16

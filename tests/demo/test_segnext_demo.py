@@ -24,7 +24,7 @@ from dinoseg.demo.segnext.server import make_server
 from dinoseg.models.segnext import convert
 from dinoseg.models.segnext.clicker import Click
 from dinoseg.models.segnext.model import build_segnext
-from dinoseg.models.segnext.predictor import SegNextPredictor
+from dinoseg.models.segnext.predictor import CPU_FAST_COMPILE, SegNextPredictor
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -110,7 +110,7 @@ def predictor():
   model = build_segnext(config.model)
   arch = convert.arch_from_model_config(config.model)
   params = convert.segnext_to_flax(convert.random_reference_state_dict(arch, seed=1, scale=0.5))
-  probe = SegNextPredictor(model, params, min_points=4)
+  probe = SegNextPredictor(model, params, min_points=4, compiler_options=CPU_FAST_COMPILE)
   prob = probe.predict(probe.set_image(_test_image()), clicks=[Click(True, FIRST_CLICK, 0)])
   logits = np.log(prob) - np.log1p(-prob)
   params["head"]["seg_conv"]["bias"] = params["head"]["seg_conv"]["bias"] + np.float32(
@@ -226,16 +226,30 @@ def test_click_mask_matches_model(browser, predictor, tmp_path):
   _wait_idle(devtools, 3)
   assert devtools.evaluate("JSON.stringify(window.segnextDemo.state.interactions[2])") == json.dumps(
       {"type": "box", "box": [12, 10, 70, 50]}, separators=(",", ":"))
-  prob3 = predictor.predict(state, clicks=[Click(True, (y, x), 0), Click(False, (y2, x2), 1)],
-                            box=(12, 10, 70, 50), prev_prob=prob2)
+  clicks = [Click(True, (y, x), 0), Click(False, (y2, x2), 1)]
+  prob3 = predictor.predict(state, clicks=clicks, box=(12, 10, 70, 50), prev_prob=prob2)
   np.testing.assert_array_equal(_read_mask(devtools, h, w), prob3 > 0.49)
+
+  # A shift + drag draws a scribble (left button: positive) through the mouse path.
+  path = [_page_point(devtools, py_, px_, h, w) for py_, px_ in ((20, 20), (30, 50), (40, 80))]
+  devtools.mouse("mousePressed", *path[0], modifiers=8)
+  for point in path[1:]:
+    devtools.mouse("mouseMoved", *point, modifiers=8)
+  devtools.mouse("mouseReleased", *path[-1], modifiers=8)
+  _wait_idle(devtools, 4)
+  scribble = json.loads(devtools.evaluate("JSON.stringify(window.segnextDemo.state.interactions[3])"))
+  assert scribble["type"] == "scribble" and scribble["positive"] is True
+  assert scribble["points"][0] == [20, 20] and scribble["points"][-1] == [40, 80]
+  prob4 = predictor.predict(state, clicks=clicks, box=(12, 10, 70, 50),
+                            scribbles=[([tuple(v) for v in scribble["points"]], True)], prev_prob=prob3)
+  np.testing.assert_array_equal(_read_mask(devtools, h, w), prob4 > 0.49)
 
   # Undo restores the previous mask; reset clears it.
   devtools.evaluate("document.getElementById('undo').click()")
-  _wait_idle(devtools, 4)
-  np.testing.assert_array_equal(_read_mask(devtools, h, w), prob2 > 0.49)
-  devtools.evaluate("document.getElementById('reset').click()")
   _wait_idle(devtools, 5)
+  np.testing.assert_array_equal(_read_mask(devtools, h, w), prob3 > 0.49)
+  devtools.evaluate("document.getElementById('reset').click()")
+  _wait_idle(devtools, 6)
   assert not _read_mask(devtools, h, w).any()
 
 

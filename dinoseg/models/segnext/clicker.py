@@ -12,7 +12,7 @@ The reference uses `cv2.distanceTransform(DIST_L2, 0)` (float32, not bit-reprodu
 run); this uses scipy's exact EDT in float64, whose equal squared distances are exactly equal,
 so the raster-order tie rule is deterministic. Where OpenCV's float32 rounding breaks a true tie
 differently, the click moves to another pixel at the same distance (see docs/segnext.md and the
-click fixtures in tests/models/segnext/test_clicker.py).
+click fixtures in tests/models/segnext/test_segnext_clicker.py).
 
 Coordinates are (y, x) pixel rows/columns of the original image.
 """

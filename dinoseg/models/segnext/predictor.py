@@ -7,6 +7,9 @@
 Images are placed top-left on a canvas whose sides are rounded up to a bucket (128 * {1, 1.5}
 * 2^k), so any image size reuses a handful of compiled shapes; click slots are padded to
 `min_points` (then doubled), which changes nothing in the output (padding rows are ignored).
+The jitted functions are shared by every predictor of the same model and compiler options
+(`jitted_functions`), so a second predictor (a reloaded demo, another test) compiles nothing.
+`CPU_FAST_COMPILE` trades run time for compile time on CPU (tests, quick smoke runs).
 
     predictor = SegNextPredictor(model, params)
     state = predictor.set_image(image_uint8)                 # (H, W, 3)
@@ -24,6 +27,31 @@ import numpy as np
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext.clicker import Click, clicks_to_points
 from dinoseg.models.segnext.model import SegNext
+
+
+# XLA CPU options that cut compile time about 3-5x for SegNext (LLVM optimization level 0, the
+# classic loop emitters) at the cost of 2-3x slower execution; numerically the same computation
+# (no fast-math). For tests and smoke runs on CPU; other backends ignore them.
+CPU_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_functions(model: SegNext, compiler_options: tuple = ()) -> tuple:
+  """(embed, predict) jitted once per (model, options); `compiler_options` as sorted (key, value) pairs.
+
+  embed(params, images_u8 (B, Hc, Wc, 3) uint8, image_hw (B, 2)) -> (B, g, g, D) features;
+  predict(params, features, prompts, prev_mask (P, Hc, Wc), original_hw (P, 2)) -> (P, Hc, Wc) logits.
+  """
+  options = dict(compiler_options) or None
+
+  def embed(params, images_u8, image_hw):
+    images = images_u8.astype(jnp.float32) / jnp.float32(255)  # torchvision ToTensor
+    return model.apply({"params": params}, images, image_hw, method=SegNext.embed_image)
+
+  def predict(params, features, prompts, prev_mask, original_hw):
+    return model.apply({"params": params}, features, prompts, prev_mask, original_hw, method=SegNext.predict)
+
+  return jax.jit(embed, compiler_options=options), jax.jit(predict, compiler_options=options)
 
 
 def canvas_bucket(n: int, minimum: int = 128) -> int:
@@ -54,25 +82,17 @@ class SegNextPredictor:
     params: its params.
     min_points: click slots per polarity to pad to (grown by doubling when exceeded).
     num_scribbles, scribble_length: scribble slots (S) and vertices (K) of the prompts.
+    compiler_options: XLA compile options of the jitted functions (e.g. `CPU_FAST_COMPILE`).
   """
 
   def __init__(self, model: SegNext, params: Any, *, min_points: int = 24, num_scribbles: int = 4,
-               scribble_length: int = 32):
+               scribble_length: int = 32, compiler_options: dict | None = None):
     self.model = model
     self.params = params
     self.min_points = min_points
     self.num_scribbles = num_scribbles
     self.scribble_length = scribble_length
-
-    def embed(params, images_u8, image_hw):
-      images = images_u8.astype(jnp.float32) / jnp.float32(255)  # torchvision ToTensor
-      return model.apply({"params": params}, images, image_hw, method=SegNext.embed_image)
-
-    def predict(params, features, prompts, prev_mask, original_hw):
-      return model.apply({"params": params}, features, prompts, prev_mask, original_hw, method=SegNext.predict)
-
-    self._embed = jax.jit(embed)
-    self._predict = jax.jit(predict)
+    self._embed, self._predict = jitted_functions(model, tuple(sorted((compiler_options or {}).items())))
 
   def set_image(self, image: np.ndarray) -> ImageState:
     """Embeds one (H, W, 3) uint8 RGB image."""

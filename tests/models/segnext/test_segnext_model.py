@@ -10,6 +10,7 @@ from dinoseg.models.segnext import convert
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext.loss import normalized_focal_loss
 from dinoseg.models.segnext.model import SegNext
+from dinoseg.models.segnext.predictor import CPU_FAST_COMPILE
 
 KEYS_FILE = "/work/shared/reference/keys/segnext_sax2_keys.txt"
 GRAD_KEYS = ("visual_prompts_encoder.proj.bias", "fusion_blocks.0.attn.qkv.bias", "fusion_blocks.1.norm2.weight",
@@ -19,9 +20,11 @@ GRAD_KEYS = ("visual_prompts_encoder.proj.bias", "fusion_blocks.0.attn.qkv.bias"
 
 @pytest.fixture(scope="module")
 def fns(tiny_model):
-  embed = jax.jit(lambda p, im, hw: tiny_model.apply({"params": p}, im, hw, method=SegNext.embed_image))
+  embed = jax.jit(lambda p, im, hw: tiny_model.apply({"params": p}, im, hw, method=SegNext.embed_image),
+                  compiler_options=CPU_FAST_COMPILE)
   predict = jax.jit(lambda p, f, pr, prev, hw: tiny_model.apply({"params": p}, f, pr, prev, hw,
-                                                                  method=SegNext.predict))
+                                                                  method=SegNext.predict),
+                    compiler_options=CPU_FAST_COMPILE)
   return embed, predict
 
 
@@ -72,7 +75,7 @@ def test_gradients_equal_reference(tiny_model, tiny_params, segnext_fixture, mak
     logits = tiny_model.apply({"params": params}, image, jnp.asarray([[s, s]]), prompts, prev)
     return normalized_focal_loss(logits, gt)
 
-  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(tiny_params)
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn), compiler_options=CPU_FAST_COMPILE)(tiny_params)
   assert_close(loss, f["train_loss"], rtol=1e-5, name="loss")
   torch_grads = convert.segnext_to_torch(jax.tree.map(np.asarray, grads))
   for key in GRAD_KEYS:

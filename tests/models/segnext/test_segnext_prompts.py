@@ -1,4 +1,10 @@
-"""Prompt maps (reference DistMaps rounding and disks; boxes; scribbles) and frame resizes (torch oracle)."""
+"""Prompt maps (reference DistMaps rounding and disks; boxes; scribbles) and frame resizes (torch oracle).
+
+Every function under test runs jitted (one compile instead of one per primitive op in eager mode).
+"""
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -6,6 +12,14 @@ from helpers import assert_close
 
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext import resize
+from dinoseg.models.segnext.predictor import CPU_FAST_COMPILE
+
+_jit = functools.partial(jax.jit, compiler_options=CPU_FAST_COMPILE)
+click_maps = _jit(prompt_lib.click_maps, static_argnums=(2, 3))
+box_map = _jit(prompt_lib.box_map, static_argnums=2)
+scribble_maps = _jit(prompt_lib.scribble_maps, static_argnums=(3, 4))
+to_model_frame = _jit(resize.to_model_frame, static_argnums=2)
+to_original_frame = _jit(resize.to_original_frame, static_argnums=2)
 
 
 def _reference_disks(points, orig_hw, size, radius=5):
@@ -35,24 +49,26 @@ def test_click_maps_equal_reference_rounding_and_disks():
   points = [[[0, 0, 0], [96, 130, 2], [50.0, 7.0, 3], [-1, -1, -1]],
             [[33, 44, 1], [-1, -1, -1], [10, 120, 0], [-1, -1, -1]]]
   hw = [(97, 131), (480, 854)]
-  got = prompt_lib.click_maps(jnp.asarray(points, jnp.float32), jnp.asarray(hw), 112)
+  got = click_maps(jnp.asarray(points, jnp.float32), jnp.asarray(hw), 112, 5.0)
   np.testing.assert_array_equal(np.asarray(got), _reference_disks(points, hw, 112))
-  one = prompt_lib.click_maps(jnp.asarray([[[40, 40, 0], [-1, -1, -1]]], jnp.float32), jnp.asarray([[64, 64]]), 64)
+  one = click_maps(jnp.asarray([[[40, 40, 0], [-1, -1, -1]]], jnp.float32), jnp.asarray([[64, 64]]), 64, 5.0)
   assert int(one[0, ..., 0].sum()) == 81 and int(one[0, ..., 1].sum()) == 0
 
 
 def test_to_model_frame_rounds_like_torch_float32(torch):
   coords = np.arange(0, 2000, dtype=np.float32)
-  for extent in (97, 480, 854, 1000, 1999):
+  extents = (97, 480, 854, 1000, 1999)
+  mapped = jax.jit(prompt_lib.to_model_frame, static_argnums=2)  # default XLA options, as on the click path
+  got = np.asarray(mapped(jnp.asarray(coords)[None], jnp.asarray(extents, jnp.float32)[:, None], 1024))
+  for row, extent in zip(got, extents):
     c = coords[coords < extent]
     expected = [int(v * (1024 / extent) + 0.5) for v in torch.from_numpy(c.astype(np.int64))]
-    got = prompt_lib.to_model_frame(jnp.asarray(c), jnp.float32(extent), 1024)
-    np.testing.assert_array_equal(np.asarray(got).astype(np.int64), expected)
+    np.testing.assert_array_equal(row[:len(c)].astype(np.int64), expected)
 
 
 def test_box_map():
   boxes = jnp.asarray([[2, 3, 5, 7], [-1, -1, -1, -1]], jnp.float32)  # (x0, y0, x1, y1)
-  m = np.asarray(prompt_lib.box_map(boxes, jnp.asarray([[10, 10], [10, 10]]), 20))
+  m = np.asarray(box_map(boxes, jnp.asarray([[10, 10], [10, 10]]), 20))
   expected = np.zeros((20, 20))
   expected[6:15, 4:11] = 1  # y: 3*2 .. 7*2 ; x: 2*2 .. 5*2 (inclusive)
   np.testing.assert_array_equal(m[0], expected)
@@ -63,12 +79,12 @@ def test_scribble_maps():
   # A one-vertex scribble is a disk; a horizontal segment is a capsule; polarity goes to its channel.
   scribbles = jnp.asarray([[[[10, 10], [10, 10]], [[30, 5], [30, 25]]]], jnp.float32)  # (1, S=2, K=2, 2)
   labels = jnp.asarray([[1, 0]])
-  m = np.asarray(prompt_lib.scribble_maps(scribbles, labels, jnp.asarray([[40, 40]]), 40, radius=2.0))
+  m = np.asarray(scribble_maps(scribbles, labels, jnp.asarray([[40, 40]]), 40, 2.0))
   yy, xx = np.mgrid[:40, :40]
   np.testing.assert_array_equal(m[0, ..., 0], ((yy - 10) ** 2 + (xx - 10) ** 2 <= 4).astype(np.float32))
   d2 = (yy - 30) ** 2 + np.where(xx < 5, (xx - 5) ** 2, np.where(xx > 25, (xx - 25) ** 2, 0))
   np.testing.assert_array_equal(m[0, ..., 1], (d2 <= 4).astype(np.float32))
-  absent = np.asarray(prompt_lib.scribble_maps(scribbles, jnp.asarray([[-1, -1]]), jnp.asarray([[40, 40]]), 40))
+  absent = np.asarray(scribble_maps(scribbles, jnp.asarray([[-1, -1]]), jnp.asarray([[40, 40]]), 40, 2.0))
   assert absent.sum() == 0
 
 
@@ -100,11 +116,11 @@ def test_frame_resizes_equal_torch(torch, hw, rng):
   x = rng.random((h, w)).astype(np.float32)
   canvas = np.zeros((1, 512, 512, 1), np.float32)
   canvas[0, :h, :w, 0] = x
-  got = resize.to_model_frame(jnp.asarray(canvas), jnp.asarray([[h, w]]), 448)
+  got = to_model_frame(jnp.asarray(canvas), jnp.asarray([[h, w]]), 448)
   ref = F.interpolate(torch.from_numpy(x)[None, None], 448, mode="bilinear", align_corners=False)[0, 0].numpy()
   assert_close(got[0, ..., 0], ref, rtol=5e-5, name="to_model_frame")
   y = rng.standard_normal((1, 448, 448, 1)).astype(np.float32)
-  back = np.asarray(resize.to_original_frame(jnp.asarray(y), jnp.asarray([[h, w]]), (512, 512)))
+  back = np.asarray(to_original_frame(jnp.asarray(y), jnp.asarray([[h, w]]), (512, 512)))
   ref = F.interpolate(torch.from_numpy(y[..., 0])[None], (h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
   assert_close(back[0, :h, :w, 0], ref, rtol=5e-5, name="to_original_frame")
   assert np.all(back[0, h:] == 0) and np.all(back[0, :, w:] == 0)

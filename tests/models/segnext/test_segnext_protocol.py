@@ -7,7 +7,7 @@ from dinoseg.config import load_config
 from dinoseg.evaluation import interactive
 from dinoseg.models.segnext import convert, protocol
 from dinoseg.models.segnext.model import build_segnext
-from dinoseg.models.segnext.predictor import SegNextPredictor
+from dinoseg.models.segnext.predictor import CPU_FAST_COMPILE, SegNextPredictor
 
 
 def test_device_protocol_equals_host_protocol():
@@ -29,9 +29,11 @@ def test_device_protocol_equals_host_protocol():
   # Centre the random model's probabilities on the threshold so that masks are non-trivial.
   params["head"]["seg_conv"]["bias"] = params["head"]["seg_conv"]["bias"] + 0.3
   max_clicks = 4
-  out = jax.jit(lambda p, im, hw, gt: protocol.click_protocol(model, p, im, hw, gt, max_clicks=max_clicks))(
-      params, jnp.asarray(images), jnp.asarray(sizes, jnp.int32), jnp.asarray(gts))
-  predictor = SegNextPredictor(model, params, min_points=max_clicks)
+  run = jax.jit(lambda p, im, hw, gt: protocol.click_protocol(model, p, im, hw, gt, max_clicks=max_clicks),
+                compiler_options=CPU_FAST_COMPILE)
+  out = run(params, jnp.asarray(images), jnp.asarray(sizes, jnp.int32), jnp.asarray(gts))
+  # The demo test's predictor settings (min_points 4, fast compile): one compilation serves both.
+  predictor = SegNextPredictor(model, params, min_points=max_clicks, compiler_options=CPU_FAST_COMPILE)
   for j, (h, w) in enumerate(sizes):
     state = predictor.set_image(images[j, :h, :w])
     ious, clicks = interactive.evaluate_sample(gts[j, :h, :w].astype(np.int32), predictor.click_fn(state),

@@ -1,4 +1,5 @@
-"""SegNext training: prompt sampling from ground truth, the on-device next click, and a tiny run whose loss drops."""
+"""SegNext training: prompt sampling from ground truth, the on-device next click, iterative training that
+fits a fixed batch, and (slow) a `dinoseg train` run with its end-of-run click-protocol evaluation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ from scipy import ndimage
 
 from dinoseg.config import load_config
 from dinoseg.models.segnext import iterative
+from dinoseg.models.segnext.predictor import CPU_FAST_COMPILE
 from dinoseg.models.segnext.sampler import PromptSampler, PromptSamplerConfig, dilate, erode
 
 CONFIG = "configs/segnext/vitb_sax2.py:tiny"
@@ -82,16 +84,18 @@ def test_next_click_goes_to_the_larger_error():
   prob[0, 5:35, 5:45] = 0.9
   prob[0, 0:4, 46:50] = 0.9  # a small false positive in sample 0 (FN region is empty there)
   points = jnp.full((2, 8, 3), -1.0)
-  out = np.asarray(iterative.sample_next_points(jax.random.key(0), jnp.asarray(prob), jnp.asarray(gt), points, 1))
+  next_points = jax.jit(iterative.sample_next_points, static_argnums=4, compiler_options=CPU_FAST_COMPILE)
+  edt = jax.jit(iterative.squared_edt, compiler_options=CPU_FAST_COMPILE)
+  out = np.asarray(next_points(jax.random.key(0), jnp.asarray(prob), jnp.asarray(gt), points, 1))
   # sample 0: negative click (slot 2N - 1 = 7) inside the FP corner; sample 1: positive (slot N - 1 = 3) in the hole
   assert out[0, 7, 2] == 1 and 0 <= out[0, 7, 0] < 4 and 46 <= out[0, 7, 1] < 50
   assert out[1, 3, 2] == 1 and 10 <= out[1, 3, 0] < 30 and 20 <= out[1, 3, 1] < 30
   # inner half: the distance at the click exceeds half the hole's maximal distance
-  d = np.sqrt(np.asarray(iterative.squared_edt(jnp.asarray((gt[1] > 0.5) & (prob[1] < 0.49))[None]))[0])
+  d = np.sqrt(np.asarray(edt(jnp.asarray((gt[1] > 0.5) & (prob[1] < 0.49))[None]))[0])
   assert d[int(out[1, 3, 0]), int(out[1, 3, 1])] > d.max() / 2
   assert np.all(np.delete(out, [3, 7], axis=1) == -1)
   # nothing to correct: points unchanged
-  same = iterative.sample_next_points(jax.random.key(0), jnp.asarray(gt), jnp.asarray(gt), points, 1)
+  same = next_points(jax.random.key(0), jnp.asarray(gt), jnp.asarray(gt), points, 1)
   assert np.all(np.asarray(same) == -1)
 
 
@@ -99,8 +103,73 @@ def test_squared_edt_is_exact():
   rng = np.random.default_rng(3)
   m = rng.random((2, 23, 31)) > 0.25
   ref = np.stack([ndimage.distance_transform_edt(np.pad(x, 1))[1:-1, 1:-1] ** 2 for x in m])
-  np.testing.assert_allclose(np.asarray(iterative.squared_edt(jnp.asarray(m))), ref, atol=1e-4)
-  np.testing.assert_allclose(np.asarray(iterative.squared_edt(jnp.asarray(m), row_chunk=5)), ref, atol=1e-4)
+  edt = jax.jit(iterative.squared_edt, static_argnums=1, compiler_options=CPU_FAST_COMPILE)
+  np.testing.assert_array_equal(np.asarray(edt(jnp.asarray(m), None)), ref.round())
+  np.testing.assert_array_equal(np.asarray(edt(jnp.asarray(m), 5)), ref.round())
+
+
+# A 64-px variant of the tiny config (2 ViT blocks of width 16, one fusion block): a step costs about a
+# fifth of the 128-px tiny model's, and it learns a fixed batch in 30 steps.
+MICRO_MODEL = dict(image_size=64, window_size_px=32, embed_dim=16, depth=2, num_heads=2, global_atten_freq=2,
+                   fusion_depth=1, neck_dims=(8, 8, 8, 8), head_channels=8)
+
+
+def _fixed_batch(config, size: int, batch: int, seed: int = 0):
+  """Ellipses of one colour on blocky random backgrounds; prompts from the training sampler (clicks,
+  and for some samples a box or scribbles instead of / besides them)."""
+  from dinoseg.models.segnext import prompts as prompt_lib  # noqa: PLC0415
+  from dinoseg.models.segnext.task import sampler_config  # noqa: PLC0415
+  rng = np.random.default_rng(seed)
+  sampler = PromptSampler(sampler_config(config.data.prompt_sampler_options))
+  yy, xx = np.mgrid[:size, :size]
+  images, samples = [], []
+  for _ in range(batch):
+    cy, cx, ry, rx = size * rng.uniform([0.3, 0.3, 0.12, 0.12], [0.7, 0.7, 0.28, 0.28])
+    obj = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    background = np.kron(rng.random((size // 8, size // 8, 3)), np.ones((8, 8, 1)))
+    images.append(np.where(obj[..., None], rng.random(3) + 0.05 * rng.standard_normal((size, size, 3)), background))
+    samples.append(sampler(obj[None], rng))
+  stack = lambda name: jnp.asarray(np.stack([getattr(x, name) for x in samples]))  # noqa: E731
+  prompts = prompt_lib.Prompts(points=stack("points"), boxes=stack("box"), scribbles=stack("scribbles"),
+                               scribble_labels=stack("scribble_labels"))
+  return jnp.asarray(np.clip(images, 0, 1), jnp.float32), stack("gt_mask"), prompts
+
+
+def test_iterative_training_fits_a_fixed_batch():
+  """Adam through `iterative_loss` (0-3 no-grad click rounds drawn per step, one compiled step for all)
+  on one fixed batch: the normalized focal loss and the IoU, both measured with a fixed key and two
+  click rounds, improve clearly (random init: IoU ~0.1)."""
+  import optax  # noqa: PLC0415
+  from dinoseg.models.segnext import convert  # noqa: PLC0415
+  from dinoseg.models.segnext.model import build_segnext  # noqa: PLC0415
+  config = load_config(CONFIG)
+  config.model.update(MICRO_MODEL)
+  model = build_segnext(config.model)
+  params = convert.segnext_to_flax(convert.random_reference_state_dict(convert.arch_from_model_config(config.model)))
+  images, gt, prompts = _fixed_batch(config, model.image_size, batch=4, seed=4)  # 2 boxes, 1 scribble-only
+  assert np.any(np.asarray(prompts.boxes)[:, 0] >= 0) and np.any(np.asarray(prompts.scribble_labels)[:, 0] == 1)
+  tx = optax.adam(4e-3)
+
+  def step(params, opt_state, key, num_rounds):
+    def loss_fn(p):
+      return iterative.iterative_loss(model, p, images, gt, prompts, key, num_rounds=num_rounds)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    pred, obj = aux["logits"] > 0, gt > 0.5
+    iou = jnp.mean(jnp.sum(pred & obj, (1, 2)) / jnp.maximum(jnp.sum(pred | obj, (1, 2)), 1))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, iou
+
+  step = jax.jit(step, compiler_options=CPU_FAST_COMPILE)
+  opt_state = tx.init(params)
+  measure = lambda p: step(p, opt_state, jax.random.key(123), jnp.int32(2))[2:]  # noqa: E731
+  loss0, iou0 = measure(params)
+  rounds = np.random.default_rng(1).integers(0, 4, 30)
+  for i, r in enumerate(rounds):
+    params, opt_state, loss, _ = step(params, opt_state, jax.random.key(i), jnp.int32(r))
+    assert np.isfinite(float(loss))
+  loss1, iou1 = measure(params)
+  assert float(loss1) < 0.8 * float(loss0), (float(loss0), float(loss1))  # measured 0.57
+  assert float(iou0) < 0.3 and float(iou1) > 0.7, (float(iou0), float(iou1))  # measured 0.13 -> 0.87
 
 
 @pytest.fixture(scope="module")
@@ -113,22 +182,32 @@ def prepared(tmp_path_factory):
   return root / "prepared"
 
 
-def test_trainer_run_loss_goes_down_and_evaluates(prepared, tmp_path):
-  """`dinoseg train` on the tiny config: the loss of the last steps is below the first steps', the
-  number of no-grad click rounds varies without recompiling, and the end-of-run evaluation runs the
-  click protocol and writes the curves."""
+@pytest.mark.slow
+def test_trainer_run_learns_and_evaluates(prepared, tmp_path):
+  """`dinoseg train` on the tiny config (8 fake devices, a fresh synthetic batch every step): the
+  training IoU of the last steps is far above the first steps' (measured 0.07 -> 0.68), the number of
+  no-grad click rounds varies without recompiling, and the end-of-run evaluation runs the click protocol
+  and writes the curves.
+
+  The normalized focal loss is not a progress measure across fresh batches: its focal weights are
+  rescaled per image to sum to the pixel count, so its value follows the hardest (boundary) pixels and
+  stayed at 0.31-0.32 over this run while the IoU rose. It is checked for a fixed batch in
+  `test_iterative_training_fits_a_fixed_batch`."""
   from dinoseg.train import trainer  # noqa: PLC0415
   import json  # noqa: PLC0415
-  config = load_config(CONFIG, [f"data.path={prepared}", "train.num_steps=16", "train.log_every_steps=1",
+  steps = 48
+  config = load_config(CONFIG, [f"data.path={prepared}", f"train.num_steps={steps}", "train.log_every_steps=8",
                                 "train.eval_at_end=True", "train.checkpoint_every_steps=0",
+                                "optimizer.learning_rate=0.003", f"optimizer.decay_steps=({steps},)",
                                 f"eval.datasets=('synthetic={prepared}:val',)", "eval.max_clicks=3",
                                 "eval.max_examples=8", f"eval.output_dir={tmp_path / 'curves'}"])
   result = trainer.train(config, tmp_path / "run", echo=lambda _: None)
   rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  losses = [r["loss"] for r in rows if "loss" in r]
-  assert len(losses) == 16 and all(np.isfinite(losses))
-  assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
-  assert len({r["click_rounds"] for r in rows if "click_rounds" in r}) > 1
+  rows = [r for r in rows if "loss" in r]
+  losses, ious = np.array([r["loss"] for r in rows]), np.array([r["iou"] for r in rows])
+  assert len(losses) == steps and np.all(np.isfinite(losses))
+  assert np.mean(ious[:8]) < 0.2 and np.mean(ious[-8:]) > np.mean(ious[:8]) + 0.3, ious
+  assert len({r["click_rounds"] for r in rows}) > 1
   metrics = result.eval_results
   assert metrics["synthetic/num_objects"] == 8 and 1 <= metrics["synthetic/NoC@85"] <= 3
   assert 0 <= metrics["synthetic/box_mIoU"] <= 1 and 0 <= metrics["synthetic/scribble_mIoU"] <= 1
