@@ -71,7 +71,9 @@ trainer.train(config, workdir, task=task)
 
 def _env(cache_dir, devices=8) -> dict:
   env = dict(os.environ)
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+  # The parent's XLA flags (tests/conftest.py's compile-speed flags) with this run's device count.
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+  env.update(XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}"] + flags), JAX_PLATFORMS="cpu",
              JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", JAX_THREEFRY_PARTITIONABLE="false",
              TF_CPP_MIN_LOG_LEVEL="2")
