@@ -17,6 +17,12 @@ def test_wheel_layout_and_imports_from_another_directory(tmp_path):
   assert "dinoseg" in top
   assert not top & {"kernels", "data_pipelines", "configs", "scripts", "tests"}, top
   assert "dinoseg/kernels/__init__.py" in names and "dinoseg/data_pipelines/__init__.py" in names
+  # Every module of the source tree is in the wheel (a folder without __init__.py would be left out).
+  mapped = {"dinoseg": "dinoseg", "kernels": "dinoseg/kernels", "data_pipelines": "dinoseg/data_pipelines",
+            "configs": "dinoseg/configs"}
+  sources = {f"{mapped[f.relative_to(ROOT).parts[0]]}/{'/'.join(f.relative_to(ROOT).parts[1:])}"
+             for src in mapped for f in (ROOT / src).rglob("*.py") if "__pycache__" not in f.parts}
+  assert not sources - set(names), sorted(sources - set(names))[:10]
   target = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                  check=True, capture_output=True)
@@ -24,6 +30,7 @@ def test_wheel_layout_and_imports_from_another_directory(tmp_path):
   elsewhere.mkdir()
   env = dict(os.environ, PYTHONPATH=str(target))
   code = ("import dinoseg, dinoseg.kernels, dinoseg.data_pipelines, dinoseg.ops, dinoseg.parallel;"
+          "import dinoseg.models.maskdino.model, dinoseg.models.segnext.model, dinoseg.models.talk2dino.model;"
           "print(dinoseg.__file__); print(dinoseg.kernels.__file__)")
   out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
