@@ -1,6 +1,7 @@
 """A non-editable install exposes dinoseg.kernels / dinoseg.data_pipelines and no generic top-level names."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,8 +10,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_wheel_layout_and_imports_from_another_directory(tmp_path):
+  # Build from a clean copy: setuptools would reuse a stale build/ folder of the checkout.
+  src = tmp_path / "src"
+  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns("build", "dist", ".venv", ".ci-venv", "*.egg-info",
+                                                            "__pycache__", ".git", "tests", ".pytest_cache"))
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                  str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+                  str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
   wheel = next((tmp_path / "dist").glob("dinoseg-*.whl"))
   names = zipfile.ZipFile(wheel).namelist()
   top = {n.split("/")[0] for n in names}
