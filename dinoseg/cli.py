@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "train": "dinoseg.commands.train",
     "eval": "dinoseg.commands.eval",
     "predict": "dinoseg.commands.predict",
+    "quickstart": "dinoseg.commands.quickstart",
 }
 
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from dinoseg.backbones.layers import FrozenBatchNorm
+from dinoseg.ops.conv import conv_general_dilated
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 STAGE_STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -71,7 +72,7 @@ class ConvNorm(nn.Module):
       raise ValueError(f"input channels {cin} are not divisible by groups={self.groups}")
     k = self.kernel_size
     kernel = self.param("kernel", _MSRA_FILL, (k, k, cin // self.groups, self.features), jnp.float32)
-    y = jax.lax.conv_general_dilated(
+    y = conv_general_dilated(  # XLA's op, with a CPU-fast kernel gradient (dinoseg/ops/conv.py)
         x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(self.stride,) * 2,
         padding=((self.padding, self.padding),) * 2, rhs_dilation=(self.dilation,) * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)

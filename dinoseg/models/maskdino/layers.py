@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from dinoseg.backbones.layers import layer_norm
+from dinoseg.ops.conv import ConvGeneralDilated
 
 Initializer = Callable[..., jax.Array]
 
@@ -110,7 +111,7 @@ class ConvNorm(nn.Module):
     k = self.kernel_size
     x = nn.Conv(self.features, (k, k), strides=(self.stride,) * 2, padding=((self.padding,) * 2,) * 2,
                 use_bias=self.use_bias, kernel_init=self.kernel_init, bias_init=zeros, dtype=self.dtype,
-                param_dtype=jnp.float32, name=self.conv_name)(x)
+                param_dtype=jnp.float32, conv_general_dilated_cls=ConvGeneralDilated, name=self.conv_name)(x)
     if self.norm == "GN":
       x = group_norm(self.norm_name, dtype=self.dtype)(x)
     elif self.norm is not None:

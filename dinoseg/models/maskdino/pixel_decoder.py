@@ -28,6 +28,7 @@ import numpy as np
 from dinoseg.models.maskdino.deformable_attention import MSDeformAttn
 from dinoseg.models.maskdino.layers import (ConvNorm, c2_xavier_fill, dense, torch_layer_norm, xavier_uniform)
 from dinoseg.ops import interpolate, sine_position_embedding
+from dinoseg.ops.conv import ConvGeneralDilated
 
 FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 FEATURE_ORDERS = ("low2high", "high2low")
@@ -169,7 +170,8 @@ class MaskDINOEncoder(nn.Module):
                    kernel_init=c2_xavier_fill, dtype=self.dtype, name=f"layer_{pos_idx + 1}")(cur + up)
       out.append(y.astype(jnp.float32))
     mask_features = nn.Conv(self.mask_dim, (1, 1), kernel_init=c2_xavier_fill, bias_init=nn.initializers.zeros,
-                            dtype=self.dtype, param_dtype=jnp.float32, name="mask_features")(out[-1])
+                            dtype=self.dtype, param_dtype=jnp.float32, conv_general_dilated_cls=ConvGeneralDilated,
+                            name="mask_features")(out[-1])
     return mask_features.astype(jnp.float32), out[:self.total_num_feature_levels]
 
 

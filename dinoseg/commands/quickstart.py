@@ -1,0 +1,219 @@
+"""`dinoseg quickstart [--workdir DIR] [--config FILE[:variant]] [--config.a.b=value ...]`: the main job.
+
+Trains a small Mask DINO from scratch on synthetic shapes, on whatever JAX runs on (a CPU is
+enough), from the embedded config configs/maskdino/quickstart.py; nothing is downloaded. Phases:
+
+  data      `quickstart.*` -> dinoseg.data_pipelines.synth ("coco" layout, train + val) into DIR/raw,
+            prepared as ArrayRecord shards (+ manifest.json) in DIR/data
+  train     the shared trainer (dinoseg.train.trainer) in DIR/train: Orbax checkpoints, TensorBoard
+            events, metrics.jsonl, config.json; a progress bar
+  eval      COCO box / mask AP (pycocotools, the evaluator of `dinoseg eval`) on the val split:
+            DIR/eval/step_<N>.json
+  export    the trained weights as a reference (detectron2 / IDEA-Research MaskDINO) state dict
+            through the Mask DINO converter: DIR/export/maskdino.pth (written without PyTorch)
+  overlays  the predictor of `dinoseg predict`, loading DIR/export/maskdino.pth, on the first
+            `quickstart.num_overlays` val images: DIR/overlays/<stem>.png + predictions.json
+
+and a short report (seconds per phase, APs, paths), also written as DIR/report.json. Running it
+again reuses the data when `quickstart.*` is unchanged (else rebuilds everything) and resumes
+training from DIR/train's checkpoints; `--fresh` starts over. `config.data.path` is always DIR/data.
+"""
+import json
+import pathlib
+import platform
+import shutil
+import sys
+import time
+
+HELP = "the main job: synthetic shapes -> train a small Mask DINO on the CPU -> evaluate, export, overlays"
+DEFAULT_CONFIG = "configs/maskdino/quickstart.py"
+DEFAULT_WORKDIR = "dinoseg_quickstart"
+OUTPUTS = ("raw", "data", "train", "eval", "export", "overlays", "report.json")
+DATA_STAMP = "quickstart_data.json"
+
+
+def add_arguments(parser):
+  parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"output directory (default ./{DEFAULT_WORKDIR})")
+  parser.add_argument("--config", default=DEFAULT_CONFIG,
+                      help=f"config file with a `quickstart` group, optionally :variant (default {DEFAULT_CONFIG})")
+  parser.add_argument("--fresh", action="store_true", help="delete the workdir's outputs first (no reuse, no resume)")
+
+
+def _say(text: str) -> None:
+  print(text, file=sys.stderr, flush=True)
+
+
+def _clear(workdir: pathlib.Path, names=OUTPUTS) -> None:
+  for name in names:
+    path = workdir / name
+    if path.is_dir():
+      shutil.rmtree(path)
+    elif path.exists():
+      path.unlink()
+
+
+def data_options(config) -> dict:
+  """The synthetic dataset `config.quickstart` asks for (also the stamp of a prepared DIR/data)."""
+  q = config.quickstart
+  lo, hi = (int(v) for v in q.image_size)
+  return {"layout": "coco", "num_train_images": int(q.num_train_images), "num_val_images": int(q.num_val_images),
+          "image_size": [lo, hi], "max_objects": int(q.max_objects), "seed": int(q.seed)}
+
+
+def make_data(config, workdir: pathlib.Path) -> dict:
+  """Synthesizes DIR/raw and prepares DIR/data (reused when its stamp matches). Returns a summary."""
+  from dinoseg.data_pipelines import synth, writer  # noqa: PLC0415
+  options = data_options(config)
+  raw, data = workdir / "raw", workdir / "data"
+  stamp = data / DATA_STAMP
+  if stamp.is_file() and json.loads(stamp.read_text()) == options and (data / writer.MANIFEST).is_file():
+    manifest = writer.read_manifest(data)
+    return {"reused": True, "manifest": manifest}
+  _clear(workdir)  # other data: nothing trained on the old data is kept either
+  common = dict(image_size=tuple(options["image_size"]), seed=options["seed"], max_objects=options["max_objects"])
+  for split, key in (("train", "num_train_images"), ("val", "num_val_images")):
+    synth.synthesize(options["layout"], str(raw), num_images=options[key], splits=(split,), **common)
+  manifest = writer.prepare(synth.PREPARER_FOR_LAYOUT[options["layout"]], str(raw), str(data),
+                            splits=["train", "val"], progress=True)
+  stamp.write_text(json.dumps(options))
+  return {"reused": False, "manifest": manifest}
+
+
+def export_weights(config, state, path: pathlib.Path) -> dict:
+  """Writes the (EMA, if kept) params + model_state as a reference state dict; returns it (NumPy)."""
+  import jax  # noqa: PLC0415
+
+  from dinoseg.convert.pth_writer import write_pth  # noqa: PLC0415
+  from dinoseg.models.maskdino import convert  # noqa: PLC0415
+  params = state.ema_params if state.ema_params is not None else state.params
+  variables = jax.device_get({"params": params, **dict(state.model_state)})
+  torch_state = convert.to_torch(variables, config.model, no_object_weight=float(config.loss.no_object_weight))
+  write_pth(torch_state, path)
+  return torch_state
+
+
+def write_overlays(config, weights: pathlib.Path, images: list[pathlib.Path], out_dir: pathlib.Path) -> list:
+  """Runs the registered predictor (weights from the exported .pth) on `images`; overlay PNGs in out_dir."""
+  from dinoseg import predict  # noqa: PLC0415
+  out_dir.mkdir(parents=True, exist_ok=True)
+  predictor = predict.build_predictor(config, weights)
+  written = []
+  for path in images:
+    image = predict.read_image(path)
+    result = predictor.predict(image)
+    written += predictor.write(result, image, out_dir, path.stem, score_threshold=float(config.quickstart.score_threshold))
+  predictor.finish(out_dir)
+  return written
+
+
+def _metric(results: dict, key: str) -> float:
+  value = results.get(key)
+  return float(value) if value is not None else float("nan")
+
+
+def report_lines(report: dict) -> list[str]:
+  """The printed summary of a report dict (see `main`)."""
+  r, p = report["results"], report["paths"]
+  lines = [f"dinoseg quickstart: Mask DINO on synthetic shapes ({report['config']}), {report['machine']}",
+           f"  {'phase':<9} {'seconds':>8}"]
+  for name, seconds in report["seconds"].items():
+    lines.append(f"  {name:<9} {seconds:8.1f}   {report['notes'].get(name, '')}")
+  lines.append(f"  box AP {_metric(r, 'bbox/AP'):.1f} (AP50 {_metric(r, 'bbox/AP50'):.1f}), "
+               f"mask AP {_metric(r, 'segm/AP'):.1f} (AP50 {_metric(r, 'segm/AP50'):.1f}, "
+               f"AP75 {_metric(r, 'segm/AP75'):.1f}) on {r.get('num_images', 0)} synthetic val images, step {report['step']}")
+  for name in ("data", "train", "eval", "export", "overlays", "report"):
+    lines.append(f"  {name + ':':<10}{p[name]}")
+  return lines
+
+
+def main(args, overrides) -> int:
+  from dinoseg.commands.train import _prepare_absl  # noqa: PLC0415
+  from dinoseg.config import load_config  # noqa: PLC0415
+  start = time.perf_counter()
+  config = load_config(args.config, overrides)
+  if "quickstart" not in config:
+    raise ValueError(f"{args.config} has no `quickstart` group (data and output settings of this command)")
+  _prepare_absl()
+  workdir = pathlib.Path(args.workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  if args.fresh:
+    _clear(workdir)
+  seconds, notes = {}, {}
+
+  # -- data
+  t = time.perf_counter()
+  _say(f"[quickstart] data: synthetic shapes -> {workdir / 'data'}")
+  data = make_data(config, workdir)
+  splits = data["manifest"]["splits"]
+  categories = data["manifest"].get("metadata", {}).get("categories", [])
+  config.data.path = str(workdir / "data")
+  if not tuple(config.dataset.class_names) and categories:  # names on the overlays, ids in predictions.json
+    config.dataset.class_names = tuple(str(c["name"]) for c in categories)
+    config.dataset.category_ids = tuple(int(c["id"]) for c in categories)
+  seconds["data"] = time.perf_counter() - t
+  notes["data"] = (f"{splits['train']['num_records']} train / {splits['val']['num_records']} val images, "
+                   f"{sum(len(s['shards']) for s in splits.values())} shards" + (" (reused)" if data["reused"] else ""))
+
+  # -- train
+  import jax  # noqa: PLC0415
+
+  from dinoseg.train import checkpointing, trainer  # noqa: PLC0415
+  t = time.perf_counter()
+  config.train.eval_at_end = False  # evaluated below, timed as its own phase
+  _say(f"[quickstart] train: {config.train.num_steps} steps in {workdir / 'train'} "
+       f"({jax.device_count()} {jax.devices()[0].platform} device(s); the first step compiles)")
+  try:
+    result = trainer.train(config, workdir / "train", echo=_say)
+  except (trainer.TrainingDivergedError, checkpointing.CheckpointRestoreError) as e:
+    print(f"dinoseg quickstart: {e} (start over with --fresh)", file=sys.stderr)
+    return 1
+  seconds["train"] = time.perf_counter() - t
+  rows = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
+  last = json.loads(rows[-1]) if rows else {}
+  notes["train"] = f"{result.step} steps" + (f", final loss {last['loss']:.2f}" if "loss" in last else "")
+
+  # -- eval
+  t = time.perf_counter()
+  _say(f"[quickstart] eval: COCO box / mask AP on the {config.data.eval_split} split")
+  run = trainer.build_run(config)
+  results = trainer.evaluate(run, result.state)
+  eval_path = workdir / "eval" / f"step_{result.step}.json"
+  eval_path.parent.mkdir(parents=True, exist_ok=True)
+  eval_path.write_text(json.dumps({"step": result.step, "split": config.data.eval_split, "results": results},
+                                  indent=2, sort_keys=True) + "\n")
+  seconds["eval"] = time.perf_counter() - t
+  notes["eval"] = f"{results.get('num_images', 0)} images"
+
+  # -- export
+  t = time.perf_counter()
+  weights = workdir / "export" / "maskdino.pth"
+  _say(f"[quickstart] export: reference state dict -> {weights}")
+  torch_state = export_weights(config, result.state, weights)
+  seconds["export"] = time.perf_counter() - t
+  notes["export"] = f"{len(torch_state)} tensors, {weights.stat().st_size / 2 ** 20:.1f} MiB"
+
+  # -- overlays
+  t = time.perf_counter()
+  images = sorted((workdir / "raw" / "val2017").glob("*.jpg"))[:int(config.quickstart.num_overlays)]
+  _say(f"[quickstart] overlays: predictor on {len(images)} val images -> {workdir / 'overlays'}")
+  written = write_overlays(config, weights, images, workdir / "overlays")
+  seconds["overlays"] = time.perf_counter() - t
+  notes["overlays"] = f"{len(written)} PNGs + predictions.json"
+  seconds["total"] = time.perf_counter() - start
+
+  report = {
+      "config": args.config + "".join(f" --config.{o}" for o in overrides),
+      "machine": f"{platform.machine()}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+                 f"{_cpu_count()} CPU cores",
+      "step": result.step, "seconds": seconds, "notes": notes, "results": results,
+      "paths": {"data": str(workdir / "data"), "train": str(workdir / "train"), "eval": str(eval_path),
+                "export": str(weights), "overlays": str(workdir / "overlays"), "report": str(workdir / "report.json")},
+  }
+  (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+  print("\n".join(report_lines(report)))
+  return 0
+
+
+def _cpu_count() -> int:
+  import os  # noqa: PLC0415
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
