@@ -32,7 +32,12 @@ def coco_raw(tmp_path_factory):
 def test_manifest_counts_checksums_and_verify(coco_raw, tmp_path):
   raw, summary = coco_raw
   out = tmp_path / "out"
-  manifest = writer.prepare("coco_instances", str(raw), str(out), splits=["train"], examples_per_shard=4, progress=False)
+  # Written by 2 spawned worker processes: in 2 of 3 full parallel runs an xdist worker process that had
+  # run many tests before aborted inside ArrayRecordWriter's constructor at this point (never in
+  # isolation; cause not found, see the closing note). The inline path is compared with this one in
+  # test_parallel_workers_write_the_same_shards.
+  manifest = writer.prepare("coco_instances", str(raw), str(out), splits=["train"], examples_per_shard=4,
+                            num_workers=2, progress=False)
   entry = manifest["splits"]["train"]
   assert entry["num_items"] == 8 and entry["num_records"] == 6   # 2 bad images skipped
   assert [s["file"] for s in entry["shards"]] == [f"coco_instances-train.array_record-0000{i}-of-00002"
