@@ -7,6 +7,9 @@ exports PyTorch weights (reference key names) and writes overlay PNGs; nothing i
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart --config.train.num_steps=300   # shorter
 
+2000 steps of batch 8 at 128 x 128: about 10 minutes on 2 idle CPU cores, mask AP 60.7 on the 64
+validation images (docs/maskdino.md has the run and the tuning runs).
+
 The model keeps the structure of configs/maskdino/coco_instance_r50_3s_d1_2048.py (res3-res5 + one
 downsampled level, low2high, two-stage queries, mask2box box init, denoising, deep supervision) at
 CPU widths: a narrow 1-block-per-stage ResNet trained from scratch, 128-wide pixel decoder and
@@ -51,9 +54,9 @@ def get_config(variant=None):
   c.data.batch_size, c.data.eval_batch_size = 8, 8
   c.data.max_instances = 8
   c.data.num_workers = 0
-  c.train.num_steps = 1000
+  c.train.num_steps = 2000
   c.train.log_every_steps = 10
-  c.train.checkpoint_every_steps = 250
+  c.train.checkpoint_every_steps = 500
   c.optimizer.learning_rate = 4e-4
   c.optimizer.lr_multipliers = ()  # from scratch: the backbone learns at the full rate
   c.optimizer.clip_grad_norm = 1.0

@@ -54,17 +54,25 @@ def _count(tree) -> tuple[int, int]:
   return len(leaves), int(sum(np.size(x) for x in leaves))
 
 
-def _model_name(args, overrides) -> str:
+def _converter(args, overrides):
+  """The converter named by --model, or the one of --config: `config.model.name` when the config
+  names a registered converter, else the config's task builds one from its model settings."""
+  from dinoseg.convert import registry  # noqa: PLC0415
   if args.model:
-    return args.model
-  if args.config:
-    from dinoseg.config import load_config  # noqa: PLC0415
-    config = load_config(args.config, overrides)
-    try:
-      return str(config.model.name)
-    except AttributeError as e:
-      raise ValueError(f"--config {args.config} has no model.name; pass --model") from e
-  raise ValueError("--model (or --config with model.name) is required")
+    return registry.get(args.model)
+  if not args.config:
+    raise ValueError("--model (or --config) is required")
+  from dinoseg.config import load_config  # noqa: PLC0415
+  config = load_config(args.config, overrides)
+  name = config.get("model", {}).get("name")
+  if name:
+    return registry.get(str(name))
+  if "task" in config:
+    from dinoseg.train import task as task_lib  # noqa: PLC0415
+    converter = task_lib.build(config).weights_converter()
+    if converter is not None:
+      return converter
+  raise ValueError(f"--config {args.config} has no model.name and its task builds no converter; pass --model")
 
 
 def _read_source(args, converter):
@@ -161,7 +169,7 @@ def main(args, overrides) -> int:
     return 0
   if not args.src or not args.dst:
     raise ValueError("--from and --to are required (or --list)")
-  converter = registry.get(_model_name(args, overrides))
+  converter = _converter(args, overrides)
   try:
     flax_tree, state = _read_source(args, converter)
     if state is not None:

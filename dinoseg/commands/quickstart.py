@@ -134,6 +134,11 @@ def main(args, overrides) -> int:
   if "quickstart" not in config:
     raise ValueError(f"{args.config} has no `quickstart` group (data and output settings of this command)")
   _prepare_absl()
+  import jax  # noqa: PLC0415
+  if jax.default_backend() == "cpu":
+    # XLA:CPU compiles each random-number op of the partitionable threefry for seconds (the model init
+    # has one per parameter); one CPU process does not need partitionable keys.
+    jax.config.update("jax_threefry_partitionable", False)
   workdir = pathlib.Path(args.workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   if args.fresh:
@@ -155,8 +160,6 @@ def main(args, overrides) -> int:
                    f"{sum(len(s['shards']) for s in splits.values())} shards" + (" (reused)" if data["reused"] else ""))
 
   # -- train
-  import jax  # noqa: PLC0415
-
   from dinoseg.train import checkpointing, trainer  # noqa: PLC0415
   t = time.perf_counter()
   config.train.eval_at_end = False  # evaluated below, timed as its own phase

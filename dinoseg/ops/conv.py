@@ -14,8 +14,7 @@ gradient is built from matmuls,
   dkernel[i, j] = sum over (n, y, x) of xpad[n, y * s + i * d, x * s + j * d, :]^T g[n, y, x, :]
                   (Cin, Cout) per tap (i, j); stride s, kernel dilation d,
 
-as one matmul over the concatenated taps (im2col) when that matrix is small (`PATCH_BYTES`), else
-one matmul per tap. Other platforms keep XLA's kernel gradient
+one (Cin, N * Ho * Wo) x (N * Ho * Wo, Cout) matmul per tap, without an im2col matrix. Other platforms keep XLA's kernel gradient
 (`jax.lax.platform_dependent`, chosen when lowering); other layouts fall back to the plain op.
 
 Use it in Flax as `nn.Conv(..., conv_general_dilated_cls=ConvGeneralDilated)`.
@@ -28,8 +27,6 @@ import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-# Largest im2col matrix the kernel gradient builds (bytes); above it, one matmul per kernel tap.
-PATCH_BYTES = 64 * 2 ** 20
 
 
 def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
@@ -46,12 +43,8 @@ def _native(x, k, strides, padding, rhs_dilation, precision):
 
 def kernel_grad_taps(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
                      padding: tuple[tuple[int, int], tuple[int, int]], rhs_dilation: tuple[int, int],
-                     precision=None, max_patch_bytes: int = PATCH_BYTES) -> jax.Array:
-  """Kernel gradient of an NHWC / HWIO convolution from matmuls.
-
-  The strided input windows of the kh * kw taps are concatenated into one (N * Ho * Wo, kh * kw * Cin)
-  matrix and multiplied with g once when that matrix fits in `max_patch_bytes`; otherwise each tap
-  is its own (Cin, N * Ho * Wo) x (N * Ho * Wo, Cout) matmul and no patch matrix is built.
+                     precision=None) -> jax.Array:
+  """Kernel gradient of an NHWC / HWIO convolution, one matmul per kernel tap.
 
   Args:
     x: (N, H, W, Cin) the convolution's input.
@@ -65,16 +58,14 @@ def kernel_grad_taps(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], str
   n, ho, wo, cout = g.shape
   cin = x.shape[3]
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  windows = []
+  taps = []
   for i in range(kh):
     for j in range(kw):
       start = (0, i * dh, j * dw, 0)
       limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, cin)
-      windows.append(lax.slice(xp, start, limit, (1, sh, sw, 1)))  # (N, Ho, Wo, Cin)
-  dot = functools.partial(jnp.einsum, precision=precision, preferred_element_type=jnp.float32)
-  if len(windows) > 1 and n * ho * wo * kh * kw * cin * x.dtype.itemsize <= max_patch_bytes:
-    return dot("nhwk,nhwo->ko", jnp.concatenate(windows, axis=-1), g).reshape(kh, kw, cin, cout)
-  return jnp.stack([dot("nhwc,nhwo->co", w, g) for w in windows]).reshape(kh, kw, cin, cout)
+      window = lax.slice(xp, start, limit, (1, sh, sw, 1))  # (N, Ho, Wo, Cin)
+      taps.append(jnp.einsum("nhwc,nhwo->co", window, g, precision=precision, preferred_element_type=jnp.float32))
+  return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

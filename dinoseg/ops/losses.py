@@ -59,23 +59,31 @@ def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, *, num_boxes, alph
   return jnp.sum(_apply_valid(loss, valid)) / num_boxes
 
 
-def dice_loss(logits: jax.Array, targets: jax.Array, *, num_masks, valid: jax.Array | None = None) -> jax.Array:
-  """Dice loss with +1 smoothing on mask logits (N, P) vs binary targets (N, P), / num_masks."""
+def dice_per_mask(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Dice loss with +1 smoothing of each mask: logits (N, ...) vs binary targets (N, ...) -> (N,)."""
   check_same_shape("logits", logits, "targets", targets)
   prob = jax.nn.sigmoid(logits).reshape(logits.shape[0], -1)
   targets = targets.reshape(targets.shape[0], -1)
   numerator = 2 * jnp.sum(prob * targets, axis=-1)
   denominator = jnp.sum(prob, axis=-1) + jnp.sum(targets, axis=-1)
-  loss = 1 - (numerator + 1) / (denominator + 1)
-  return jnp.sum(_apply_valid(loss, valid)) / num_masks
+  return 1 - (numerator + 1) / (denominator + 1)
+
+
+def dice_loss(logits: jax.Array, targets: jax.Array, *, num_masks, valid: jax.Array | None = None) -> jax.Array:
+  """Dice loss with +1 smoothing on mask logits (N, P) vs binary targets (N, P), / num_masks."""
+  return jnp.sum(_apply_valid(dice_per_mask(logits, targets), valid)) / num_masks
+
+
+def sigmoid_ce_per_mask(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Binary cross-entropy of each mask, mean over its points: logits (N, ...) vs targets -> (N,)."""
+  check_same_shape("logits", logits, "targets", targets)
+  return sigmoid_bce_with_logits(logits, targets).reshape(logits.shape[0], -1).mean(axis=-1)
 
 
 def sigmoid_ce_loss(logits: jax.Array, targets: jax.Array, *, num_masks,
                     valid: jax.Array | None = None) -> jax.Array:
   """Binary cross-entropy on mask logits (N, P): mean over points, sum over masks, / num_masks."""
-  check_same_shape("logits", logits, "targets", targets)
-  loss = sigmoid_bce_with_logits(logits, targets).reshape(logits.shape[0], -1).mean(axis=-1)
-  return jnp.sum(_apply_valid(loss, valid)) / num_masks
+  return jnp.sum(_apply_valid(sigmoid_ce_per_mask(logits, targets), valid)) / num_masks
 
 
 def box_l1_loss(pred_boxes: jax.Array, target_boxes: jax.Array, *, num_boxes,
@@ -116,4 +124,4 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, class_weight:
 
 
 __all__ = ["instance_normalizer", "sigmoid_bce_with_logits", "sigmoid_focal_loss", "dice_loss",
-           "sigmoid_ce_loss", "box_l1_loss", "giou_loss", "softmax_cross_entropy"]
+           "sigmoid_ce_loss", "dice_per_mask", "sigmoid_ce_per_mask", "box_l1_loss", "giou_loss", "softmax_cross_entropy"]

@@ -102,6 +102,11 @@ class Task(abc.ABC):
     raise ValueError(f"task {type(self).__name__} cannot read weights files; evaluate a training workdir instead "
                      "(dinoseg eval --workdir=DIR)")
 
+  def weights_converter(self) -> Any:
+    """The `dinoseg.convert.ModelConverter` for this config's model (`dinoseg convert --config`), built
+    from the config when no registered converter name (`config.model.name`) fits it; None: none."""
+    return None
+
   def evaluate_weights(self, path: str | None, workdir: str | None) -> dict[str, Any] | None:
     """A task's own evaluation of a weights file (e.g. a benchmark suite that is not the trainer's
     eval loop); None (the default) means: use the trainer's evaluation with `variables_from_weights`."""

@@ -32,8 +32,9 @@ import ml_collections
 import numpy as np
 
 from dinoseg.models.maskdino.decoder import DecoderOutputs
-from dinoseg.ops import (bilinear_gather, box_cxcywh_to_xyxy, box_l1_loss, dice_loss, importance_point_counts,
-                         point_sample, sigmoid_ce_loss, sigmoid_focal_loss, softmax_cross_entropy)
+from dinoseg.ops import (bilinear_gather, box_cxcywh_to_xyxy, box_l1_loss, importance_point_counts, point_sample,
+                         sigmoid_focal_loss, softmax_cross_entropy)
+from dinoseg.ops.losses import dice_per_mask, sigmoid_ce_per_mask
 from dinoseg.structures import PaddedInstances
 
 Draws = Callable[[str, str, tuple], jax.Array]
@@ -48,6 +49,43 @@ def random_draws(key: jax.Array) -> Draws:
     sub = jax.random.fold_in(key, zlib.crc32(f"{name}/{kind}".encode()) & 0x7FFFFFFF)
     return jax.random.uniform(sub, shape, jnp.float32)
   return draw
+
+
+def _tall_targets(masks: jax.Array) -> jax.Array:
+  """(B, T, H, W) masks -> (1, B * T * (H + 1) * W, 1): stacked with a zero row after each mask, so the
+  bilinear taps of one mask never reach the next (`_sample_tall`)."""
+  b, t, h, w = masks.shape
+  return jnp.pad(masks.astype(jnp.float32), ((0, 0), (0, 0), (0, 1), (0, 0))).reshape(1, b * t * (h + 1) * w, 1)
+
+
+def _sample_tall(tall: jax.Array, hw: tuple[int, int], row: jax.Array, points: jax.Array) -> jax.Array:
+  """Samples mask `row[r]` of a `_tall_targets` map at points[r]: row (R,), points (R, P, 2) in [0, 1]
+  -> (R, P), equal to `sample_masks` on the gathered masks."""
+  h, w = hw
+  r, p = points.shape[:2]
+  px = points[..., 0] * w - 0.5
+  py = points[..., 1] * h - 0.5 + (row * (h + 1)).astype(jnp.float32)[:, None]
+  n = tall.shape[1] // ((h + 1) * w)
+  return bilinear_gather(tall, (n * (h + 1), w), px.reshape(1, r * p), py.reshape(1, r * p)).reshape(r, p)
+
+
+def _map_valid_chunks(fn: Callable, valid: jax.Array, args: tuple, chunk: int):
+  """fn(*args) for args with R leading rows, computed in chunks of `chunk` rows; a chunk without a
+  valid row is skipped (`lax.cond`) and gives zeros. valid: (R,) bool. Returns fn's outputs, (R, ...)."""
+  r = valid.shape[0]
+  pad = (-r) % chunk
+  split = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(  # noqa: E731
+      (r + pad) // chunk, chunk, *x.shape[1:])
+  chunks = tuple(split(a) for a in args)
+  shapes = jax.eval_shape(fn, *(c[0] for c in chunks))
+
+  def body(xs):
+    v, parts = xs
+    return jax.lax.cond(jnp.any(v), lambda p: fn(*p),
+                        lambda p: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), parts)
+
+  out = jax.lax.map(body, (split(valid), chunks))
+  return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:r], out)
 
 
 # ----------------------------------------------------------------------------- costs and box ops
@@ -100,22 +138,6 @@ def mask_costs(pred_points: jax.Array, tgt_points: jax.Array) -> tuple[jax.Array
 def sample_masks(masks: jax.Array, points: jax.Array) -> jax.Array:
   """masks (N, H, W) (any dtype), points (N, P, 2) in [0, 1] -> (N, P) bilinear samples (grid_sample, zeros)."""
   return point_sample(masks.astype(jnp.float32)[..., None], points)[..., 0]
-
-
-def sample_target_masks(masks: jax.Array, target_idx: jax.Array, points: jax.Array) -> jax.Array:
-  """Samples mask `target_idx[b, n]` of image b at points[b, n]: masks (B, T, H, W), target_idx (B, N),
-  points (B, N, P, 2) in [0, 1] -> (B, N, P), equal to `sample_masks` on the gathered masks.
-
-  The masks are stacked into one tall map per image with a zero row after each mask, so that the
-  bilinear taps of one mask never reach the next; nothing of size N x H x W is materialized.
-  """
-  b, t, h, w = masks.shape
-  n, p = points.shape[1:3]
-  tall = jnp.pad(masks.astype(jnp.float32), ((0, 0), (0, 0), (0, 1), (0, 0))).reshape(b, t * (h + 1) * w, 1)
-  px = points[..., 0] * w - 0.5
-  py = points[..., 1] * h - 0.5 + (target_idx * (h + 1)).astype(jnp.float32)[..., None]
-  out = bilinear_gather(tall, (t * (h + 1), w), px.reshape(b, n * p), py.reshape(b, n * p))
-  return out.reshape(b, n, p)
 
 
 def matching_assign(matcher: str = "hungarian_device") -> AssignFn:
@@ -193,31 +215,66 @@ class SetCriterion:
     giou = _giou_parts(a[..., None, :], b[..., None, :])[..., 0, 0]
     return l1, jnp.sum(jnp.where(valid, 1 - giou, 0.0)) / normalizer
 
-  def _mask_losses(self, masks, query_idx, tgt_masks, target_idx, valid, normalizer, cand, rand):
-    """masks (B, Q, h, w); query_idx / target_idx / valid (B, N); tgt_masks (B, T, H, W);
-    cand (B, N, S, 2), rand (B, N, R, 2) -> (bce, dice)."""
-    b, n = query_idx.shape
-    src = jnp.take_along_axis(masks, query_idx[:, :, None, None], axis=1).reshape(b * n, *masks.shape[2:])
-    cand = cand.reshape(b * n, self.num_sampled, 2)
+  def _mask_row_terms(self, src, tall, hw, row, cand, rand):
+    """Per-row mask terms before normalization.
+
+    Args:
+      src: (R, h, w) predicted mask logits of the rows.
+      tall: (1, N * (H + 1) * W, 1) every target mask of the batch stacked (`_tall_targets`); hw: (H, W).
+      row: (R,) int32 index of each row's target mask among the N = B * T.
+      cand: (R, S, 2) oversampled candidate points; rand: (R, Rn, 2) extra random points.
+    Returns:
+      (bce (R,), dice (R,)): mean point BCE and dice of each row.
+    """
     src_sg = jax.lax.stop_gradient(src).astype(jnp.float32)
     uncertainty = -jnp.abs(sample_masks(src_sg, cand))
     _, top = jax.lax.top_k(uncertainty, self.num_uncertain)
     coords = jnp.take_along_axis(cand, top[..., None], axis=1)
     if self.num_random:
-      coords = jnp.concatenate([coords, rand.reshape(b * n, self.num_random, 2)], axis=1)
+      coords = jnp.concatenate([coords, rand], axis=1)
     coords = jax.lax.stop_gradient(coords)
-    labels = sample_target_masks(tgt_masks, target_idx, coords.reshape(b, n, -1, 2)).reshape(b * n, -1)
-    labels = jax.lax.stop_gradient(labels)
+    labels = jax.lax.stop_gradient(_sample_tall(tall, hw, row, coords))
     logits = sample_masks(src.astype(jnp.float32), coords)
-    valid = valid.reshape(b * n)
-    return (sigmoid_ce_loss(logits, labels, num_masks=normalizer, valid=valid),
-            dice_loss(logits, labels, num_masks=normalizer, valid=valid))
+    return sigmoid_ce_per_mask(logits, labels), dice_per_mask(logits, labels)
 
-  def _losses(self, logits, boxes, masks, query_idx, tgt_labels, tgt_boxes, tgt_masks, target_idx, valid,
-              normalizer, cand, rand, with_boxes=True):
+  def _skip_padded(self) -> bool:
+    mode = self.cfg.get("padded_mask_rows", "auto")
+    if mode not in ("auto", "skip", "compute"):
+      raise ValueError(f"loss.padded_mask_rows must be 'auto', 'skip' or 'compute', got {mode!r}")
+    return mode == "skip" or (mode == "auto" and jax.default_backend() == "cpu")
+
+  def _mask_losses(self, masks, query_idx, row, valid, tgt_masks, normalizer, cand, rand):
+    """Point-sampled mask BCE and dice of M predictions at once.
+
+    Args:
+      masks: (M, B, Q, h, w) predicted mask logits; query_idx: (M, B, N) query of each slot.
+      row: (B, N) target of each slot as b * T + t; valid: (B, N) real slots.
+      tgt_masks: (B, T, H, W); cand (M, B, N, S, 2), rand (M, B, N, Rn, 2).
+    Returns:
+      (bce (M,), dice (M,)) summed over valid slots / normalizer.
+
+    Rows of padded slots are masked out of the sums. With `loss.padded_mask_rows` "skip" (what
+    "auto" picks on the CPU) rows are processed in chunks of `loss.mask_row_chunk` under `lax.cond`,
+    so chunks without a real slot cost nothing; with "compute" (accelerators) all rows run as one
+    batch: parallel devices prefer the wide op to a sequential loop.
+    """
+    m, b, n = query_idx.shape
+    src = jnp.take_along_axis(masks, query_idx[..., None, None], axis=2)  # (M, B, N, h, w)
+    tall, hw = _tall_targets(tgt_masks), tuple(tgt_masks.shape[2:])
+    rows = m * b * n
+    args = (src.reshape(rows, *masks.shape[3:]), jnp.broadcast_to(row[None], (m, b, n)).reshape(rows),
+            cand.reshape(rows, *cand.shape[3:]), rand.reshape(rows, *rand.shape[3:]))
+    valid_rows = jnp.broadcast_to(valid[None], (m, b, n)).reshape(rows)
+    fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
+    if self._skip_padded():
+      bce, dice = _map_valid_chunks(fn, valid_rows, args, int(self.cfg.get("mask_row_chunk", 8)))
+    else:
+      bce, dice = fn(*args)
+    total = lambda x: jnp.sum(jnp.where(valid_rows, x, 0.0).reshape(m, b * n), axis=1) / normalizer  # noqa: E731
+    return total(bce), total(dice)
+
+  def _losses(self, logits, boxes, query_idx, tgt_labels, tgt_boxes, valid, normalizer, with_boxes=True):
     out = {"loss_ce": self._class_loss(logits, query_idx, tgt_labels, valid, normalizer)}
-    out["loss_mask"], out["loss_dice"] = self._mask_losses(masks, query_idx, tgt_masks, target_idx, valid,
-                                                           normalizer, cand, rand)
     if with_boxes:
       out["loss_bbox"], out["loss_giou"] = self._box_losses(boxes, query_idx, tgt_boxes, valid, normalizer)
     return out
@@ -247,28 +304,34 @@ class SetCriterion:
     idx = self.assign(costs.reshape(m * b, *costs.shape[2:]), valid.reshape(m * b, t))
     idx = jax.lax.stop_gradient(idx).astype(jnp.int32).reshape(m, b, t)
     cand, rand = self._point_draws(names, draws, b, t)
-    target_idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+    row = jnp.arange(b * t, dtype=jnp.int32).reshape(b, t)
 
-    def one(lg, bx, mk, qi, cd, rd):
-      return self._losses(lg, bx, mk, qi, targets.labels, targets.boxes, targets.masks, target_idx, targets.valid,
-                          normalizer, cd, rd, with_boxes=self.cfg.box_loss)
-    return jax.vmap(one)(logits, boxes, masks, idx, cand, rand), idx
+    def one(lg, bx, qi):
+      return self._losses(lg, bx, qi, targets.labels, targets.boxes, targets.valid, normalizer,
+                          with_boxes=self.cfg.box_loss)
+    out = jax.vmap(one)(logits, boxes, idx)
+    out["loss_mask"], out["loss_dice"] = self._mask_losses(masks, idx, row, targets.valid, targets.masks, normalizer,
+                                                           cand, rand)
+    return out, idx
 
   def denoising_losses(self, names, logits, boxes, masks, targets: PaddedInstances, groups: int, normalizer,
                        draws: Draws):
     """Losses of M denoising predictions (fixed assignment: query g * T + t <-> target t)."""
     b, t = targets.labels.shape
     n = groups * t
+    m = len(names)
     query_idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None], (b, n))
     rep = lambda x: jnp.broadcast_to(x[:, None], (b, groups) + x.shape[1:]).reshape((b, n) + x.shape[2:])  # noqa: E731
-    target_idx = rep(jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t)))
+    row = rep(jnp.arange(b * t, dtype=jnp.int32).reshape(b, t))
     labels, tboxes, valid = rep(targets.labels), rep(targets.boxes), rep(targets.valid)
     cand, rand = self._point_draws(names, draws, b, n)
 
-    def one(lg, bx, mk, cd, rd):
-      return self._losses(lg, bx, mk, query_idx, labels, tboxes, targets.masks, target_idx, valid,
-                          normalizer * groups, cd, rd, with_boxes=True)
-    return jax.vmap(one)(logits, boxes, masks, cand, rand)
+    def one(lg, bx):
+      return self._losses(lg, bx, query_idx, labels, tboxes, valid, normalizer * groups, with_boxes=True)
+    out = jax.vmap(one)(logits, boxes)
+    out["loss_mask"], out["loss_dice"] = self._mask_losses(
+        masks, jnp.broadcast_to(query_idx[None], (m, b, n)), row, valid, targets.masks, normalizer * groups, cand, rand)
+    return out
 
   def __call__(self, outputs: DecoderOutputs, targets: PaddedInstances, draws: Draws,
                return_indices: bool = False):
@@ -328,4 +391,4 @@ def total_loss(losses: Mapping[str, jax.Array]) -> jax.Array:
 
 
 __all__ = ["SetCriterion", "random_draws", "focal_class_cost", "mask_costs", "generalized_box_iou_eps",
-           "sample_masks", "sample_target_masks", "matching_assign", "total_loss", "LARGE_COST"]
+           "sample_masks", "matching_assign", "total_loss", "LARGE_COST"]

@@ -80,6 +80,11 @@ def loss_config() -> ml_collections.ConfigDict:
       box_loss=True,
       matcher="hungarian_device",  # dinoseg.matching.MATCHERS: "hungarian_device" or "scipy_host"
       matching_cost_impl="auto",  # dinoseg.kernels.matching_cost implementation
+      # Mask losses of padded target slots: "skip" processes rows in chunks of mask_row_chunk and skips
+      # chunks without a real target (lax.cond); "compute" runs every row in one batch; "auto": "skip"
+      # on the CPU, "compute" elsewhere.
+      padded_mask_rows="auto",
+      mask_row_chunk=8,
   ))
 
 

@@ -186,6 +186,17 @@ class MaskDINOTask(task_lib.Task):
     from dinoseg.predict import load_variables  # noqa: PLC0415
     return load_variables(self.config, path)
 
+  def weights_converter(self):
+    """Reference state dict <-> Flax variables for this config's model (any widths, not only the
+    released ones), for `dinoseg convert --config`."""
+    from dinoseg.convert.registry import ModelConverter  # noqa: PLC0415
+    from dinoseg.models.maskdino import convert  # noqa: PLC0415
+    model, no_object_weight = self.config.model, float(self.config.loss.no_object_weight)
+    return ModelConverter(name="maskdino (from the config)", variables=True,
+                          to_flax=lambda state: convert.to_flax(state, model),
+                          to_torch=lambda variables: convert.to_torch(variables, model, no_object_weight=no_object_weight),
+                          description="Mask DINO with the config's model settings")
+
   def loss_fn(self, params, model_state, batch, rng, *, train=True):
     images = batch["image"]
     targets = PaddedInstances(labels=batch["labels"].astype(jnp.int32), boxes=batch["boxes"].astype(jnp.float32),

@@ -96,7 +96,7 @@ def test_eval_parity(name):
       np.testing.assert_array_equal(s.argmax(0), fx[f"post/sem_argmax/{i}"])
 
 
-def _train_parity(name):
+def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8):
   spec, fx = fixture_config(name), load_fixture(name)
   cfg = model_config_for(spec)
   model = head_modules(cfg)
@@ -108,6 +108,7 @@ def _train_parity(name):
                             jnp.asarray(fx["dn/box_u"]))
   loss_cfg = defaults.loss_config()
   loss_cfg.num_points = spec["num_points"]
+  loss_cfg.padded_mask_rows, loss_cfg.mask_row_chunk = padded_mask_rows, mask_row_chunk
   criterion = crit_lib.SetCriterion(spec["num_classes"], loss_cfg, semantic_ce_loss=spec["semantic_ce"],
                                     assign=scipy_assign)
 
@@ -135,8 +136,13 @@ def _train_parity(name):
     assert_close(torch_grads[key], fx[f"grad/{key}"], RTOL, f"grad {key}")
 
 
-def test_train_parity_r50():
-  _train_parity("r50_4lvl")
+@pytest.mark.parametrize("mode,chunk", [("skip", 3), ("compute", 8)])
+def test_train_parity_r50(mode, chunk):
+  """Both mask-loss paths: chunks of padded slots skipped under lax.cond (3 rows: chunks straddle
+  images and the padding of the last chunk), and every row in one batch."""
+  spec = load_fixture("r50_4lvl")
+  assert not np.asarray(spec["gt/valid"]).all()  # the fixture has padded target slots
+  _train_parity("r50_4lvl", mode, chunk)
 
 
 @pytest.mark.slow
