@@ -7,12 +7,12 @@ exports PyTorch weights (reference key names) and writes overlay PNGs; nothing i
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart --config.train.num_steps=300   # shorter
 
-2000 steps of batch 8 at 128 x 128: about 10 minutes on 2 idle CPU cores, mask AP 60.7 on the 64
+2000 steps of batch 8 at 128 x 128: under 10 minutes on 2 idle CPU cores, mask AP 60.7 on the 64
 validation images (docs/maskdino.md has the run and the tuning runs).
 
 The model keeps the structure of configs/maskdino/coco_instance_r50_3s_d1_2048.py (res3-res5 + one
 downsampled level, low2high, two-stage queries, mask2box box init, denoising, deep supervision) at
-CPU widths: a narrow 1-block-per-stage ResNet trained from scratch, 128-wide pixel decoder and
+CPU widths: a narrow 1-block-per-stage ResNet trained from scratch, 64-wide pixel decoder and
 decoder. `quickstart.*` holds the dataset the command synthesizes (dinoseg.data_pipelines.synth) and
 what it writes. The same config also trains with the generic commands once the data exists:
 

@@ -138,7 +138,10 @@ def main(args, overrides) -> int:
   if jax.default_backend() == "cpu":
     # XLA:CPU compiles each random-number op of the partitionable threefry for seconds (the model init
     # has one per parameter); one CPU process does not need partitionable keys.
-    jax.config.update("jax_threefry_partitionable", False)
+    try:
+      jax.config.update("jax_threefry_partitionable", False)
+    except AttributeError:  # a JAX without the option (the partitionable form is then the only one)
+      pass
   workdir = pathlib.Path(args.workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   if args.fresh:

@@ -1,0 +1,99 @@
+"""Where a Mask DINO train step spends its time on this machine: the top XLA ops of one step.
+
+    python scripts/profile_maskdino_step.py [--size 128] [--top 25] [--threads 1] [--config.a.b=value ...]
+
+Builds the task of `--config` (default: the R50 COCO instance config at full width) at `--size` x
+`--size`, batch 1, random weights and 8 random ground-truth objects padded to `data.max_instances`,
+compiles the gradient of the training loss (forward, criterion with matching, backward; no optimizer),
+times one call after a warm-up, then records one more call with `jax.profiler` (perfetto trace) and
+prints the ops with the largest total duration. The trace directory is kept (`--trace-dir`) for
+TensorBoard / Perfetto.
+"""
+import argparse
+import collections
+import gzip
+import json
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/maskdino/coco_instance_r50_3s_d1_2048.py"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default=DEFAULT_CONFIG)
+  parser.add_argument("--size", type=int, default=128, help="square image size (default 128)")
+  parser.add_argument("--top", type=int, default=25, help="ops to print (default 25)")
+  parser.add_argument("--threads", type=int, default=1, help="XLA:CPU threads (default 1; 0 = XLA's default)")
+  parser.add_argument("--trace-dir", default=None, help="where the profile goes (default: a new temporary directory)")
+  args, rest = parser.parse_known_args()
+  overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
+  unknown = [a for a in rest if not a.startswith("--config.")]
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  if args.threads:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                               + ("false" if args.threads == 1 else "true")
+                               + f" intra_op_parallelism_threads={args.threads}").strip()
+  sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+  import absl.flags  # noqa: PLC0415  (grain reads absl flags)
+  if not absl.flags.FLAGS.is_parsed():
+    absl.flags.FLAGS.mark_as_parsed()
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  import bench_maskdino  # noqa: PLC0415
+  from dinoseg.config import load_config  # noqa: PLC0415
+  from dinoseg.train import task as task_lib  # noqa: PLC0415
+
+  config = load_config(args.config, [f"data.image_size=({args.size}, {args.size})", "data.batch_size=1"] + overrides)
+  task = task_lib.build(config)
+  variables = jax.jit(task.init_variables)(jax.random.key(0))
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  images, _, padded = bench_maskdino.make_inputs(args.size, 1, 8, config.model.num_classes,
+                                                 config.data.max_instances, 0)
+  batch = {"image": jnp.asarray(images, jnp.float32), "valid_hw": jnp.full((1, 2), args.size, jnp.int32),
+           **{k: jnp.asarray(padded[k]) for k in ("labels", "boxes", "valid", "masks")}}
+  rng = jax.random.key(1)
+  grad = jax.grad(lambda p, b, r: task.loss_fn(p, model_state, b, r)[0])
+  t = time.perf_counter()
+  step = jax.jit(grad).lower(params, batch, rng).compile()
+  compile_s = time.perf_counter() - t
+  jax.block_until_ready(step(params, batch, rng))
+  t = time.perf_counter()
+  jax.block_until_ready(step(params, batch, rng))
+  step_s = time.perf_counter() - t
+  trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="maskdino_profile_")
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    jax.block_until_ready(step(params, batch, rng))
+  traces = sorted(pathlib.Path(trace_dir).rglob("*.trace.json.gz"))
+  if not traces:
+    raise SystemExit(f"no perfetto trace was written under {trace_dir}")
+  with gzip.open(traces[-1]) as f:
+    events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    # Complete events of XLA ops (the Python frames and the executor's own spans are not ops).
+    if e.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor")):
+      total[name] += e.get("dur", 0)
+      count[name] += 1
+  print(f"config {args.config} {' '.join(overrides)}; {args.size}x{args.size}, batch 1, {args.threads or 'default'} "
+        f"thread(s), jax {jax.__version__} ({jax.default_backend()})")
+  print(f"compile {compile_s:.1f} s, one gradient step {step_s:.3f} s; trace: {traces[-1]}")
+  # Which JAX operation each HLO instruction came from (its metadata op_name).
+  source = dict(re.findall(r'^\s*%?([\w.\-]+) = .*?op_name="([^"]*)"', step.as_text(), re.M))
+  print("| op | calls | total ms | share of the step | from |\n|---|---|---|---|---|")
+  for name, us in total.most_common(args.top):
+    print(f"| {name[:50]} | {count[name]} | {us / 1e3:.1f} | {us / 1e6 / step_s:.1%} | {source.get(name, '')[-70:]} |")
+
+
+if __name__ == "__main__":
+  main()
