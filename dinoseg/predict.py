@@ -168,10 +168,20 @@ def list_images(path: str | os.PathLike) -> list[pathlib.Path]:
   raise FileNotFoundError(f"no such file or directory: {path}")
 
 
+class UnreadableImageError(ValueError):
+  """An input file that is not a decodable image (corrupt, truncated, or another format)."""
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-  from PIL import Image  # noqa: PLC0415
-  with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"))
+  """(H, W, 3) uint8 RGB of an image file, EXIF orientation applied (the decoder of the training data,
+  dinoseg.data_pipelines.schema.decode_image, as detectron2 reads). Raises FileNotFoundError for a
+  missing file and UnreadableImageError for a corrupt, truncated or non-image one."""
+  from dinoseg.data_pipelines import schema  # noqa: PLC0415
+  data = pathlib.Path(path).read_bytes()
+  try:
+    return schema.decode_image(data)
+  except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
+    raise UnreadableImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 # ----------------------------------------------------------------------------- Mask DINO
@@ -321,5 +331,5 @@ class MaskDINOPredictor:
     return path
 
 
-__all__ = ["PREDICTORS", "build_predictor", "load_variables", "draw_instances", "draw_semantic", "draw_panoptic",
+__all__ = ["PREDICTORS", "UnreadableImageError", "build_predictor", "load_variables", "draw_instances", "draw_semantic", "draw_panoptic",
            "MaskDINOPredictor", "list_images", "read_image", "resize_shortest_edge", "color"]

@@ -9,6 +9,10 @@ Orbax directory written by `dinoseg train`. Outputs in --output: `<stem>.png` ov
 boxes, labels), `predictions.json` (COCO results, one entry per instance, plus "file_name"), and
 `panoptic/` / `semantic/` maps for models with those outputs. The predictor comes from the
 registry in dinoseg/predict.py (by `config.task`).
+
+An image that cannot be read (corrupt, truncated, not an image) is reported and skipped; the other
+images' outputs and `predictions.json` are still written, and the command exits with status 1 and
+the list of skipped files.
 """
 import pathlib
 import sys
@@ -47,13 +51,23 @@ def main(args, config_overrides) -> int:
   out_dir.mkdir(parents=True, exist_ok=True)
   predictor = predict.build_predictor(config, args.weights)
   start = time.time()
+  skipped = []
   for i, path in enumerate(images):
-    image = predict.read_image(path)
+    try:
+      image = predict.read_image(path)
+    except predict.UnreadableImageError as e:
+      skipped.append(path)
+      print(f"[{i + 1}/{len(images)}] {path.name}: skipped: {e}", file=sys.stderr)
+      continue
     result = predictor.predict(image)
     written = predictor.write(result, image, out_dir, path.stem, score_threshold=args.score_threshold)
     print(f"[{i + 1}/{len(images)}] {path.name} -> {', '.join(p.name for p in written)}", file=sys.stderr)
   finish = getattr(predictor, "finish", None)
   results = finish(out_dir) if finish else None
-  print(f"{len(images)} image(s) in {time.time() - start:.1f} s; outputs in {out_dir}"
+  done = len(images) - len(skipped)
+  print(f"{done} image(s) in {time.time() - start:.1f} s; outputs in {out_dir}"
         + (f"; results: {results}" if results else ""))
+  if skipped:
+    print(f"error: {len(skipped)} unreadable image(s) skipped: {', '.join(str(p) for p in skipped)}", file=sys.stderr)
+    return 1
   return 0

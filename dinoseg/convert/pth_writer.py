@@ -100,12 +100,13 @@ def _aligned_info(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
   return info
 
 
-def write_pth(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> pathlib.Path:
+def write_pth(state: Mapping[str, np.ndarray], path: str | os.PathLike, wrap: str | None = None) -> pathlib.Path:
   """Writes {key: array} as a PyTorch checkpoint loadable by `torch.load(path, weights_only=True)`.
 
   Args:
     state: key -> array (float32/64/16, bfloat16, int8-64, uint8, bool); order is kept.
     path: output file (its stem names the archive folder, as torch does).
+    wrap: when given, the file holds `{wrap: state_dict}` (e.g. "model", detectron2's layout).
   Returns:
     the path written.
   """
@@ -115,7 +116,7 @@ def write_pth(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> pathl
   tree = collections.OrderedDict((k, _Tensor(s, tuple(int(d) for d in a.shape)))
                                  for (k, a), s in zip(arrays, storages))
   buf = io.BytesIO()
-  _Pickler(buf, protocol=2).dump(tree)
+  _Pickler(buf, protocol=2).dump({wrap: tree} if wrap else tree)
   prefix = path.stem or "archive"
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")

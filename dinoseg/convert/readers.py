@@ -21,7 +21,7 @@ raises `UnsafeCheckpointError` before it is called:
 
 `read_checkpoint(path)` dispatches on the suffix (or a directory) and returns a dict whose tensors
 are numpy arrays (torch bfloat16 -> ml_dtypes.bfloat16). Writers: `write_safetensors` (numpy,
-torch-free), `write_pth` (needs torch; says so otherwise), `write_orbax`.
+torch-free), `write_pth` (torch-free, dinoseg.convert.pth_writer), `write_orbax`.
 """
 import collections
 import io
@@ -372,25 +372,10 @@ def _write_safetensors_raw(arrays, path, metadata) -> None:
 
 
 def write_pth(state: Mapping[str, np.ndarray], path: str | os.PathLike, wrap: str | None = None) -> None:
-  """Writes {key: array} as a torch .pth (tensors; `{wrap: state}` when `wrap` is given, e.g. "model").
-
-  Raises:
-    RuntimeError: torch is not installed (write .safetensors instead, which needs no torch).
-  """
-  if not torch_available():
-    raise RuntimeError("writing .pth needs PyTorch, which is not installed; write .safetensors instead "
-                       "(torch-free) or install torch")
-  import torch  # noqa: PLC0415
-  import ml_dtypes  # noqa: PLC0415
-
-  def tensor(a):
-    a = np.ascontiguousarray(a)
-    if a.dtype == np.dtype(ml_dtypes.bfloat16):
-      return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-  sd = collections.OrderedDict((k, tensor(v)) for k, v in state.items())
-  torch.save({wrap: sd} if wrap else sd, str(path))
+  """Writes {key: array} as a torch .pth (`{wrap: state}` when `wrap` is given, e.g. "model"), without
+  PyTorch (dinoseg.convert.pth_writer); `torch.load(path, weights_only=True)` reads it."""
+  from dinoseg.convert import pth_writer  # noqa: PLC0415
+  pth_writer.write_pth(state, path, wrap=wrap)
 
 
 def write_orbax(tree: Mapping, path: str | os.PathLike) -> None:

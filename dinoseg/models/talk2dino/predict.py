@@ -155,13 +155,13 @@ def load_variables(config, weights) -> dict:
 
 
 def read_image(path: str | pathlib.Path) -> np.ndarray:
-  """RGB uint8 (H, W, 3) from an image file."""
-  from PIL import Image  # noqa: PLC0415
+  """RGB uint8 (H, W, 3) from an image file (dinoseg.predict.read_image: EXIF orientation applied;
+  UnreadableImageError for a corrupt file)."""
+  from dinoseg import predict  # noqa: PLC0415
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"input image {path} not found")
-  with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"))
+  return predict.read_image(path)
 
 
 def save_prediction(image: np.ndarray, prediction: Prediction, output: str | pathlib.Path) -> dict[str, str]:
