@@ -158,22 +158,39 @@ class PreparedDataset:
       yield ex["image"], lut[np.minimum(ex["sem_seg"], 255)]
 
   def coco_ground_truth(self, split: str) -> dict[str, Any]:
-    """A COCO instances dict (images, annotations with compressed-RLE segmentations, categories)."""
+    """A COCO instances dict (images, annotations with compressed-RLE segmentations, categories).
+
+    Panoptic datasets (records without instances) give their thing segments as instances: mask =
+    the segment's pixels, bbox / area / iscrowd from its segments_info. (COCO's own
+    instances_val2017.json, which detectron2 pairs with the panoptic split, annotates the same
+    objects but may overlap where the panoptic map assigns each pixel once.)
+    """
     view = self.split(split)
+    things = {int(c["id"]) for c in self.categories if c.get("isthing", 1)}
     images, annotations = [], []
+
+    def add(image_id, h, w, category_id, bbox, area, iscrowd, counts):
+      annotations.append({
+          "id": len(annotations) + 1, "image_id": image_id, "category_id": int(category_id),
+          "bbox": [float(v) for v in bbox], "area": float(area), "iscrowd": int(iscrowd),
+          "segmentation": {"size": [h, w], "counts": counts.decode("ascii")}})
+
     for i in range(len(view)):
       rec = view.record(i)
-      h, w = int(rec["height"]), int(rec["width"])
-      images.append({"id": int(rec["id"]), "file_name": rec["file_name"], "height": h, "width": w})
+      h, w, image_id = int(rec["height"]), int(rec["width"]), int(rec["id"])
+      images.append({"id": image_id, "file_name": rec["file_name"], "height": h, "width": w})
       inst = rec.get("instances")
-      if not inst:
-        continue
-      for k in range(len(inst["id"])):
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": int(rec["id"]), "category_id": int(inst["category_id"][k]),
-            "bbox": [float(v) for v in inst["bbox"][k]], "area": float(inst["area"][k]),
-            "iscrowd": int(inst["iscrowd"][k]),
-            "segmentation": {"size": [h, w], "counts": inst["rle"][k].decode("ascii")}})
+      if inst:
+        for k in range(len(inst["id"])):
+          add(image_id, h, w, inst["category_id"][k], inst["bbox"][k], inst["area"][k], inst["iscrowd"][k],
+              inst["rle"][k])
+      elif rec.get("panoptic"):
+        segs = rec["panoptic"]["segments"]
+        pan_seg = schema.decode_panoptic_png(rec["panoptic"]["png"])
+        for k in range(len(segs["id"])):
+          if int(segs["category_id"][k]) in things:
+            add(image_id, h, w, segs["category_id"][k], segs["bbox"][k], segs["area"][k], segs["iscrowd"][k],
+                schema.encode_mask(pan_seg == int(segs["id"][k])))
     return {"images": images, "annotations": annotations, "categories": self.categories}
 
 

@@ -184,9 +184,37 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // n
 
 
+def batch_shard_count(mesh: Mesh, batch_axes: Sequence[str] = BATCH_AXES) -> int:
+  """Number of shards the batch dimension is split into (product of the mesh's batch axes)."""
+  return int(np.prod([dict(zip(mesh.axis_names, mesh.devices.shape))[a] for a in batch_axes
+                      if a in mesh.axis_names]))
+
+
+def pad_eval_batch(local_batch: dict, mesh: Mesh, batch_axes: Sequence[str] = BATCH_AXES) -> dict:
+  """Pads this process's eval batch with invalid examples (copies of its first row marked
+  `example_valid` False, as the eval pipeline pads its last batch) so that its size divides the
+  process's share of the batch shards (e.g. eval batch 2 on 8 devices -> 8 rows).
+
+  Raises:
+    ValueError: the batch needs padding but has no `example_valid` entry to mark the padded rows.
+  """
+  per_process = max(1, batch_shard_count(mesh, batch_axes) // jax.process_count())
+  n = int(np.shape(jax.tree.leaves(local_batch)[0])[0])
+  if n % per_process == 0:
+    return local_batch
+  if "example_valid" not in local_batch:
+    raise ValueError(f"eval batch of {n} examples per process is not divisible by the {per_process} batch shards "
+                     f"of this process, and the batch has no 'example_valid' to pad it with; set the eval batch size "
+                     f"to a multiple of {per_process}")
+  rows = np.concatenate([np.arange(n), np.zeros(-n % per_process, np.int64)])
+  padded = jax.tree.map(lambda x: np.asarray(x)[rows], dict(local_batch))
+  padded["example_valid"] = np.asarray(padded["example_valid"]).astype(bool).copy()
+  padded["example_valid"][n:] = False
+  return padded
+
+
 def check_batch_divisible(global_batch_size: int, mesh: Mesh, batch_axes: Sequence[str] = BATCH_AXES) -> None:
-  shards = int(np.prod([dict(zip(mesh.axis_names, mesh.devices.shape))[a] for a in batch_axes
-                        if a in mesh.axis_names]))
+  shards = batch_shard_count(mesh, batch_axes)
   if global_batch_size % shards:
     raise ValueError(f"batch size {global_batch_size} is not divisible by the {shards} batch shards "
                      f"of mesh {dict(zip(mesh.axis_names, mesh.devices.shape))}")
@@ -199,4 +227,4 @@ def logical_axis_rules(rules, mesh: Mesh):
 
 __all__ = ["MESH_AXIS_ORDER", "BATCH_AXES", "DEFAULT_RULES", "make_mesh", "mesh_axes_from_config",
            "rules_from_config", "batch_sharding", "replicated", "param_shardings", "unbox", "global_batch",
-           "per_process_batch_size", "check_batch_divisible", "logical_axis_rules"]
+           "per_process_batch_size", "batch_shard_count", "pad_eval_batch", "check_batch_divisible", "logical_axis_rules"]

@@ -1,12 +1,14 @@
-"""Where a Mask DINO train step spends its time on this machine: the top XLA ops of one step.
+"""Where a Mask DINO train step (or inference) spends its time on this machine: the top XLA ops of one call.
 
-    python scripts/profile_maskdino_step.py [--size 128] [--top 25] [--threads 1] [--config.a.b=value ...]
+    python scripts/profile_maskdino_step.py [--size 128] [--mode train|inference] [--top 25] [--threads 1] \
+        [--config.a.b=value ...]
 
 Builds the task of `--config` (default: the R50 COCO instance config at full width) at `--size` x
 `--size`, batch 1, random weights and 8 random ground-truth objects padded to `data.max_instances`,
 compiles the gradient of the training loss (forward, criterion with matching, backward; no optimizer),
-times one call after a warm-up, then records one more call with `jax.profiler` (perfetto trace) and
-prints the ops with the largest total duration. The trace directory is kept (`--trace-dir`) for
+or with `--mode inference` the task's jitted prediction (eval forward + postprocessing, as
+`dinoseg eval` runs it), times one call after a warm-up, then records one more call with
+`jax.profiler` (perfetto trace) and prints the ops with the largest total duration. The trace directory is kept (`--trace-dir`) for
 TensorBoard / Perfetto.
 """
 import argparse
@@ -28,6 +30,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default=DEFAULT_CONFIG)
   parser.add_argument("--size", type=int, default=128, help="square image size (default 128)")
+  parser.add_argument("--mode", choices=("train", "inference"), default="train",
+                      help="train: gradient of the training loss; inference: the task's predict_fn")
   parser.add_argument("--top", type=int, default=25, help="ops to print (default 25)")
   parser.add_argument("--threads", type=int, default=1, help="XLA:CPU threads (default 1; 0 = XLA's default)")
   parser.add_argument("--trace-dir", default=None, help="where the profile goes (default: a new temporary directory)")
@@ -60,18 +64,22 @@ def main() -> None:
                                                  config.data.max_instances, 0)
   batch = {"image": jnp.asarray(images, jnp.float32), "valid_hw": jnp.full((1, 2), args.size, jnp.int32),
            **{k: jnp.asarray(padded[k]) for k in ("labels", "boxes", "valid", "masks")}}
-  rng = jax.random.key(1)
-  grad = jax.grad(lambda p, b, r: task.loss_fn(p, model_state, b, r)[0])
+  if args.mode == "train":
+    fn = jax.grad(lambda p, b, r: task.loss_fn(p, model_state, b, r)[0])
+    call_args = (params, batch, jax.random.key(1))
+  else:
+    fn = lambda p, b: task.predict_fn(p, model_state, b)  # noqa: E731
+    call_args = (params, {"image": batch["image"], "valid_hw": batch["valid_hw"], "original_hw": batch["valid_hw"]})
   t = time.perf_counter()
-  step = jax.jit(grad).lower(params, batch, rng).compile()
+  step = jax.jit(fn).lower(*call_args).compile()
   compile_s = time.perf_counter() - t
-  jax.block_until_ready(step(params, batch, rng))
+  jax.block_until_ready(step(*call_args))
   t = time.perf_counter()
-  jax.block_until_ready(step(params, batch, rng))
+  jax.block_until_ready(step(*call_args))
   step_s = time.perf_counter() - t
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="maskdino_profile_")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    jax.block_until_ready(step(params, batch, rng))
+    jax.block_until_ready(step(*call_args))
   traces = sorted(pathlib.Path(trace_dir).rglob("*.trace.json.gz"))
   if not traces:
     raise SystemExit(f"no perfetto trace was written under {trace_dir}")
@@ -87,10 +95,11 @@ def main() -> None:
       count[name] += 1
   print(f"config {args.config} {' '.join(overrides)}; {args.size}x{args.size}, batch 1, {args.threads or 'default'} "
         f"thread(s), jax {jax.__version__} ({jax.default_backend()})")
-  print(f"compile {compile_s:.1f} s, one gradient step {step_s:.3f} s; trace: {traces[-1]}")
+  what = "one gradient step" if args.mode == "train" else "one inference call"
+  print(f"compile {compile_s:.1f} s, {what} {step_s:.3f} s; trace: {traces[-1]}")
   # Which JAX operation each HLO instruction came from (its metadata op_name).
   source = dict(re.findall(r'^\s*%?([\w.\-]+) = .*?op_name="([^"]*)"', step.as_text(), re.M))
-  print("| op | calls | total ms | share of the step | from |\n|---|---|---|---|---|")
+  print("| op | calls | total ms | share of the call | from |\n|---|---|---|---|---|")
   for name, us in total.most_common(args.top):
     print(f"| {name[:50]} | {count[name]} | {us / 1e3:.1f} | {us / 1e6 / step_s:.1%} | {source.get(name, '')[-70:]} |")
 

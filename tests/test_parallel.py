@@ -105,3 +105,20 @@ def test_batch_helpers_and_rules():
   small = parallel.make_mesh({"data": 8})
   abstract = {"w": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((8, 16), jnp.float32), ("embed", "mlp"))}
   assert parallel.param_shardings(abstract, small)["w"].spec == P(None, None)
+
+
+def test_pad_eval_batch_to_the_batch_shards():
+  mesh = parallel.make_mesh({"data": 4, "fsdp": 2})
+  assert parallel.batch_shard_count(mesh) == 8
+  local = {"image": np.arange(3 * 2).reshape(3, 2) + 1, "example_valid": np.array([True, True, False])}
+  padded = parallel.pad_eval_batch(local, mesh)
+  assert padded["image"].shape == (8, 2)
+  np.testing.assert_array_equal(padded["image"][:3], local["image"])
+  np.testing.assert_array_equal(padded["image"][3:], np.broadcast_to(local["image"][0], (5, 2)))  # copies of row 0
+  np.testing.assert_array_equal(padded["example_valid"], [True, True] + [False] * 6)
+  assert local["example_valid"].tolist() == [True, True, False]  # the input is not modified
+  assert parallel.global_batch(padded, mesh)["image"].shape == (8, 2)
+  same = {"image": np.zeros((16, 2)), "example_valid": np.ones(16, bool)}
+  assert parallel.pad_eval_batch(same, mesh) is same
+  with pytest.raises(ValueError, match="example_valid.*multiple of 8"):
+    parallel.pad_eval_batch({"image": np.zeros((3, 2))}, mesh)

@@ -41,6 +41,39 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
   return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
+def semantic_from_panoptic(pan_seg: np.ndarray, segment_ids: Sequence[int], segment_categories: Sequence[int],
+                           category_ids: Sequence[int], ignore_label: int = 255) -> np.ndarray:
+  """Semantic ground truth of a panoptic annotation, as the COCO `panoptic_semseg_*` label maps that
+  detectron2 / Mask DINO evaluate semantic segmentation of panoptic models against: every segment's
+  pixels (crowd included) get the contiguous index of its category, VOID and unlisted ids `ignore_label`.
+
+  Args:
+    pan_seg: (H, W) int segment ids (0 = VOID).
+    segment_ids, segment_categories: (S,) the image's segments and their dataset category ids.
+    category_ids: (C,) dataset category id of each contiguous class index.
+  Returns:
+    (H, W) int64 labels in [0, C) or `ignore_label`.
+  """
+  pan_seg = np.asarray(pan_seg, np.int64)
+  contiguous = {int(c): i for i, c in enumerate(category_ids)}
+  ids = np.asarray(segment_ids, np.int64).reshape(-1)
+  cats = np.asarray(segment_categories, np.int64).reshape(-1)
+  if ids.shape != cats.shape:
+    raise ValueError(f"segment_ids and segment_categories differ in length: {ids.shape} vs {cats.shape}")
+  unknown = sorted({int(c) for c in cats} - set(contiguous))
+  if unknown:
+    raise ValueError(f"segment categories {unknown} are not among the dataset's category ids")
+  out = np.full(pan_seg.shape, ignore_label, np.int64)
+  if ids.size:
+    order = np.argsort(ids)
+    sorted_ids = ids[order]
+    labels = np.asarray([contiguous[int(c)] for c in cats[order]], np.int64)
+    pos = np.clip(np.searchsorted(sorted_ids, pan_seg), 0, ids.size - 1)
+    hit = (sorted_ids[pos] == pan_seg) & (pan_seg != VOID)
+    out[hit] = labels[pos[hit]]
+  return out
+
+
 class PQStats:
   """Per-category sums: IoU of true positives, TP, FP, FN."""
 
@@ -247,5 +280,5 @@ def pq_compute_files(gt_json: str | Mapping, pred_json: str | Mapping, gt_folder
   return evaluator.evaluate()
 
 
-__all__ = ["rgb2id", "id2rgb", "PQStats", "pq_stats_single", "summarize", "flat_percent",
+__all__ = ["rgb2id", "id2rgb", "semantic_from_panoptic", "PQStats", "pq_stats_single", "summarize", "flat_percent",
            "PanopticEvaluator", "pq_compute_files", "VOID"]

@@ -163,7 +163,7 @@ def evaluate_variables(run: Run, params, model_state) -> dict | None:
     return None
   with run.context():
     for local in batches:
-      batch = run.global_batch(local)
+      batch = run.global_batch(parallel.pad_eval_batch(local, run.mesh, run.batch_axes))
       predictions = run.predict(params, model_state, batch)
       evaluator.update(_gather(batch), _gather(predictions))
   return evaluator.result()

@@ -96,3 +96,15 @@ def test_bad_predictions_raise():
     pq_stats_single(gt, [{"id": 1, "category_id": 1}], gt, [{"id": 1, "category_id": 9}], cats)
   with pytest.raises(ValueError, match="categories"):
     PanopticEvaluator({})
+
+
+def test_semantic_from_panoptic():
+  from dinoseg.evaluation.panoptic import semantic_from_panoptic
+  pan = np.array([[0, 5, 5], [7, 7, 9], [300, 0, 9]])
+  # segment 5: category 20 (index 2), 7: category 1 (index 0, a crowd segment is labeled too), 9: category 3;
+  # 300 has no segments_info entry: ignored like VOID.
+  sem = semantic_from_panoptic(pan, [9, 5, 7], [3, 20, 1], category_ids=[1, 3, 20])
+  np.testing.assert_array_equal(sem, [[255, 2, 2], [0, 0, 1], [255, 255, 1]])
+  assert semantic_from_panoptic(pan, [], [], category_ids=[1]).tolist() == [[255] * 3] * 3
+  with pytest.raises(ValueError, match=r"categories \[4\]"):
+    semantic_from_panoptic(pan, [5], [4], category_ids=[1, 3, 20])

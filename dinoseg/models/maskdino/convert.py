@@ -166,7 +166,7 @@ def to_torch(variables: Mapping, model: ml_collections.ConfigDict, head_only: bo
 RELEASED_CONFIGS = (
     "coco_instance_r50_3s_hid1024", "coco_instance_r50_3s_d1_2048", "coco_instance_swinl_4s_d1_2048",
     "coco_instance_swinl_4s_d1_2048_no_mask_enhance", "coco_panoptic_r50_3s_d1_2048", "coco_panoptic_swinl_4s_d1_2048",
-    "ade20k_semantic_r50", "cityscapes_semantic_r50",
+    "coco_panoptic_swinl_4s_d1_2048_mask_enhance", "ade20k_semantic_r50", "cityscapes_semantic_r50",
 )
 
 

@@ -143,6 +143,9 @@ RELEASED = {
     "coco_panoptic_swinl_4s_d1_2048": dict(
         backbone="swin_large", dataset="coco_panoptic", num_classes=133, encoder_in=("res2", "res3", "res4", "res5"),
         total_levels=5, feature_order="low2high", enc_ffn=2048, box_init="no"),
+    "coco_panoptic_swinl_4s_d1_2048_mask_enhance": dict(
+        backbone="swin_large", dataset="coco_panoptic", num_classes=133, encoder_in=("res2", "res3", "res4", "res5"),
+        total_levels=5, feature_order="low2high", enc_ffn=2048, box_init="bitmask"),
     "ade20k_semantic_r50": dict(
         backbone="resnet50", dataset="ade20k", num_classes=150, encoder_in=("res3", "res4", "res5"), total_levels=3,
         feature_order="high2low", enc_ffn=1024, box_init="no", two_stage=False, num_queries=100, semantic_ce=True),

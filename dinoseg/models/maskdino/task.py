@@ -94,6 +94,7 @@ class MaskDINOEvaluator:
     return x[..., rows[:, None], cols[None, :]]
 
   def update(self, batch: Mapping[str, Any], predictions: Mapping[str, Any]) -> None:
+    from dinoseg.evaluation.panoptic import semantic_from_panoptic  # noqa: PLC0415
     valid = np.asarray(batch.get("example_valid", np.ones(len(batch["image_id"]), bool)))
     for b in np.nonzero(valid)[0]:
       image_id = int(batch["image_id"][b])
@@ -121,9 +122,16 @@ class MaskDINOEvaluator:
         self.panoptic.process(ex["panoptic"]["pan_seg"], gt_info, seg, info)
       if self.semantic is not None:
         pred = self._to_original(np.asarray(predictions["sem_labels"][b]), out_hw, orig)
-        gt = ex["sem_seg"].astype(np.int64)
-        if self.lut is not None:
-          gt = self.lut[np.minimum(gt, 255)]
+        if "sem_seg" in ex:
+          gt = ex["sem_seg"].astype(np.int64)
+          if self.lut is not None:
+            gt = self.lut[np.minimum(gt, 255)]
+        elif "panoptic" in ex:  # panoptic datasets: the semantic labels of the panoptic annotation
+          segs = ex["panoptic"]["segments"]
+          gt = semantic_from_panoptic(ex["panoptic"]["pan_seg"], segs["id"], segs["category_id"], self.category_ids)
+        else:
+          raise ValueError(f"test.semantic_on needs semantic or panoptic ground truth; dataset {self.dataset.path} "
+                           f"has neither (image {image_id})")
         self.semantic.process(pred, gt)
 
   def result(self) -> dict[str, Any]:

@@ -16,14 +16,16 @@ from dinoseg.models.maskdino import convert
 from dinoseg.models.maskdino.model import build_model
 
 KEYS = pathlib.Path("/work/shared/reference/keys")
-LAYOUTS = {
-    "keys_r50_instance_3s_d1_2048.tsv": "coco_instance_r50_3s_d1_2048",
-    "keys_r50_instance_3s_hid1024.tsv": "coco_instance_r50_3s_hid1024",
-    "keys_r50_panoptic.tsv": "coco_panoptic_r50_3s_d1_2048",
-    "keys_swinl_instance.tsv": "coco_instance_swinl_4s_d1_2048",
-    "keys_swinl_panoptic.tsv": "coco_panoptic_swinl_4s_d1_2048",
-    "keys_r50_ade_semantic.tsv": "ade20k_semantic_r50",
-}
+LAYOUTS = [  # (reference key dump, config with that layout)
+    ("keys_r50_instance_3s_d1_2048.tsv", "coco_instance_r50_3s_d1_2048"),
+    ("keys_r50_instance_3s_hid1024.tsv", "coco_instance_r50_3s_hid1024"),
+    ("keys_r50_panoptic.tsv", "coco_panoptic_r50_3s_d1_2048"),
+    ("keys_swinl_instance.tsv", "coco_instance_swinl_4s_d1_2048"),
+    ("keys_swinl_instance.tsv", "coco_instance_swinl_4s_d1_2048_no_mask_enhance"),  # box init has no parameters
+    ("keys_swinl_panoptic.tsv", "coco_panoptic_swinl_4s_d1_2048"),
+    ("keys_swinl_panoptic.tsv", "coco_panoptic_swinl_4s_d1_2048_mask_enhance"),
+    ("keys_r50_ade_semantic.tsv", "ade20k_semantic_r50"),
+]
 
 
 def _read_tsv(path):
@@ -42,7 +44,7 @@ def _abstract(model_cfg, hw=256):
 
 
 @pytest.mark.skipif(not KEYS.is_dir(), reason="reference key dumps not available")
-@pytest.mark.parametrize("tsv,config", sorted(LAYOUTS.items()))
+@pytest.mark.parametrize("tsv,config", LAYOUTS)
 def test_full_size_layout_equals_reference_checkpoint(tsv, config):
   want = _read_tsv(KEYS / tsv)
   cfg = load_config(f"configs/maskdino/{config}.py").model
