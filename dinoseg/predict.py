@@ -307,8 +307,9 @@ class MaskDINOPredictor:
       seg, info = result["panoptic"]
       (out_dir / "panoptic").mkdir(exist_ok=True)
       Image.fromarray(id2rgb(seg)).save(out_dir / "panoptic" / f"{stem}.png")
-      with open(out_dir / "panoptic" / f"{stem}.json", "w") as f:
-        json.dump(info, f)
+      with open(out_dir / "panoptic" / f"{stem}.json", "w") as f:  # dataset category ids, as predictions.json
+        json.dump([dict(s, category_id=self.category_ids[s["category_id"]]) for s in info] if self.category_ids
+                  else info, f)
       paths.append(out_dir / f"{stem}_panoptic.png")
       draw_panoptic(image, seg, info, self.class_names).save(paths[-1])
     if "semantic" in result:

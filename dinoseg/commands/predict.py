@@ -7,7 +7,9 @@
 `--weights` takes a reference checkpoint (.pth / .pkl / .safetensors, converted on the fly) or an
 Orbax directory written by `dinoseg train`. Outputs in --output: `<stem>.png` overlays (masks,
 boxes, labels), `predictions.json` (COCO results, one entry per instance, plus "file_name"), and
-`panoptic/` / `semantic/` maps for models with those outputs. The predictor comes from the
+for models with those outputs `panoptic/<stem>.png` + `.json` (COCO panoptic PNG and segments_info)
+and `semantic/<stem>.png` (label map). Category ids are the config's dataset ids
+(`config.dataset.category_ids`, e.g. COCO's) when it has them, else contiguous labels. The predictor comes from the
 registry in dinoseg/predict.py (by `config.task`).
 
 An image that cannot be read (corrupt, truncated, not an image) is reported and skipped; the other

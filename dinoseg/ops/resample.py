@@ -134,6 +134,34 @@ def _resize_axis(x: jax.Array, axis: int, idx: np.ndarray, w: np.ndarray, weight
   return out
 
 
+def resize_matrix(in_size: int, out_size: int, mode: str = "bilinear", align_corners: bool = False) -> np.ndarray:
+  """(out_size, in_size) float32 matrix of `interpolate` along one axis (no scale_factor, no antialias):
+  `interpolate(x)` on that axis equals `matrix @ x` up to float rounding. Lets a chain of resizes be
+  composed into one matrix product (dense: meant for axes of a few thousand entries at most)."""
+  check_choice("mode", mode, INTERPOLATE_MODES)
+  idx, w = _taps(int(in_size), int(out_size), mode, bool(align_corners), None, False)
+  m = np.zeros((out_size, in_size), _F32)
+  np.add.at(m, (np.repeat(np.arange(out_size), idx.shape[1]), idx.reshape(-1)), w.reshape(-1))
+  return m
+
+
+def crop_resize_matrix(in_size: int, n_valid: jax.Array, n_out: jax.Array, out_size: int) -> jax.Array:
+  """(out_size, in_size) float32 matrix that crops the first `n_valid` of `in_size` entries and resizes
+  them bilinearly (align_corners=False, PyTorch's index arithmetic) to `n_out` entries, with traced
+  `n_valid` / `n_out`; rows >= n_out are padding (finite, to be masked by the caller)."""
+  n_valid = jnp.clip(n_valid, 1, in_size).astype(jnp.int32)
+  n_out = jnp.maximum(n_out, 1).astype(jnp.int32)
+  scale = n_valid.astype(jnp.float32) / n_out.astype(jnp.float32)
+  dst = jnp.arange(out_size, dtype=jnp.float32)
+  src = jnp.maximum(scale * (dst + 0.5) - 0.5, 0.0)
+  src = jnp.where(n_valid == n_out, dst, src)  # PyTorch copies when sizes agree.
+  idx0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_valid - 1)
+  lam = jnp.clip(src - idx0.astype(jnp.float32), 0.0, 1.0)
+  idx1 = jnp.minimum(idx0 + 1, n_valid - 1)
+  cols = jnp.arange(in_size, dtype=jnp.int32)[None, :]
+  return ((1 - lam)[:, None] * (cols == idx0[:, None]) + lam[:, None] * (cols == idx1[:, None])).astype(jnp.float32)
+
+
 def interpolate(x: jax.Array, size: Sequence[int] | int | None = None, *,
                 scale_factor: Sequence[float] | float | None = None, mode: str = "bilinear",
                 align_corners: bool = False, antialias: bool = False,
@@ -318,4 +346,4 @@ def resize_valid_region(x: jax.Array, valid_hw: jax.Array, out_hw: tuple[int, in
 
 
 __all__ = ["interpolate", "grid_sample", "point_sample", "bilinear_gather", "resize_valid_region",
-           "INTERPOLATE_MODES"]
+           "resize_matrix", "crop_resize_matrix", "INTERPOLATE_MODES"]

@@ -8,6 +8,7 @@ import pytest
 from helpers import assert_close
 
 from dinoseg.ops import grid_sample, interpolate, point_sample, resize_valid_region
+from dinoseg.ops.resample import crop_resize_matrix, resize_matrix
 
 SIZES = [((7, 9), (13, 4)), ((16, 16), (5, 37)), ((10, 3), (10, 3)), ((5, 6), (10, 12)), ((33, 17), (8, 8))]
 CASES = [("nearest", False, False), ("nearest-exact", False, False)] + [
@@ -101,6 +102,32 @@ def test_resize_valid_region_matches_crop_then_interpolate_under_jit(torch, rng)
     ref = torch.nn.functional.interpolate(torch.tensor(x)[None, :, :h, :w], size=(9, 15), mode="bilinear",
                                           align_corners=False)[0].numpy()
     assert_close(f(jnp.asarray(x), jnp.asarray([h, w])), ref, name=str(hw))
+
+
+@pytest.mark.parametrize("mode,align_corners", [("bilinear", False), ("bilinear", True), ("bicubic", False),
+                                                 ("nearest", False)])
+def test_resize_matrix_equals_interpolate(torch, rng, mode, align_corners):
+  x = rng.standard_normal((2, 9, 13)).astype(np.float32)
+  for out_hw in [(20, 7), (9, 13), (4, 26)]:
+    want = torch.nn.functional.interpolate(torch.tensor(x)[None], size=out_hw, mode=mode,
+                                           **({} if mode == "nearest" else {"align_corners": align_corners}))[0]
+    rows, cols = (resize_matrix(n, o, mode, align_corners) for n, o in zip((9, 13), out_hw))
+    assert rows.shape == (out_hw[0], 9) and cols.shape == (out_hw[1], 13)
+    assert_close(np.einsum("Hh,chw,Ww->cHW", rows, x, cols), want.numpy(), name=f"{mode} {out_hw}")
+
+
+def test_crop_resize_matrix_equals_resize_valid_region(rng):
+  x = rng.standard_normal((3, 12, 10)).astype(np.float32)
+
+  @jax.jit
+  def by_matrix(a, hw, out):  # output written on a (16, 16) canvas; rows/cols past `out` are padding
+    rows = crop_resize_matrix(12, hw[0], out[0], 16)
+    cols = crop_resize_matrix(10, hw[1], out[1], 16)
+    return jnp.einsum("Hh,chw,Ww->cHW", rows, a, cols, precision="highest")
+  for hw, out in [((12, 10), (12, 10)), ((7, 5), (9, 15)), ((1, 1), (4, 3)), ((12, 10), (16, 16))]:
+    got = by_matrix(jnp.asarray(x), jnp.asarray(hw), jnp.asarray(out))
+    want = resize_valid_region(jnp.asarray(x), jnp.asarray(hw), out)
+    assert_close(got[:, :out[0], :out[1]], want, name=f"{hw} -> {out}")
 
 
 @pytest.mark.parametrize("call,arg", [

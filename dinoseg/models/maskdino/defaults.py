@@ -25,6 +25,8 @@ test                               TEST.* (INSTANCE_ON, PANOPTIC_ON, SEMANTIC_ON
 """
 import ml_collections
 
+from dinoseg.data_pipelines import categories
+
 # detectron2 / Mask DINO RGB statistics on the 0-255 scale.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -108,20 +110,14 @@ def test_config() -> ml_collections.ConfigDict:
 
 
 
-# COCO's 80 thing categories: dataset ids in contiguous-label order, and names (for overlays).
-COCO_THING_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,
-                  32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
-                  58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87,
-                  88, 89, 90)
-COCO_THING_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
-    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
-    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
-    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
+# Overlay names and dataset category ids (label i <-> ids[i]; empty: labels are written as they are)
+# of each released config's dataset, for `dinoseg predict` (dinoseg.data_pipelines.categories).
+DATASET_CATEGORIES = {
+    "coco": (categories.COCO_THING_NAMES, categories.COCO_THING_IDS),
+    "coco_panoptic": (categories.COCO_PANOPTIC_NAMES, categories.COCO_PANOPTIC_IDS),
+    "ade20k": (categories.ADE20K_NAMES, ()),
+    "cityscapes": (categories.CITYSCAPES_NAMES, ()),
+}
 
 # The released Mask DINO configs (shared/reference/maskdino.md section 1): what each one changes.
 RELEASED = {
@@ -215,9 +211,8 @@ def released_config(name: str) -> ml_collections.ConfigDict:
     t.min_size, t.max_size = (512, 2048) if dataset == "ade20k" else (1024, 2048)
     t.eval_output_hw = (1024, 1024) if dataset == "ade20k" else (1024, 2048)
   c.test = t
-  c.dataset = ml_collections.ConfigDict(dict(
-      class_names=COCO_THING_NAMES if dataset == "coco" else (),
-      category_ids=COCO_THING_IDS if dataset == "coco" else ()))
+  names, ids = DATASET_CATEGORIES[dataset]
+  c.dataset = ml_collections.ConfigDict(dict(class_names=names, category_ids=ids))
   c.data = _data_config(dataset)
   if dataset in ("coco", "coco_panoptic"):
     c.train = train_defaults.train_config(num_steps=368_750, checkpoint_every_steps=5000, eval_every_steps=5000)
@@ -298,4 +293,4 @@ def get_released(name: str, variant: str | None) -> ml_collections.ConfigDict:
 
 
 __all__ = ["model_config", "loss_config", "test_config", "released_config", "tiny", "get_released", "RELEASED",
-           "PIXEL_MEAN", "PIXEL_STD", "COCO_THING_IDS", "COCO_THING_NAMES", "NO_WEIGHT_DECAY"]
+           "PIXEL_MEAN", "PIXEL_STD", "DATASET_CATEGORIES", "NO_WEIGHT_DECAY"]

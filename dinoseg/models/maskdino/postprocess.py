@@ -6,7 +6,8 @@ image's requested output size `output_hw[b]` at its top-left (the host crops `[:
 Resizing follows the reference: mask logits (stride 4) are upsampled bilinearly to the padded
 input size, cropped to the image's valid region and resized bilinearly to the output size
 (detectron2 `sem_seg_postprocess`); here the output size may differ per image (traced), with
-PyTorch's bilinear (align_corners=False) index arithmetic.
+PyTorch's bilinear (align_corners=False) index arithmetic, and the resizes are composed into one
+matrix product per axis (`masks_to_output`).
 
 - instance: top-k over the flattened Q x C sigmoid scores; mask = logit > 0; score = class prob x
   mean mask prob inside the mask; boxes from the box head, scaled by the output size times
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from dinoseg.ops import box_cxcywh_to_xyxy, interpolate
+from dinoseg.ops.resample import crop_resize_matrix, resize_matrix
 
 
 @flax.struct.dataclass
@@ -50,6 +52,9 @@ class PanopticResults:
   isthing: Any
   is_new: Any
   output_hw: Any
+
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _resize_axis(x: jax.Array, axis: int, n_in: jax.Array, n_out: jax.Array, size: int) -> jax.Array:
@@ -82,9 +87,23 @@ def crop_and_resize(x: jax.Array, valid_hw: jax.Array, output_hw: jax.Array, can
 
 def masks_to_output(mask_logits: jax.Array, padded_hw: tuple[int, int], valid_hw: jax.Array, output_hw: jax.Array,
                     canvas_hw: tuple[int, int]) -> jax.Array:
-  """(B, N, h, w) stride-4 logits -> (B, N, Ho, Wo) logits at each image's output size."""
-  up = interpolate(mask_logits, tuple(padded_hw), mode="bilinear", axes=(-2, -1))
-  return jax.vmap(lambda m, v, o: crop_and_resize(m, v, o, tuple(canvas_hw)))(up, valid_hw, output_hw)
+  """(B, N, h, w) stride-4 logits -> (B, N, Ho, Wo) float32 logits at each image's output size.
+
+  The reference's two bilinear resizes (to the padded input size, then crop + resize to the output
+  size) are linear along each axis, so they run as one composed (Ho, h) x (Wo, w) matrix pair per
+  image: two matmuls instead of gathers over (N, Hp, Wp) (which XLA:CPU lays out badly when their
+  consumers are fused in: 28 s vs ~1 s for 100 masks at 1024 x 1024). Equal up to float rounding.
+  """
+  h, w = mask_logits.shape[-2:]
+  up_rows = jnp.asarray(resize_matrix(h, padded_hw[0]))  # (Hp, h)
+  up_cols = jnp.asarray(resize_matrix(w, padded_hw[1]))  # (Wp, w)
+
+  def one(m, valid, out):
+    rows = jnp.matmul(crop_resize_matrix(padded_hw[0], valid[0], out[0], canvas_hw[0]), up_rows, precision=_HIGHEST)
+    cols = jnp.matmul(crop_resize_matrix(padded_hw[1], valid[1], out[1], canvas_hw[1]), up_cols, precision=_HIGHEST)
+    m = jnp.einsum("nhw,Ww->nhW", m.astype(jnp.float32), cols, precision=_HIGHEST)
+    return jnp.einsum("nhW,Hh->nHW", m, rows, precision=_HIGHEST)
+  return jax.vmap(one)(mask_logits, valid_hw, output_hw)
 
 
 def output_region(output_hw: jax.Array, canvas_hw: tuple[int, int]) -> jax.Array:
