@@ -145,10 +145,14 @@ def resize_matrix(in_size: int, out_size: int, mode: str = "bilinear", align_cor
   return m
 
 
-def crop_resize_matrix(in_size: int, n_valid: jax.Array, n_out: jax.Array, out_size: int) -> jax.Array:
-  """(out_size, in_size) float32 matrix that crops the first `n_valid` of `in_size` entries and resizes
-  them bilinearly (align_corners=False, PyTorch's index arithmetic) to `n_out` entries, with traced
-  `n_valid` / `n_out`; rows >= n_out are padding (finite, to be masked by the caller)."""
+def crop_resize_taps(in_size: int, n_valid: jax.Array, n_out: jax.Array,
+                     out_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Bilinear (align_corners=False, PyTorch's index arithmetic) taps that crop the first `n_valid` of
+  `in_size` entries and resize them to `n_out` entries, `n_valid` / `n_out` possibly traced.
+
+  Returns (idx0, idx1, lam), each (out_size,): output i = x[idx0] * (1 - lam) + x[idx1] * lam;
+  entries >= n_out are padding (finite, to be masked by the caller).
+  """
   n_valid = jnp.clip(n_valid, 1, in_size).astype(jnp.int32)
   n_out = jnp.maximum(n_out, 1).astype(jnp.int32)
   scale = n_valid.astype(jnp.float32) / n_out.astype(jnp.float32)
@@ -157,7 +161,12 @@ def crop_resize_matrix(in_size: int, n_valid: jax.Array, n_out: jax.Array, out_s
   src = jnp.where(n_valid == n_out, dst, src)  # PyTorch copies when sizes agree.
   idx0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_valid - 1)
   lam = jnp.clip(src - idx0.astype(jnp.float32), 0.0, 1.0)
-  idx1 = jnp.minimum(idx0 + 1, n_valid - 1)
+  return idx0, jnp.minimum(idx0 + 1, n_valid - 1), lam
+
+
+def crop_resize_matrix(in_size: int, n_valid: jax.Array, n_out: jax.Array, out_size: int) -> jax.Array:
+  """(out_size, in_size) float32 matrix of `crop_resize_taps` (rows >= n_out are padding)."""
+  idx0, idx1, lam = crop_resize_taps(in_size, n_valid, n_out, out_size)
   cols = jnp.arange(in_size, dtype=jnp.int32)[None, :]
   return ((1 - lam)[:, None] * (cols == idx0[:, None]) + lam[:, None] * (cols == idx1[:, None])).astype(jnp.float32)
 
@@ -330,14 +339,7 @@ def resize_valid_region(x: jax.Array, valid_hw: jax.Array, out_hw: tuple[int, in
   if valid_hw.shape != (2,):
     raise ValueError(f"valid_hw must have shape (2,), got {valid_hw.shape}")
   for axis, n_valid, n_out in zip(axes, (valid_hw[0], valid_hw[1]), out_hw):
-    n_valid = jnp.clip(n_valid, 1, x.shape[axis])
-    scale = n_valid.astype(jnp.float32) / jnp.float32(n_out)
-    dst = jnp.arange(n_out, dtype=jnp.float32)
-    src = jnp.maximum(scale * (dst + 0.5) - 0.5, 0.0)
-    src = jnp.where(n_valid == n_out, dst, src)  # PyTorch copies when sizes agree.
-    idx0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_valid - 1)
-    lam = jnp.clip(src - idx0.astype(jnp.float32), 0.0, 1.0)
-    idx1 = jnp.minimum(idx0 + 1, n_valid - 1)
+    idx0, idx1, lam = crop_resize_taps(x.shape[axis], n_valid, n_out, n_out)
     shape = [1] * x.ndim
     shape[axis] = n_out
     lam = lam.astype(x.dtype).reshape(shape)
@@ -346,4 +348,4 @@ def resize_valid_region(x: jax.Array, valid_hw: jax.Array, out_hw: tuple[int, in
 
 
 __all__ = ["interpolate", "grid_sample", "point_sample", "bilinear_gather", "resize_valid_region",
-           "resize_matrix", "crop_resize_matrix", "INTERPOLATE_MODES"]
+           "resize_matrix", "crop_resize_taps", "crop_resize_matrix", "INTERPOLATE_MODES"]

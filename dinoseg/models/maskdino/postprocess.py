@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from dinoseg.ops import box_cxcywh_to_xyxy, interpolate
-from dinoseg.ops.resample import crop_resize_matrix, resize_matrix
+from dinoseg.ops.resample import crop_resize_matrix, crop_resize_taps, resize_matrix
 
 
 @flax.struct.dataclass
@@ -60,15 +60,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def _resize_axis(x: jax.Array, axis: int, n_in: jax.Array, n_out: jax.Array, size: int) -> jax.Array:
   """Bilinear (align_corners=False) resize of the first `n_in` entries of `axis` to `n_out` entries,
   written into an axis of static length `size` (entries >= n_out are padding)."""
-  n_in = jnp.clip(n_in, 1, x.shape[axis]).astype(jnp.int32)
-  n_out = jnp.maximum(n_out, 1).astype(jnp.int32)
-  scale = n_in.astype(jnp.float32) / n_out.astype(jnp.float32)
-  dst = jnp.arange(size, dtype=jnp.float32)
-  src = jnp.maximum(scale * (dst + 0.5) - 0.5, 0.0)
-  src = jnp.where(n_in == n_out, dst, src)
-  idx0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
-  lam = jnp.clip(src - idx0.astype(jnp.float32), 0.0, 1.0)
-  idx1 = jnp.minimum(idx0 + 1, n_in - 1)
+  idx0, idx1, lam = crop_resize_taps(x.shape[axis], n_in, n_out, size)
   shape = [1] * x.ndim
   shape[axis] = size
   lam = lam.astype(x.dtype).reshape(shape)

@@ -251,12 +251,8 @@ def stitch_windows(scores: jax.Array, offsets: jax.Array, counts: jax.Array) -> 
 def _resize_axis_dynamic(x: jax.Array, axis: int, n_in: jax.Array, n_out: jax.Array, out_len: int) -> jax.Array:
   """Bilinear (align_corners=False) resize of the first `n_in` entries of `axis` to `n_out`
   entries (traced sizes), written into `out_len` slots (PyTorch's float32 index arithmetic)."""
-  scale = n_in.astype(jnp.float32) / n_out.astype(jnp.float32)
-  dst = jnp.arange(out_len, dtype=jnp.float32)
-  src = jnp.maximum(scale * (dst + 0.5) - 0.5, 0.0)
-  i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
-  lam = jnp.clip(src - i0.astype(jnp.float32), 0.0, 1.0)
-  i1 = jnp.minimum(i0 + 1, n_in - 1)
+  from dinoseg.ops.resample import crop_resize_taps  # noqa: PLC0415
+  i0, i1, lam = crop_resize_taps(x.shape[axis], n_in, n_out, out_len)
   shape = [1] * x.ndim
   shape[axis] = out_len
   lam = lam.reshape(shape)
