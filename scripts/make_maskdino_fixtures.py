@@ -25,11 +25,15 @@ Each .npz holds:
                      query axis contracted with probe_weight(name, size, seed)): pixel-decoder outputs,
                      last-layer and interm masks.
   post/...           instance (sorted by score), panoptic and semantic (probe + argmax) results.
-  dn/label_u, dn/random_labels, dn/box_u   the denoising noise the reference drew, in the
-                     (B, groups, T) layout (dinoseg.models.maskdino.denoising.DNNoise).
+  dn/label_u, dn/random_labels, dn/box_u   the denoising noise the reference drew per DN slot
+                     g * m + j (m = the largest GT count): (B, dn_num) / (B, dn_num, 4)
+                     (dinoseg.models.maskdino.denoising.DNNoise; fixtures written before the
+                     reference-groups change hold the equal-sized (B, groups, m) layout).
+  dn/probe/query_label, dn/query_bbox, dn/attn_mask   (with store_dn_queries) the reference's DN content
+                     queries (probed over channels), box logits (B, pad, 4) and self-attention mask.
   draws/match/<out>  (B, P, 2) uniform matcher points of each matched output.
   draws/cand/<out>, draws/rand/<out>   (B, T, S, 2) / (B, T, R, 2) point-loss draws per target
-                     (DN outputs: (B, groups, T, ...)).
+                     (DN outputs: per DN slot, (B, dn_num, ...)).
   indices/<out>      (B, T) prediction matched to each ground truth (-1: padding).
   loss/<name>        the weighted loss dictionary of MaskDINO.forward in train mode.
   grad/<key>         gradients of the summed losses for a few parameters.
@@ -62,6 +66,13 @@ FIXTURES = {
     "ade_3lvl": dict(channels=dict(res2=16, res3=24, res4=32, res5=40), encoder_in=["res3", "res4", "res5"],
                      total_levels=3, feature_order="high2low", box_init="no", two_stage=False,
                      semantic_ce=True, instance_on=False, panoptic_on=False, semantic_on=True, seed=3),
+    # The reference's denoising groups: DN_NUM 100 with 3 and 2 objects -> pad size 99, 33 groups of 3 (dinoseg pads
+    # the targets to max_instances 100 and keeps 100 DN slots; the test checks the DN queries, the attention mask, the
+    # DN losses and gradients). Also stores the DN queries (probes) and the attention mask.
+    "r50_dn100": dict(channels=dict(res2=16, res3=24, res4=32, res5=40), encoder_in=["res3", "res4", "res5"],
+                      total_levels=4, feature_order="low2high", box_init="mask2box", two_stage=True,
+                      semantic_ce=False, instance_on=True, panoptic_on=False, semantic_on=False, seed=4,
+                      dn_num=100, store_dn_queries=True),
 }
 COMMON = dict(num_classes=5, thing_classes=[0, 1, 2], hidden_dim=256, num_queries=10, nheads=8, enc_layers=2,
               enc_ffn=64, dec_layers=3, dec_ffn=64, dn_num=6, noise_scale=0.4, num_points=12,
@@ -69,7 +80,7 @@ COMMON = dict(num_classes=5, thing_classes=[0, 1, 2], hidden_dim=256, num_querie
               object_mask_threshold=0.25, overlap_threshold=0.8, pano_temperature=0.06)
 IMAGE_HW = [(64, 96), (50, 70)]      # valid image sizes (padded to 64 x 96)
 OUTPUT_HW = [(48, 72), (42, 60)]     # requested output sizes ("height"/"width" of the inputs)
-NUM_GT = [3, 2]                      # T = 3; groups = dn_num // 3 = 2 in both implementations
+NUM_GT = [3, 2]                      # m = 3 (largest count): groups = dn_num // 3 (2 with DN_NUM 6, 33 with 100)
 GRAD_KEYS = ["sem_seg_head.predictor.class_embed.weight", "sem_seg_head.predictor.label_enc.weight",
              "sem_seg_head.predictor._bbox_embed.layers.2.weight", "sem_seg_head.pixel_decoder.transformer.level_embed",
              "sem_seg_head.pixel_decoder.mask_features.bias"]
@@ -330,7 +341,9 @@ def run_fixture(name, spec, standin, ref, torch):
       return r
     torch.rand_like, torch.randint_like = rec_rand_like, rec_randint_like
     try:
-      return orig_prepare(*a, **k)
+      res = orig_prepare(*a, **k)
+      captured["dn_queries"] = res
+      return res
     finally:
       torch.rand_like, torch.randint_like = rand_like, randint_like
       captured["dn_draws"] = draws
@@ -383,26 +396,32 @@ def run_fixture(name, spec, standin, ref, torch):
   for k, v in losses.items():
     out[f"loss/{k}"] = np.float32(v.item())
 
-  # DN noise in the (B, groups, T) layout.
+  # DN noise per slot g * m + j (m = the largest GT count), (B, dn_num).
   t_max = max(NUM_GT)
   groups = spec["dn_num"] // t_max
+  dn_num = spec["dn_num"]
   p, new_label, box_u = captured["dn_draws"]
   total_gt = sum(NUM_GT)
-  label_u = np.full((b, groups, t_max), 0.99, np.float32)
-  random_labels = np.zeros((b, groups, t_max), np.int32)
-  box_noise = np.full((b, groups, t_max, 4), 0.5, np.float32)
+  label_u = np.full((b, dn_num), 0.99, np.float32)
+  random_labels = np.zeros((b, dn_num), np.int32)
+  box_noise = np.full((b, dn_num, 4), 0.5, np.float32)
   chosen = np.nonzero(p.numpy() < spec["noise_scale"] * 0.5)[0].tolist()
   for g in range(groups):
     offset = 0
     for i, n in enumerate(NUM_GT):
       for j in range(n):
         s = g * total_gt + offset + j
-        label_u[i, g, j] = p[s]
-        box_noise[i, g, j] = box_u[s].numpy()
+        label_u[i, g * t_max + j] = p[s]
+        box_noise[i, g * t_max + j] = box_u[s].numpy()
         if s in chosen:
-          random_labels[i, g, j] = new_label[chosen.index(s)]
+          random_labels[i, g * t_max + j] = new_label[chosen.index(s)]
       offset += n
   out["dn/label_u"], out["dn/random_labels"], out["dn/box_u"] = label_u, random_labels, box_noise
+  if spec.get("store_dn_queries"):
+    query_label, query_bbox, attn_mask, _ = captured["dn_queries"]
+    out["dn/probe/query_label"] = probe("dn_query_label", query_label.detach().numpy(), seed, axis=2)
+    out["dn/query_bbox"] = query_bbox.detach().numpy()
+    out["dn/attn_mask"] = attn_mask.numpy()
 
   # Matched outputs: matcher call order is final, aux 0..L-1, interm.
   outputs, mask_dict = captured["head"]
@@ -431,13 +450,13 @@ def run_fixture(name, spec, standin, ref, torch):
     out_name = by_id[id(outputs_)]
     s, r = cand.shape[1], rand.shape[1]
     if out_name.startswith("dn"):
-      c_t = np.full((b, groups, t_max, s, 2), 0.5, np.float32)
-      r_t = np.full((b, groups, t_max, r, 2), 0.5, np.float32)
+      c_t = np.full((b, dn_num, s, 2), 0.5, np.float32)
+      r_t = np.full((b, dn_num, r, 2), 0.5, np.float32)
       row = 0
       for i, n in enumerate(NUM_GT):
         for g in range(groups):
           for j in range(n):
-            c_t[i, g, j], r_t[i, g, j] = cand[row].numpy(), rand[row].numpy()
+            c_t[i, g * t_max + j], r_t[i, g * t_max + j] = cand[row].numpy(), rand[row].numpy()
             row += 1
     else:
       c_t = np.full((b, t_max, s, 2), 0.5, np.float32)

@@ -24,13 +24,18 @@ Tiny variant (a few steps on a few small images; the test of the command):
 
   dinoseg quickstart --config=configs/maskdino/quickstart.py:tiny --workdir=/tmp/dinoseg_quickstart_tiny
 """
+import pathlib
+
 import ml_collections
 
-from dinoseg.models.maskdino import defaults
+from dinoseg.config import load_config
+
+RELEASED_CONFIG = pathlib.Path(__file__).with_name("coco_instance_r50_3s_d1_2048.py")
 
 
 def get_config(variant=None):
-  c = defaults.tiny(defaults.released_config("coco_instance_r50_3s_d1_2048"))
+  c = load_config(f"{RELEASED_CONFIG}:tiny")  # the R50 instance model's CPU variant (no backbone init)
+  c.unlock()
   m = c.model
   m.backbone.kwargs = ml_collections.ConfigDict(dict(stage_blocks=(1, 1, 1, 1), stem_channels=32,
                                                      res2_channels=64, bottleneck_channels=16))

@@ -3,7 +3,7 @@
 Same recipe as vitb_sax2.py (`models/default/plainvit_base1024_cocolvis_sax1.py`) with one fusion block.
 
   dinoseg train --config=configs/segnext/vitb_sax1.py --workdir=/tmp/segnext_sax1 \\
-      --config.weights.backbone=weights/mae_pretrain_vit_base.pth
+      --config.init.backbone.file=weights/mae_pretrain_vit_base.pth
   dinoseg eval --config=configs/segnext/vitb_sax1.py --weights=weights/vitb_sa1_cocolvis_epoch_90.pth
 
 Tiny CPU variant:

@@ -11,7 +11,7 @@ Data: `dinoseg data prepare` the COCO+LVIS annotations (RITM's combined set, e.g
 `data.path`, DAVIS-345 / HQSeg-44K into the `eval.datasets` directories (docs/data.md).
 
   dinoseg train --config=configs/segnext/vitb_sax2.py --workdir=/tmp/segnext_sax2 \\
-      --config.data.path=data/cocolvis --config.weights.backbone=weights/mae_pretrain_vit_base.pth
+      --config.data.path=data/cocolvis --config.init.backbone.file=weights/mae_pretrain_vit_base.pth
   dinoseg eval --config=configs/segnext/vitb_sax2.py --workdir=/tmp/segnext_sax2
   dinoseg eval --config=configs/segnext/vitb_sax2.py --weights=weights/vitb_sa2_cocolvis_epoch_90.pth
   dinoseg demo segnext --weights=weights/vitb_sa2_cocolvis_epoch_90.pth --port=8008
@@ -43,8 +43,13 @@ def base_config(fusion_depth: int = 2, batch_size: int = 16, num_epochs: int = 1
       num_heads=12, mlp_ratio=4.0, global_atten_freq=3, window_size_px=224, fusion_depth=fusion_depth,
       neck_dims=(128, 256, 512, 1024), head_channels=256, dropout_rate=0.1, norm_radius=5.0,
       extra_prompts=True, scribble_radius=3.0, dtype="float32"))
-  # init: a full SegNext checkpoint (.pth or Orbax); backbone: MAE ViT weights (.pth with a `model` entry).
-  c.weights = ml_collections.ConfigDict(dict(init="", backbone="", allow_random=False))
+  # Pretrained initialisation (dinoseg.convert.init), applied by the trainer to a fresh run. checkpoint: a full
+  # SegNext checkpoint (.pth or Orbax directory) to fine-tune; backbone: MAE ViT-B weights
+  # (mae_pretrain_vit_base.pth), position grid resized 14 -> 64, partial as the reference's strict=False
+  # (cls_token and norm unused, fc_norm stays random). One of them is required (a checkpoint covers the backbone).
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = defaults.init_entry(converter="task", target="", strict=True)
+  c.init.backbone = defaults.init_entry(converter="backbone", target="backbone", strict=False, required=True)
   # The data pipelines' "interactive" task (one object per example, longest side resized to the
   # canvas x U(0.75, 1.40), flips, top-left zero padding) + the "segnext" prompt sampler: RITM
   # MultiPointSampler clicks as SegNext sets them, plus GT boxes and scribbles.
@@ -78,7 +83,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Tiny CPU variant: 128 px (2x2 windows of 64 px), width 32, random init, synthetic interactive data."""
   c.model.update(dict(image_size=128, window_size_px=64, embed_dim=32, depth=2, num_heads=2, global_atten_freq=2,
                       neck_dims=(8, 16, 24, 32), head_channels=16))
-  c.weights.allow_random = True
+  c.init.checkpoint.required = c.init.backbone.required = False  # random init
   c.data.update(dict(name="synthetic_interactive", path="/tmp/dinoseg_segnext_tiny_data", batch_size=8,
                      image_size=(128, 128), num_workers=0))
   c.data.prompt_sampler_options.update(dict(max_num_points=6, scribble_length=8))

@@ -14,9 +14,11 @@ Run (features once, then training; evaluation and prediction use the same config
   dinoseg predict --config=configs/talk2dino/vitb_mlp_infonce.py --weights=weights/vitb_mlp_infonce.pth \\
       --input=cat.jpg --classes="cat,dog,grass" --with-background
 
-`config.weights.dinov2` / `clip_text` name the backbone files (hub `dinov2_vitb14_reg4_pretrain.pth`,
-OpenAI `ViT-B-16.pt`, or converted .safetensors/.msgpack); `--weights` (or `weights.projection`)
-the projection. Tiny CPU variant (random backbones, synthetic captions and images):
+`--config.init.dinov2.file` / `init.clip_text.file` name the backbone files (hub
+`dinov2_vitb14_reg4_pretrain.pth`, the state dict of OpenAI `ViT-B-16.pt`, or converted
+.safetensors/.msgpack), e.g. `--config.init.dinov2.file=weights/dinov2_vitb14_reg4_pretrain.pth
+--config.init.clip_text.file=weights/clip_vitb16_text.safetensors`; `--weights` (or
+`init.projection.file`) the projection. Tiny CPU variant (random backbones, synthetic captions and images):
 
   dinoseg talk2dino extract --config=configs/talk2dino/vitb_mlp_infonce.py:tiny --split=train
   dinoseg train --config=configs/talk2dino/vitb_mlp_infonce.py:tiny --workdir=/tmp/t2d_tiny
@@ -38,8 +40,13 @@ def base_config(size: str) -> ml_collections.ConfigDict:
       dinov2=f"dinov2_{size}14_reg", dinov2_overrides=ml_collections.ConfigDict(),
       clip_text="clip_vitb16_text", clip_text_overrides=ml_collections.ConfigDict(),
       embed_dim=width, num_hidden_layers=1, activation="tanh", attention_scale=0.125, dtype="float32"))
-  # Weight files of the three parts ("" = not given; random only when allow_random).
-  c.weights = ml_collections.ConfigDict(dict(dinov2="", clip_text="", projection="", allow_random=False))
+  # Weight files of the three parts (dinoseg.convert.init; the converters follow config.model, so any widths).
+  # Required: feature extraction reads dinov2 + clip_text, evaluation / prediction all three (`--weights`
+  # sets the projection), `dinoseg train` trains the projection (random start unless a file is given).
+  c.init = ml_collections.ConfigDict()
+  c.init.dinov2 = defaults.init_entry(converter="dinov2", target="dinov2", required=True)
+  c.init.clip_text = defaults.init_entry(converter="clip_text", target="clip_text", required=True)
+  c.init.projection = defaults.init_entry(converter="projection", target="projection", required=True)
   # Feature pre-extraction (`dinoseg talk2dino extract`).
   c.features = ml_collections.ConfigDict(dict(
       dataset="coco2014_captions", data_dir="", splits=ml_collections.ConfigDict(dict(train="train", val="val")),
@@ -74,7 +81,8 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.dinov2_overrides = ml_collections.ConfigDict(dict(embed_dim=16, depth=1, num_heads=2, pos_embed_grid=2))
   c.model.clip_text_overrides = ml_collections.ConfigDict(dict(width=16, depth=1, num_heads=2, embed_dim=16))
   c.model.embed_dim = 16
-  c.weights.allow_random = True
+  for part in ("dinov2", "clip_text", "projection"):
+    c.init[part].required = False  # random tiny parts
   c.features.dataset = "synthetic_coco_captions"  # data_pipelines.synth scenes, prepared on first use
   c.features.data_dir = "/tmp/dinoseg_talk2dino_tiny/coco_captions"
   c.features.out_dir = "/tmp/dinoseg_talk2dino_tiny/features"

@@ -32,6 +32,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                                   eval_every_steps=500, keep_last=2, keep_best=1, best_metric="mIoU")
   c.optimizer = defaults.optimizer_config(learning_rate=3e-3, weight_decay=1e-4, lr_multipliers=(("backbone", 0.5),),
                                           clip_grad_norm=1.0, schedule="cosine", warmup_steps=50)
+  # Pretrained initialisation of a fresh run (docs/training.md): a whole toy model to fine-tune, e.g.
+  # --config.init.checkpoint.file=toy.pth (a `dinoseg convert` export) or <workdir>/checkpoints/2000.
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = defaults.init_entry(converter="task", target="")
   if variant == "tiny":
     c.model.width = 8
     c.model.image_size = 16

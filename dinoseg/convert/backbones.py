@@ -17,6 +17,8 @@ Torch layouts (the reference checkpoints; `backbone.` prefix as in Mask DINO / S
   weight 1 / bias 0 (torch's LayerNorm init, what detectron2 leaves them at); export writes the D2 layout.
 - SegNext ViT: `pos_embed`, `patch_embed.proj`, `blocks.{i}.{norm1, attn.{qkv, proj}, norm2, mlp.{fc1,
   fc2}}`, `fc_norm` (unused by the model, carried). Converter: `segnext_vit_b` (params only).
+  `resize_pos_embed` fits other position grids (MAE's 14 x 14 -> SegNext's 64 x 64), as `config.init`'s
+  "backbone" converter does (dinoseg.convert.init).
 
 Import (`to_flax`) unwraps `{"model": ...}` / `{"state_dict": ...}` checkpoints, strips a `backbone.`
 prefix when every key has it, and checks every shape against the model built by
@@ -169,6 +171,21 @@ def vit_keymap(model) -> KeyMap:
     rules += linear_rules(f"{t}.mlp.fc2", f + ("mlp", "fc2"))
   rules += layer_norm_rules("fc_norm", p + ("fc_norm",))
   return KeyMap(rules)
+
+
+def resize_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+  """A ViT position embedding (1, 1 + s*s, C) (CLS slot first, square patch grid s x s) -> (1, 1 + gh*gw, C)
+  for `grid` = (gh, gw): the patch part resized bicubically (align_corners=False, MAE's / SegNext's
+  `interpolate_pos_embed`), the CLS slot kept. Returned unchanged when the grid already fits, or when the
+  token count is not 1 + a square (the shape check then reports it)."""
+  from dinoseg.ops import interpolate  # noqa: PLC0415
+  pe = np.asarray(pos_embed)
+  side = int(round((pe.shape[1] - 1) ** 0.5)) if pe.ndim == 3 else 0
+  if pe.ndim != 3 or side * side != pe.shape[1] - 1 or (side, side) == tuple(grid):
+    return pe
+  tokens = pe[:, 1:].reshape(1, side, side, pe.shape[-1]).astype(np.float32)
+  tokens = np.asarray(interpolate(tokens, tuple(grid), mode="bicubic", align_corners=False)).astype(pe.dtype)
+  return np.concatenate([pe[:, :1], tokens.reshape(1, grid[0] * grid[1], -1)], 1)
 
 
 # ----------------------------------------------------------------------------- converters

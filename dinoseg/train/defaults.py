@@ -9,9 +9,15 @@ config file can call them cheaply) and changes what its recipe needs:
                                           schedule="step", decay_steps=(327_778, 355_092))
 
 Besides these groups the trainer reads `config.task` (the registered task), `config.seed`,
-`config.mesh` ({"data": -1, "fsdp": 1, "tensor": 1}) and, if present, `config.sharding_rules`.
+`config.mesh` ({"data": -1, "fsdp": 1, "tensor": 1}), if present `config.sharding_rules`, and
+`config.init`, the pretrained initialisation entries of a fresh run (dinoseg.convert.init):
+
+  c.init = ml_collections.ConfigDict()
+  c.init.backbone = defaults.init_entry(converter="backbone", target="backbone")   # file="" until given
 """
 import ml_collections
+
+from dinoseg.errors import UserValueError
 
 # Defaults of config.train (docs/training.md explains each).
 TRAIN_DEFAULTS = dict(
@@ -65,10 +71,17 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   return _group(OPTIMIZER_DEFAULTS, overrides, "optimizer")
 
 
+def init_entry(**overrides) -> ml_collections.ConfigDict:
+  """One `config.init` entry: file ("" = not given), converter, target, strict, required (see
+  dinoseg.convert.init; unknown keys raise)."""
+  from dinoseg.convert.init import ENTRY_DEFAULTS  # noqa: PLC0415
+  return _group(ENTRY_DEFAULTS, overrides, "init.<entry>")
+
+
 def _group(defaults: dict, overrides: dict, name: str) -> ml_collections.ConfigDict:
   unknown = sorted(set(overrides) - set(defaults))
   if unknown:
-    raise ValueError(f"unknown config.{name} keys {unknown}; known: {sorted(defaults)}")
+    raise UserValueError(f"unknown config.{name} keys {unknown}; known: {sorted(defaults)}")
   return ml_collections.ConfigDict({**defaults, **overrides})
 
 
@@ -76,13 +89,13 @@ def resolve(group, defaults: dict, name: str) -> dict:
   """A plain dict of `config.<name>` over `defaults` (missing keys take the default).
 
   Raises:
-    ValueError: `group` has keys the trainer does not know (a misspelling would be ignored).
+    UserValueError: `group` has keys the trainer does not know (a misspelling would be ignored).
   """
   values = dict(group) if group is not None else {}
   unknown = sorted(set(values) - set(defaults))
   if unknown:
-    raise ValueError(f"unknown config.{name} keys {unknown}; the trainer reads {sorted(defaults)}")
+    raise UserValueError(f"unknown config.{name} keys {unknown}; the trainer reads {sorted(defaults)}")
   return {**defaults, **values}
 
 
-__all__ = ["TRAIN_DEFAULTS", "OPTIMIZER_DEFAULTS", "train_config", "optimizer_config", "resolve"]
+__all__ = ["TRAIN_DEFAULTS", "OPTIMIZER_DEFAULTS", "train_config", "optimizer_config", "init_entry", "resolve"]

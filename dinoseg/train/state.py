@@ -20,7 +20,8 @@ fields (`checkpointing.state_to_tree`); that is what `dinoseg convert --from
 Creation never materializes an unsharded copy: `jax.eval_shape` gives the structure,
 `parallel.param_shardings` (logical rules + fsdp) places params and model_state, optimizer moments
 follow their params (`optax.tree_map_params`), scalars are replicated, and `jax.jit(init,
-out_shardings=...)` builds the arrays in place.
+out_shardings=...)` builds the arrays in place. `with_variables` then puts pretrained values
+(`config.init`) into a fresh state, each device taking only its shards.
 """
 import contextlib
 from typing import Any
@@ -125,5 +126,33 @@ def create_train_state(task, tx: optax.GradientTransformation, shardings: TrainS
     return init(seed_key_data(seed))
 
 
+def with_variables(state: TrainState, arrays, shardings: TrainState, tx: optax.GradientTransformation, mesh: Mesh,
+                   rules=None) -> TrainState:
+  """`state` with some variables replaced by host arrays (pretrained initialisation, `config.init`).
+
+  Args:
+    state: a fresh state (created sharded).
+    arrays: {(collection, *path): np.ndarray of that variable's shape and dtype}; "params" paths go to
+      params (and, when kept, the EMA params, which start equal to the params), other collections to
+      model_state. Every process passes the same arrays; each device takes its shard of them.
+    shardings: the state's shardings; tx: the optimizer, whose state is created again from the new params.
+  """
+  def replace(tree, shardings_tree, collection):
+    def leaf(path, value, sharding):
+      key = (collection,) + tuple(str(k.key) for k in path)
+      if key not in arrays:
+        return value
+      host = arrays[key]
+      return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree_util.tree_map_with_path(leaf, tree, shardings_tree)
+
+  params = replace(state.params, shardings.params, "params")
+  model_state = {c: replace(t, shardings.model_state[c], c) for c, t in state.model_state.items()}
+  ema = None if state.ema_params is None else replace(state.ema_params, shardings.ema_params, "params")
+  with mesh_context(mesh, rules):
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  return state.replace(params=params, model_state=model_state, ema_params=ema, opt_state=opt_state)
+
+
 __all__ = ["TrainState", "mesh_context", "split_variables", "make_init_fn", "seed_key_data", "state_shardings", "with_shardings",
-           "create_train_state"]
+           "create_train_state", "with_variables"]

@@ -3,8 +3,8 @@
 One train step, for a global batch (leaves (B, ...), batch axis sharded over ("data", "fsdp")):
 
 1. split the state's key: one key for this step, one carried to the next;
-2. forward/backward of `task.loss_fn` with params (and floating batch leaves) cast to the compute
-   dtype; the cast is inside the differentiated function, so gradients reach the float32 master
+2. forward/backward of `task.loss_fn` with params and the model inputs (`task.compute_dtype_inputs`;
+   never the targets) cast to the compute dtype; the cast is inside the differentiated function, so gradients reach the float32 master
    weights as float32. With `grad_accum_steps` = k the batch is split into k interleaved
    micro-batches (rows i, i + k, ... form micro-batch i, so every device keeps an equal share)
    and a `lax.scan` sums their gradients, losses and metrics, then divides by k;
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from dinoseg.errors import UserValueError
 from dinoseg.train.optimizer import Optimizer
 from dinoseg.train.state import TrainState
 
@@ -33,7 +34,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 def compute_dtype(name: str) -> jnp.dtype:
   if name not in COMPUTE_DTYPES:
-    raise ValueError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    raise UserValueError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
   return jnp.dtype(name)
 
 
@@ -46,10 +47,15 @@ def cast_floating(tree, dtype):
   return jax.tree.map(cast, tree)
 
 
+def cast_inputs(batch, keys: tuple[str, ...], dtype):
+  """The batch with the floating leaves under `keys` cast to `dtype` (targets untouched)."""
+  return {k: cast_floating(v, dtype) if k in keys else v for k, v in batch.items()}
+
+
 def split_microbatches(x: jax.Array, k: int, batch_axes: tuple[str, ...] | None) -> jax.Array:
   """(B, ...) -> (k, B / k, ...) with micro-batch i = rows i, i + k, i + 2k, ..."""
   if x.shape[0] % k:
-    raise ValueError(f"optimizer.grad_accum_steps={k} does not divide the global batch size {x.shape[0]}")
+    raise UserValueError(f"optimizer.grad_accum_steps={k} does not divide the global batch size {x.shape[0]}")
   micro = jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
   if batch_axes:
     micro = jax.lax.with_sharding_constraint(micro, P(None, batch_axes))
@@ -68,12 +74,13 @@ def make_train_step(task, optimizer: Optimizer, *, dtype: str = "float32", ema_d
     batch_axes: mesh axes of the batch dimension (for the micro-batch sharding constraint).
   """
   cdtype = compute_dtype(dtype)
+  inputs = tuple(getattr(task, "compute_dtype_inputs", ("image",)))
   accum = int(optimizer.grad_accum_steps)
   tx = optimizer.tx
 
   def loss_and_grads(params, model_state, batch, rng):
     def objective(p):
-      loss, metrics = task.loss_fn(cast_floating(p, cdtype), model_state, cast_floating(batch, cdtype), rng,
+      loss, metrics = task.loss_fn(cast_floating(p, cdtype), model_state, cast_inputs(batch, inputs, cdtype), rng,
                                    train=True)
       metrics = {k: jnp.asarray(v, jnp.float32) for k, v in dict(metrics).items()}
       return jnp.asarray(loss, jnp.float32), metrics
@@ -130,12 +137,13 @@ def make_train_step(task, optimizer: Optimizer, *, dtype: str = "float32", ema_d
 def make_predict_step(task, *, dtype: str = "float32") -> Callable:
   """(params, model_state, global batch) -> task predictions, in the compute dtype; jit it."""
   cdtype = compute_dtype(dtype)
+  inputs = tuple(getattr(task, "compute_dtype_inputs", ("image",)))
 
   def predict(params, model_state, batch):
-    return task.predict_fn(cast_floating(params, cdtype), model_state, cast_floating(batch, cdtype))
+    return task.predict_fn(cast_floating(params, cdtype), model_state, cast_inputs(batch, inputs, cdtype))
 
   return predict
 
 
-__all__ = ["make_train_step", "make_predict_step", "cast_floating", "split_microbatches", "compute_dtype",
+__all__ = ["make_train_step", "make_predict_step", "cast_floating", "cast_inputs", "split_microbatches", "compute_dtype",
            "COMPUTE_DTYPES"]

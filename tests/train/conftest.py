@@ -67,6 +67,7 @@ class MSEEvaluator:
 
 @task_lib.register("tiny_regression")
 class TinyRegressionTask(task_lib.Task):
+  compute_dtype_inputs = ("x",)  # "y" is the target: never cast to the compute dtype
 
   def __init__(self, config):
     super().__init__(config)
@@ -79,7 +80,9 @@ class TinyRegressionTask(task_lib.Task):
     pred = self.model.apply({"params": params, **model_state}, batch["x"]).astype(jnp.float32)
     mse = jnp.mean((pred - batch["y"].astype(jnp.float32)) ** 2)
     bits = jnp.finfo(jax.tree.leaves(params)[0].dtype).bits
-    return mse, {"mse": mse, "compute_bits": jnp.float32(bits)}
+    return mse, {"mse": mse, "compute_bits": jnp.float32(bits),
+                 "input_bits": jnp.float32(jnp.finfo(batch["x"].dtype).bits),
+                 "target_bits": jnp.float32(jnp.finfo(batch["y"].dtype).bits)}
 
   def predict_fn(self, params, model_state, batch):
     return {"pred": self.model.apply({"params": params, **model_state}, batch["x"]).astype(jnp.float32)}

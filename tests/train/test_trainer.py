@@ -121,6 +121,7 @@ def test_bfloat16_compute_keeps_float32_master_weights(data8_run, tiny_config, t
   s32, m32 = _one_step(data8_run, data8_run.create_state(), batch)
   s16, m16 = _one_step(bf16, bf16.create_state(), batch)
   assert float(m32["compute_bits"]) == 32 and float(m16["compute_bits"]) == 16
+  assert float(m16["input_bits"]) == 16 and float(m16["target_bits"]) == 32  # targets never cast
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s16.params))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s16.opt_state) if jnp.issubdtype(x.dtype, jnp.floating))
   assert float(m16["loss"]) == pytest.approx(float(m32["loss"]), rel=3e-2)

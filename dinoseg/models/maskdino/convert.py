@@ -23,6 +23,7 @@ import numpy as np
 from dinoseg.convert import registry
 from dinoseg.convert.keymap import (IDENTITY, LINEAR, KeyMap, buffer, conv_rules, layer_norm_rules, linear_rules,
                                     one, strip_prefix, tied)
+from dinoseg.errors import UserValueError
 
 HEAD = "sem_seg_head."
 
@@ -121,7 +122,7 @@ def backbone_keymap(model: ml_collections.ConfigDict) -> KeyMap:
   elif name.startswith("swin"):
     km = backbone_convert.swin_keymap(module)
   else:
-    raise ValueError(f"no checkpoint layout for backbone {name!r} (Mask DINO uses resnet* or swin*)")
+    raise UserValueError(f"no checkpoint layout for backbone {name!r} (Mask DINO uses resnet* or swin*)")
   return km.prefixed("backbone.", ("backbone",))
 
 

@@ -2,12 +2,20 @@
 L1 + GIoU box losses, point-sampled mask BCE + dice, denoising losses (reference `criterion.py`,
 `matcher.py`; docs/maskdino.md).
 
+Loss policies. The decoder returns predictions per query group (dinoseg.models.query_groups); the
+criterion applies one loss policy per group: `HungarianLoss` (Mask DINO's matching queries and the
+two-stage encoder prediction), `FixedAssignmentLoss` (the denoising queries: the assignment comes
+with the group). A policy is any callable `policy(criterion, group, outputs, targets, normalizer,
+draws) -> (weighted losses, indices)`, so a system adds its own (e.g. DINOv's many-to-many
+matching) without editing this file; it can reuse `matched_losses` / `assigned_losses` / `weighted`.
+
 Static-shape conventions:
 - Targets are `PaddedInstances` with T rows per image (`valid` marks real ones); masks live on the
   padded input canvas (any resolution: points are sampled in normalized coordinates).
 - Matching returns, for every target slot (b, t), the matched query; padded targets carry a large
-  finite cost, so the assignment of the real ones is the unpadded optimum.
-- Denoising queries use the fixed assignment query g * T + t <-> target t of group g.
+  finite cost, so the assignment of the real ones is the unpadded optimum. Queries a group marks
+  invalid are never matched and take no part in the class loss.
+- Denoising slots follow denoising.FixedAssignment (the reference's groups, computed on device).
 
 Losses and names (weights multiplied in, as `MaskDINO.forward` returns them):
   final prediction: loss_ce, loss_mask, loss_dice, loss_bbox, loss_giou
@@ -19,9 +27,10 @@ num_masks * groups. Class loss: sigmoid focal (alpha 0.25, gamma 2) summed over 
 no_object_weight). Any number of classes works (no COCO-specific thing/stuff split).
 
 Random draws: the matcher's uniform points (B, P, 2) per output, and the mask loss's oversampled
-candidates (B, T, P * oversample, 2) and extra random points (B, T, P - P * importance, 2) per output
-come from `draws(output_name, kind, shape)`; `random_draws(key)` gives jax.random ones. The parity
-test feeds the reference's draws through the same hook.
+candidates (B, N, P * oversample, 2) and extra random points (B, N, P - P * importance, 2) per output
+(N = T for matched outputs, the slot count for fixed assignments) come from
+`draws(output_name, kind, shape)`; `random_draws(key)` gives jax.random ones. The parity test feeds
+the reference's draws through the same hook.
 """
 import zlib
 from typing import Any, Callable, Mapping
@@ -30,11 +39,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from dinoseg.models.maskdino.decoder import DecoderOutputs
+from dinoseg.kernels import sharding
+from dinoseg.models.maskdino import denoising
+from dinoseg.models.maskdino.decoder import MATCHING_GROUP, DecoderOutputs
 from dinoseg.ops import (bilinear_gather, box_cxcywh_to_xyxy, box_l1_loss, importance_point_counts, point_sample,
                          sigmoid_focal_loss, softmax_cross_entropy)
 from dinoseg.ops.losses import dice_per_mask, sigmoid_ce_per_mask
+from dinoseg.parallel import BATCH_AXES
 from dinoseg.structures import PaddedInstances
 
 Draws = Callable[[str, str, tuple], jax.Array]
@@ -196,24 +209,35 @@ class SetCriterion:
                          weights=self.cost_weights, impl=self.cfg.get("matching_cost_impl", "auto"))
 
   # -- losses for an assignment: query index (B, N) and target index (B, N) per slot
-  def _class_loss(self, logits, query_idx, tgt_labels, valid, normalizer):
+  def _class_loss(self, logits, query_idx, tgt_labels, valid, image_weight, query_valid):
+    """Class loss of one prediction.
+
+    logits (B, Q, C'); query_idx / tgt_labels / valid (B, N): the query, label and reality of each
+    slot; image_weight: scalar or (B,) divisor-inverse of each image's focal terms; query_valid
+    (B, Q): queries that take part (the others count nowhere).
+    """
     b, q, _ = logits.shape
     bidx = jnp.broadcast_to(jnp.arange(b)[:, None], query_idx.shape)
-    if self.semantic_ce_loss:
+    if self.semantic_ce_loss:  # a weighted mean over the taking-part queries (no normalizer)
       target_classes = jnp.full((b, q), self.num_classes, jnp.int32)
       target_classes = target_classes.at[bidx, jnp.where(valid, query_idx, q)].set(tgt_labels, mode="drop")
       weight = jnp.ones(self.num_classes + 1, jnp.float32).at[-1].set(self.cfg.no_object_weight)
-      return softmax_cross_entropy(logits.astype(jnp.float32), target_classes, class_weight=weight)
+      return softmax_cross_entropy(logits.astype(jnp.float32), target_classes, class_weight=weight,
+                                   valid=query_valid)
     onehot = jnp.zeros(logits.shape, jnp.float32)
     onehot = onehot.at[bidx, jnp.where(valid, query_idx, q), tgt_labels].set(1.0, mode="drop")
-    return sigmoid_focal_loss(logits.astype(jnp.float32), onehot, num_boxes=normalizer, alpha=self.cfg.focal_alpha)
+    per_image = jax.vmap(lambda lg, oh, v: sigmoid_focal_loss(lg, oh, num_boxes=1.0, alpha=self.cfg.focal_alpha,
+                                                              valid=v))(logits.astype(jnp.float32), onehot,
+                                                                        query_valid)
+    return jnp.sum(per_image * image_weight)
 
-  def _box_losses(self, boxes, query_idx, tgt_boxes, valid, normalizer):
+  def _box_losses(self, boxes, query_idx, tgt_boxes, valid, image_weight):
+    """L1 and 1 - GIoU of the slots' boxes, per image weighted by image_weight, summed."""
     src = jnp.take_along_axis(boxes, query_idx[..., None], axis=1).astype(jnp.float32)
-    l1 = box_l1_loss(src, tgt_boxes, num_boxes=normalizer, valid=valid)
+    l1 = jax.vmap(lambda s, t, v: box_l1_loss(s, t, num_boxes=1.0, valid=v))(src, tgt_boxes, valid)
     a, b = box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt_boxes)
     giou = _giou_parts(a[..., None, :], b[..., None, :])[..., 0, 0]
-    return l1, jnp.sum(jnp.where(valid, 1 - giou, 0.0)) / normalizer
+    return jnp.sum(l1 * image_weight), jnp.sum(jnp.sum(jnp.where(valid, 1 - giou, 0.0), axis=1) * image_weight)
 
   def _mask_row_terms(self, src, tall, hw, row, cand, rand):
     """Per-row mask terms before normalization.
@@ -243,26 +267,46 @@ class SetCriterion:
       raise ValueError(f"loss.padded_mask_rows must be 'auto', 'skip' or 'compute', got {mode!r}")
     return mode == "skip" or (mode == "auto" and jax.default_backend() == "cpu")
 
-  def _mask_losses(self, masks, query_idx, row, valid, tgt_masks, normalizer, cand, rand):
+  def _mask_losses(self, masks, query_idx, target, valid, tgt_masks, row_weight, cand, rand):
     """Point-sampled mask BCE and dice of M predictions at once.
 
     Args:
       masks: (M, B, Q, h, w) predicted mask logits; query_idx: (M, B, N) query of each slot.
-      row: (B, N) target of each slot as b * T + t; valid: (B, N) real slots.
-      tgt_masks: (B, T, H, W); cand (M, B, N, S, 2), rand (M, B, N, Rn, 2).
+      target: (B, N) target row t of each slot; valid: (B, N) real slots.
+      tgt_masks: (B, T, H, W); row_weight: (B, N) (or broadcastable) weight of each slot's terms;
+      cand (M, B, N, S, 2), rand (M, B, N, Rn, 2).
     Returns:
-      (bce (M,), dice (M,)) summed over valid slots / normalizer.
+      (bce (M,), dice (M,)): weighted sums over valid slots.
 
     Rows of padded slots are masked out of the sums. With `loss.padded_mask_rows` "skip" (what
     "auto" picks on the CPU) rows are processed in chunks of `loss.mask_row_chunk` under `lax.cond`,
     so chunks without a real slot cost nothing; with "compute" (accelerators) all rows run as one
-    batch: parallel devices prefer the wide op to a sequential loop.
+    batch: parallel devices prefer the wide op to a sequential loop. Under a mesh whose batch axes
+    split B, every device computes the rows of its own images (`shard_map`): a `lax.cond` whose
+    branch the partitioner filled with collectives would otherwise let devices that skip a chunk
+    and devices that do not wait on different collectives (the 8-device XLA:CPU abort).
     """
     m, b, n = query_idx.shape
     src = jnp.take_along_axis(masks, query_idx[..., None, None], axis=2)  # (M, B, N, h, w)
+    per_slot = self._mask_slot_terms
+    mesh = sharding.resolve_mesh(None)
+    axes = sharding.split_axes(mesh, BATCH_AXES, b) if mesh is not None else ()
+    if axes:
+      one, lead = P(sharding.spec_entry(axes)), P(None, sharding.spec_entry(axes))
+      per_slot = sharding.shard_map(per_slot, mesh, (lead, one, one, one, lead, lead), (lead, lead))
+    bce, dice = per_slot(src, target, valid, tgt_masks, cand, rand)
+    weight = jnp.where(valid, jnp.broadcast_to(row_weight, (b, n)), 0.0)[None]
+    return jnp.sum(bce * weight, axis=(1, 2)), jnp.sum(dice * weight, axis=(1, 2))
+
+  def _mask_slot_terms(self, src, target, valid, tgt_masks, cand, rand):
+    """Mask BCE and dice (M, B, N) of each slot (zeros for invalid slots; shapes as `_mask_losses`,
+    with src (M, B, N, h, w) the slots' predicted masks)."""
+    m, b, n = src.shape[:3]
+    t = tgt_masks.shape[1]
     tall, hw = _tall_targets(tgt_masks), tuple(tgt_masks.shape[2:])
+    row = jnp.arange(b, dtype=jnp.int32)[:, None] * t + target.astype(jnp.int32)
     rows = m * b * n
-    args = (src.reshape(rows, *masks.shape[3:]), jnp.broadcast_to(row[None], (m, b, n)).reshape(rows),
+    args = (src.reshape(rows, *src.shape[3:]), jnp.broadcast_to(row[None], (m, b, n)).reshape(rows),
             cand.reshape(rows, *cand.shape[3:]), rand.reshape(rows, *rand.shape[3:]))
     valid_rows = jnp.broadcast_to(valid[None], (m, b, n)).reshape(rows)
     fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
@@ -270,13 +314,13 @@ class SetCriterion:
       bce, dice = _map_valid_chunks(fn, valid_rows, args, int(self.cfg.get("mask_row_chunk", 8)))
     else:
       bce, dice = fn(*args)
-    total = lambda x: jnp.sum(jnp.where(valid_rows, x, 0.0).reshape(m, b * n), axis=1) / normalizer  # noqa: E731
-    return total(bce), total(dice)
+    return bce.reshape(m, b, n), dice.reshape(m, b, n)
 
-  def _losses(self, logits, boxes, query_idx, tgt_labels, tgt_boxes, valid, normalizer, with_boxes=True):
-    out = {"loss_ce": self._class_loss(logits, query_idx, tgt_labels, valid, normalizer)}
+  def _losses(self, logits, boxes, query_idx, tgt_labels, tgt_boxes, valid, image_weight, query_valid,
+              with_boxes=True):
+    out = {"loss_ce": self._class_loss(logits, query_idx, tgt_labels, valid, image_weight, query_valid)}
     if with_boxes:
-      out["loss_bbox"], out["loss_giou"] = self._box_losses(boxes, query_idx, tgt_boxes, valid, normalizer)
+      out["loss_bbox"], out["loss_giou"] = self._box_losses(boxes, query_idx, tgt_boxes, valid, image_weight)
     return out
 
   def _point_draws(self, names, draws: Draws, b: int, n: int):
@@ -287,108 +331,157 @@ class SetCriterion:
       rand = jnp.zeros((len(names), b, n, 0, 2), jnp.float32)
     return cand, rand
 
-  def matched_losses(self, names, logits, boxes, masks, targets: PaddedInstances, normalizer, draws: Draws):
-    """Matching + losses of M predictions at once (vmapped: one compiled body for all of them).
+  def matched_losses(self, names, logits, boxes, masks, targets: PaddedInstances, normalizer, draws: Draws,
+                     query_valid=None):
+    """Hungarian matching + losses of M predictions at once (vmapped: one compiled body for all).
 
     Args:
       names: M output names (for the draws); logits (M, B, Q, C), boxes (M, B, Q, 4), masks (M, B, Q, h, w).
+      query_valid: (B, Q) queries that may be matched and take part in the class loss (None: all).
     Returns:
-      ({loss name: (M,)}, (M, B, T) matched query per target).
+      ({loss name: (M,)} unweighted, (M, B, T) matched query per target).
     """
-    m, b = len(names), logits.shape[1]
+    m, b, q = len(names), logits.shape[1], logits.shape[2]
     t = targets.labels.shape[1]
+    if query_valid is None:
+      query_valid = jnp.ones((b, q), bool)
     points = jnp.stack([draws(nm, "match", (b, self.cfg.num_points, 2)) for nm in names])
     costs = jax.vmap(self.matching_cost, in_axes=(0, 0, 0, None, 0))(logits, boxes, masks, targets, points)
-    costs = jax.lax.stop_gradient(costs)
+    costs = jax.lax.stop_gradient(jnp.where(query_valid[None, :, :, None], costs, LARGE_COST))
     valid = jnp.broadcast_to(targets.valid[None], (m,) + targets.valid.shape)
     idx = self.assign(costs.reshape(m * b, *costs.shape[2:]), valid.reshape(m * b, t))
     idx = jax.lax.stop_gradient(idx).astype(jnp.int32).reshape(m, b, t)
     cand, rand = self._point_draws(names, draws, b, t)
-    row = jnp.arange(b * t, dtype=jnp.int32).reshape(b, t)
+    target = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+    weight = 1.0 / normalizer
 
     def one(lg, bx, qi):
-      return self._losses(lg, bx, qi, targets.labels, targets.boxes, targets.valid, normalizer,
+      return self._losses(lg, bx, qi, targets.labels, targets.boxes, targets.valid, weight, query_valid,
                           with_boxes=self.cfg.box_loss)
     out = jax.vmap(one)(logits, boxes, idx)
-    out["loss_mask"], out["loss_dice"] = self._mask_losses(masks, idx, row, targets.valid, targets.masks, normalizer,
+    out["loss_mask"], out["loss_dice"] = self._mask_losses(masks, idx, target, targets.valid, targets.masks, weight,
                                                            cand, rand)
     return out, idx
 
-  def denoising_losses(self, names, logits, boxes, masks, targets: PaddedInstances, groups: int, normalizer,
-                       draws: Draws):
-    """Losses of M denoising predictions (fixed assignment: query g * T + t <-> target t)."""
-    b, t = targets.labels.shape
-    n = groups * t
+  def assigned_losses(self, names, logits, boxes, masks, targets: PaddedInstances, assignment, normalizer,
+                      draws: Draws):
+    """Losses of M predictions of a group with a fixed assignment (denoising.FixedAssignment):
+    query n of image b <-> target assignment.target[b, n] where assignment.matched; image b's terms
+    are divided by normalizer * assignment.normalizer_scale[b]. Returns {loss name: (M,)} unweighted."""
+    b, n = assignment.target.shape
     m = len(names)
     query_idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None], (b, n))
-    rep = lambda x: jnp.broadcast_to(x[:, None], (b, groups) + x.shape[1:]).reshape((b, n) + x.shape[2:])  # noqa: E731
-    row = rep(jnp.arange(b * t, dtype=jnp.int32).reshape(b, t))
-    labels, tboxes, valid = rep(targets.labels), rep(targets.boxes), rep(targets.valid)
+    take = lambda x: jnp.take_along_axis(x, assignment.target.reshape((b, n) + (1,) * (x.ndim - 2)), axis=1)  # noqa: E731
+    labels, tboxes, matched = take(targets.labels), take(targets.boxes), assignment.matched
+    weight = 1.0 / (normalizer * assignment.normalizer_scale)
     cand, rand = self._point_draws(names, draws, b, n)
 
     def one(lg, bx):
-      return self._losses(lg, bx, query_idx, labels, tboxes, valid, normalizer * groups, with_boxes=True)
+      return self._losses(lg, bx, query_idx, labels, tboxes, matched, weight, assignment.active)
     out = jax.vmap(one)(logits, boxes)
     out["loss_mask"], out["loss_dice"] = self._mask_losses(
-        masks, jnp.broadcast_to(query_idx[None], (m, b, n)), row, valid, targets.masks, normalizer * groups, cand, rand)
+        masks, jnp.broadcast_to(query_idx[None], (m, b, n)), assignment.target, matched, targets.masks,
+        weight[:, None], cand, rand)
     return out
 
+  def weighted(self, values: Mapping[str, jax.Array], suffixes) -> dict[str, jax.Array]:
+    """{loss name + suffix: value[i] * weight} for the i-th suffix of (M,) values."""
+    return {k + suffix: v[i] * self.weights[k] for i, suffix in enumerate(suffixes) for k, v in values.items()}
+
+  def default_policies(self, outputs: DecoderOutputs) -> dict[str, Any]:
+    """Mask DINO's losses: Hungarian matching of the matching queries (with the interm
+    prediction), fixed assignment of the denoising queries (from layer 0 with two-stage, else 1)."""
+    policies = {MATCHING_GROUP: HungarianLoss()}
+    if self.dn != "no":
+      policies[denoising.GROUP_NAME] = FixedAssignmentLoss(first_layer=0 if outputs.interm is not None else 1)
+    return policies
+
   def __call__(self, outputs: DecoderOutputs, targets: PaddedInstances, draws: Draws,
-               return_indices: bool = False):
+               return_indices: bool = False, policies: Mapping[str, Any] | None = None):
     """The weighted loss dictionary (and, with `return_indices`, the matched query per target per output).
 
     Args:
       outputs: training-mode DecoderOutputs (masks for every prediction).
       targets: PaddedInstances with labels (B, T), boxes (B, T, 4) cxcywh, masks (B, T, H, W), valid (B, T).
       draws: the random-draw provider (`random_draws(key)`).
+      policies: {group name: loss policy or None (no loss)} for every group of `outputs`
+        (default: `default_policies`); a policy is called as
+        `policy(criterion, group_name, outputs, targets, normalizer, draws)` -> (losses, indices).
     """
     if targets.masks is None:
       raise ValueError("targets.masks is required by the mask losses")
     if outputs.masks.shape[0] != outputs.logits.shape[0]:
       raise ValueError("outputs must come from training mode (masks for every prediction)")
+    policies = self.default_policies(outputs) if policies is None else policies
+    missing = sorted(set(outputs.groups) - set(policies))
+    if missing:
+      raise ValueError(f"no loss policy for query group(s) {missing}; give one (or None for no loss)")
     normalizer = jnp.maximum(jnp.sum(targets.valid.astype(jnp.float32)), 1.0)
-    n_pred = outputs.logits.shape[0]
-    last = n_pred - 1
     losses, indices = {}, {}
+    for name in outputs.groups:
+      if policies[name] is not None:
+        group_losses, group_indices = policies[name](self, name, outputs, targets, normalizer, draws)
+        losses.update(group_losses)
+        indices.update(group_indices)
+    return (losses, indices) if return_indices else losses
 
-    def add(suffix, values):
-      for k, v in values.items():
-        losses[k + suffix] = v * self.weights[k]
 
-    ks = list(range(n_pred)) if self.cfg.deep_supervision else [last]
+class HungarianLoss:
+  """Loss policy: every prediction of a group (and, with `interm`, the two-stage encoder
+  prediction) is Hungarian-matched to the targets (Mask DINO's matching queries).
+
+  Loss names: final `loss_x`, prediction k `loss_x_{k}`, interm `loss_x_interm` (with `tag`:
+  `loss_x_{tag}`, `loss_x_{tag}_{k}`); draws are keyed `{draw_prefix}{k}` and "interm". Indices:
+  {draw name: (B, T) matched query}. Deep supervision follows `loss.deep_supervision`.
+  """
+
+  def __init__(self, interm: bool = True, tag: str = "", draw_prefix: str = "pred"):
+    self.interm, self.tag, self.draw_prefix = interm, tag, draw_prefix
+
+  def __call__(self, criterion: SetCriterion, group: str, outputs: DecoderOutputs, targets, normalizer, draws):
+    preds = outputs.groups[group]
+    last = preds.logits.shape[0] - 1
+    ks = list(range(last + 1)) if criterion.cfg.deep_supervision else [last]
+    tag = f"_{self.tag}" if self.tag else ""
+    names = [f"{self.draw_prefix}{k}" for k in ks]
+    suffixes = [tag if k == last else f"{tag}_{k}" for k in ks]
     sel = np.asarray(ks)
-    names = [f"pred{k}" for k in ks]
-    logits, boxes, masks = outputs.logits[sel], outputs.boxes[sel], outputs.masks[sel]
-    suffixes = ["" if k == last else f"_{k}" for k in ks]
-    if outputs.interm_logits is not None:
+    logits, boxes, masks = preds.logits[sel], preds.boxes[sel], preds.masks[sel]
+    if self.interm and outputs.interm is not None:
       names.append("interm")
       suffixes.append("_interm")
-      logits = jnp.concatenate([logits, outputs.interm_logits[None]])
-      boxes = jnp.concatenate([boxes, outputs.interm_boxes[None]])
-      masks = jnp.concatenate([masks, outputs.interm_masks[None]])
-    values, idx = self.matched_losses(names, logits, boxes, masks, targets, normalizer, draws)
-    for i, (name, suffix) in enumerate(zip(names, suffixes)):
-      add(suffix, {k: v[i] for k, v in values.items()})
-      indices[name] = idx[i]
-    if self.dn != "no":
-      start = 0 if outputs.interm_logits is not None else 1
-      ks = [k for k in range(n_pred) if k == last or (k >= start and self.cfg.deep_supervision)]
-      suffixes = ["_dn" if k == last else f"_dn_{k}" for k in ks]
-      if outputs.dn_logits is None:  # denoising on, but no groups this step: zero terms (reference)
-        for suffix in suffixes:
-          add(suffix, {key: jnp.zeros((), jnp.float32) for key in self.weights})
-      else:
-        sel = np.asarray(ks)
-        values = self.denoising_losses([f"dn{k}" for k in ks], outputs.dn_logits[sel], outputs.dn_boxes[sel],
-                                       outputs.dn_masks[sel], targets, outputs.dn_groups, normalizer, draws)
-        for i, suffix in enumerate(suffixes):
-          add(suffix, {k: v[i] for k, v in values.items()})
-    return (losses, indices) if return_indices else losses
+      logits = jnp.concatenate([logits, outputs.interm.logits])
+      boxes = jnp.concatenate([boxes, outputs.interm.boxes])
+      masks = jnp.concatenate([masks, outputs.interm.masks])
+    values, idx = criterion.matched_losses(names, logits, boxes, masks, targets, normalizer, draws,
+                                           query_valid=preds.valid)
+    return criterion.weighted(values, suffixes), {name: idx[i] for i, name in enumerate(names)}
+
+
+class FixedAssignmentLoss:
+  """Loss policy: a fixed query <-> target assignment, read from the group's
+  `aux["assignment"]` (denoising.FixedAssignment); Mask DINO's denoising queries.
+
+  Predictions k >= `first_layer` (and always the final one) get losses named `loss_x_{tag}`
+  (final) and `loss_x_{tag}_{k}`; draws are keyed `{draw_prefix}{k}`. No indices are returned.
+  """
+
+  def __init__(self, first_layer: int = 0, tag: str = "dn", draw_prefix: str = "dn"):
+    self.first_layer, self.tag, self.draw_prefix = first_layer, tag, draw_prefix
+
+  def __call__(self, criterion: SetCriterion, group: str, outputs: DecoderOutputs, targets, normalizer, draws):
+    preds = outputs.groups[group]
+    last = preds.logits.shape[0] - 1
+    ks = [k for k in range(last + 1) if k == last or (k >= self.first_layer and criterion.cfg.deep_supervision)]
+    sel = np.asarray(ks)
+    values = criterion.assigned_losses([f"{self.draw_prefix}{k}" for k in ks], preds.logits[sel], preds.boxes[sel],
+                                       preds.masks[sel], targets, preds.aux["assignment"], normalizer, draws)
+    return criterion.weighted(values, [f"_{self.tag}" if k == last else f"_{self.tag}_{k}" for k in ks]), {}
 
 
 def total_loss(losses: Mapping[str, jax.Array]) -> jax.Array:
   return sum(losses.values())
 
 
-__all__ = ["SetCriterion", "random_draws", "focal_class_cost", "mask_costs", "generalized_box_iou_eps",
+__all__ = ["SetCriterion", "HungarianLoss", "FixedAssignmentLoss", "random_draws", "focal_class_cost", "mask_costs", "generalized_box_iou_eps",
            "sample_masks", "matching_assign", "total_loss", "LARGE_COST"]

@@ -25,34 +25,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dinoseg.models import query_groups
 from dinoseg.models.maskdino import denoising, query_selection
 from dinoseg.models.maskdino.deformable_attention import MSDeformAttn
 from dinoseg.models.maskdino.layers import MLP, dense, torch_layer_norm, xavier_uniform, zeros
+from dinoseg.models.query_groups import GroupPredictions, QueryGroup
 from dinoseg.ops import inverse_sigmoid, sine_embedding_for_boxes
+
+MATCHING_GROUP = "queries"
 
 
 @flax.struct.dataclass
 class DecoderOutputs:
-  """Predictions of the matching queries and, in training, of the denoising queries.
+  """Predictions per query group (dinoseg.models.query_groups) and of the two-stage encoder.
 
-  logits: (P, B, Q, C) for the P = dec_layers (+1 with INITIAL_PRED) predictions, last = final.
-  boxes: (P, B, Q, 4) cxcywh in [0, 1].
-  masks: (P, B, Q, h, w) mask logits at stride 4 in training; (1, B, Q, h, w) (final only) in eval.
-  interm_logits / interm_boxes / interm_masks: two-stage encoder predictions (B, Q, ...) or None.
-  dn_logits / dn_boxes / dn_masks: (P, B, G*T, ...) or None (no denoising).
-  dn_groups, dn_max_instances: static G and T of the denoising part (0 when off).
+  groups: {name: GroupPredictions}: "queries" (the matching queries: logits (P, B, Q, C), boxes
+    (P, B, Q, 4), masks (P, B, Q, h, w) at stride 4 in training, (1, B, Q, h, w) (final only) in
+    eval, for the P = dec_layers (+1 with INITIAL_PRED) predictions), "dn" in training with
+    denoising (dn_num slots; its aux["assignment"] is the fixed assignment), and any extra group.
+  interm: the two-stage encoder prediction as GroupPredictions with P = 1, or None.
+  The properties give the matching group's and interm arrays under their old names.
   """
-  logits: Any
-  boxes: Any
-  masks: Any
-  interm_logits: Any = None
-  interm_boxes: Any = None
-  interm_masks: Any = None
-  dn_logits: Any = None
-  dn_boxes: Any = None
-  dn_masks: Any = None
-  dn_groups: int = flax.struct.field(pytree_node=False, default=0)
-  dn_max_instances: int = flax.struct.field(pytree_node=False, default=0)
+  groups: Any
+  interm: Any = None
+
+  @property
+  def logits(self):
+    return self.groups[MATCHING_GROUP].logits
+
+  @property
+  def boxes(self):
+    return self.groups[MATCHING_GROUP].boxes
+
+  @property
+  def masks(self):
+    return self.groups[MATCHING_GROUP].masks
+
+  @property
+  def interm_logits(self):
+    return None if self.interm is None else self.interm.logits[0]
+
+  @property
+  def interm_boxes(self):
+    return None if self.interm is None else self.interm.boxes[0]
+
+  @property
+  def interm_masks(self):
+    return None if self.interm is None else self.interm.masks[0]
 
 
 class MultiheadAttention(nn.Module):
@@ -67,7 +86,7 @@ class MultiheadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, query, key, value, mask=None):
-    """query/key/value (B, N, d); mask (N, N) bool True = blocked -> (B, N, d)."""
+    """query/key/value (B, N, d); mask (N, N) or (B, 1, N, N) bool, True = blocked -> (B, N, d)."""
     d, h = self.d_model, self.num_heads
     hd = d // h
     kernel = self.param("in_proj_kernel", xavier_uniform, (d, 3 * d), jnp.float32).astype(self.dtype)
@@ -81,7 +100,8 @@ class MultiheadAttention(nn.Module):
     q = q * np.float32(math.sqrt(1.0 / hd))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
     if mask is not None:
-      logits = jnp.where(jnp.asarray(mask)[None, None], -jnp.inf, logits)
+      mask = jnp.asarray(mask)
+      logits = jnp.where(mask[None, None] if mask.ndim == 2 else mask, -jnp.inf, logits)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3).reshape(b, n, d)
     return nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=xavier_uniform, bias_init=zeros,
@@ -135,6 +155,7 @@ class TransformerDecoder(nn.Module):
       tgt: (B, N, d) initial content queries; memory (B, S, d) in decoder level order.
       refpoints_unsigmoid: (B, N, 4) initial box logits.
       norm: the shared LayerNorm; bbox_embed: the shared box MLP.
+      self_attn_mask: (N, N) or (B, 1, N, N) bool, True = blocked (None: all visible).
     Returns:
       hs: list of L (B, N, d) normalized layer outputs.
       refs: list of L + 1 reference boxes (B, N, 4): the initial one, then each layer's refined
@@ -168,7 +189,9 @@ class MaskDINODecoder(nn.Module):
     initialize_box_type: "no", "bitmask" or "mask2box" (mask-enhanced anchor boxes).
     initial_pred: add the prediction of the initial queries.
     learn_tgt: learned content queries even with two-stage.
-    dn: "seg" or "no"; dn_num; noise_scale.
+    dn: "seg" or "no"; dn_num: the DN slot budget; noise_scale; dn_group_images: images per
+      chunk over which the reference's DN group count is computed (0: the batch; denoising.py).
+    query_pad_multiple: the decoder's query count is padded to a multiple of this (`decode`).
     total_num_feature_levels: encoder levels.
     semantic_ce_loss: class_embed has C + 1 outputs (softmax CE, ADE/Cityscapes).
   """
@@ -187,6 +210,8 @@ class MaskDINODecoder(nn.Module):
   dn: str = "seg"
   dn_num: int = 100
   noise_scale: float = 0.4
+  dn_group_images: int = 0
+  query_pad_multiple: int = 8
   total_num_feature_levels: int = 4
   semantic_ce_loss: bool = False
   msda_impl: str = "auto"
@@ -227,9 +252,109 @@ class MaskDINODecoder(nn.Module):
     masks = jnp.einsum("bqc,bhwc->bqhw", embed, mask_features.astype(embed.dtype)).astype(jnp.float32)
     return logits, masks
 
+  def encoder_memory(self, multi_scale: Sequence[jax.Array]) -> tuple[jax.Array, tuple[tuple[int, int], ...]]:
+    """Encoder outputs (encoder order, each (B, H_l, W_l, d)) -> memory (B, S, d) in the decoder's
+    level order (reversed) and its static level shapes."""
+    if len(multi_scale) != self.total_num_feature_levels:
+      raise ValueError(f"expected {self.total_num_feature_levels} feature levels, got {len(multi_scale)}")
+    if multi_scale[0].shape[-1] != self.hidden_dim:
+      raise ValueError(f"feature width {multi_scale[0].shape[-1]} != hidden_dim {self.hidden_dim} "
+                       "(the decoder has no input projection, as ENFORCE_INPUT_PROJ=False)")
+    levels = list(multi_scale)[::-1]
+    b = levels[0].shape[0]
+    spatial_shapes = tuple((int(x.shape[1]), int(x.shape[2])) for x in levels)
+    memory = jnp.concatenate([x.reshape(b, -1, self.hidden_dim) for x in levels], 1).astype(self.dtype)
+    return memory, spatial_shapes
+
+  def matching_queries(self, memory: jax.Array, spatial_shapes, mask_features: jax.Array
+                       ) -> tuple[QueryGroup, GroupPredictions | None]:
+    """Mask DINO's matching queries (group "queries", Q per image) and the two-stage encoder
+    prediction (GroupPredictions with P = 1; None without two-stage).
+
+    Two-stage: the top-Q encoder proposals (content and boxes detached), with mask-enhanced boxes
+    when `initialize_box_type` != "no"; otherwise the learned `query_feat` / `query_embed`.
+    """
+    b, q = memory.shape[0], self.num_queries
+    if not self.two_stage:
+      tgt = jnp.broadcast_to(self.query_feat.embedding[None], (b, q, self.hidden_dim)).astype(self.dtype)
+      refpoint = jnp.broadcast_to(self.query_embed.embedding[None], (b, q, 4))
+      return QueryGroup(name=MATCHING_GROUP, content=tgt, boxes=refpoint, valid=jnp.ones((b, q), bool)), None
+    proposals, valid = query_selection.encoder_output_proposals(spatial_shapes)
+    output_memory = jnp.where(jnp.asarray(valid)[None, :, None], memory, 0.0)
+    output_memory = self.enc_output_norm(self.enc_output(output_memory))
+    enc_logits = self.class_embed(output_memory).astype(jnp.float32)
+    enc_boxes = self.bbox_embed(output_memory).astype(jnp.float32) + jnp.asarray(proposals)[None]
+    topk = query_selection.select_topk(enc_logits.max(-1), q)
+    refpoint_undetached = query_selection.gather_tokens(enc_boxes, topk)
+    refpoint = jax.lax.stop_gradient(refpoint_undetached)
+    tgt_undetached = query_selection.gather_tokens(output_memory, topk)
+    interm_logits, interm_masks = self.prediction_heads(tgt_undetached, mask_features)
+    tgt = jax.lax.stop_gradient(tgt_undetached)
+    if self.learn_tgt:
+      tgt = jnp.broadcast_to(self.query_feat.embedding[None], (b, q, self.hidden_dim)).astype(self.dtype)
+    if self.initialize_box_type != "no":
+      refpoint = query_selection.mask_boxes(interm_masks, self.initialize_box_type)
+    valid_q = jnp.ones((b, q), bool)
+    interm = GroupPredictions(logits=interm_logits[None], boxes=jax.nn.sigmoid(refpoint_undetached)[None],
+                              masks=interm_masks[None], hidden=tgt_undetached[None], valid=valid_q)
+    return QueryGroup(name=MATCHING_GROUP, content=tgt, boxes=refpoint, valid=valid_q), interm
+
+  def denoising_queries(self, targets, dn_noise: denoising.DNNoise) -> QueryGroup:
+    """The denoising group ("dn", dn_num slots) of a training batch (denoising.denoising_group).
+
+    targets: an object with labels (B, T), boxes (B, T, 4) cxcywh, valid (B, T).
+    """
+    return denoising.denoising_group(targets.labels, targets.boxes, targets.valid, dn_noise, self.label_enc,
+                                     dn_num=self.dn_num, noise_scale=self.noise_scale,
+                                     dn_group_images=self.dn_group_images)
+
+  def decode(self, groups: Sequence[QueryGroup], memory: jax.Array, spatial_shapes, mask_features: jax.Array, *,
+             train: bool = False) -> dict[str, GroupPredictions]:
+    """Runs the decoder layers once over the concatenated groups and the heads on every layer.
+
+    The concatenated queries are padded to a multiple of `query_pad_multiple` with slots that no
+    query sees (query_groups.padding_group): tile-friendly shapes, and a group added within the
+    padding leaves every other group's outputs bit-identical (the programs have the same shapes;
+    XLA chooses its kernels, and so their rounding, by shape).
+
+    Args:
+      groups: the query groups in order; the self-attention mask follows their rules
+        (query_groups.attention_mask).
+      memory: (B, S, d) and spatial_shapes from `encoder_memory`; mask_features (B, h, w, mask_dim).
+      train: masks for every prediction (else only the final one).
+    Returns:
+      {group name: GroupPredictions} with P = dec_layers (+1 with initial_pred) predictions.
+    """
+    groups = list(groups)
+    padded = groups + [query_groups.padding_group(groups, self.query_pad_multiple)]
+    tgt, refpoint = query_groups.concatenate(padded)
+    tgt = tgt.astype(self.dtype)
+    attn_mask = query_groups.attention_mask(padded)
+    all_logits, all_masks, hidden = [], [], []
+    if self.initial_pred:
+      logits, masks = self.prediction_heads(tgt, mask_features, pred_mask=train)
+      all_logits.append(logits)
+      all_masks.append(masks)
+      hidden.append(tgt)
+    hs, refs = self.decoder(tgt, memory, refpoint, spatial_shapes, self.decoder_norm, self.bbox_embed, attn_mask)
+    for i, h in enumerate(hs):
+      logits, masks = self.prediction_heads(h, mask_features, pred_mask=train or i == len(hs) - 1)
+      all_logits.append(logits)
+      all_masks.append(masks)
+    hidden.extend(hs)
+    boxes = [jax.nn.sigmoid(refpoint.astype(jnp.float32))] if self.initial_pred else []
+    for ref, h in zip(refs[:-1], hs):
+      boxes.append(jax.nn.sigmoid(self.bbox_embed(h).astype(jnp.float32) + inverse_sigmoid(ref)))
+    stacked = dict(logits=jnp.stack(all_logits), boxes=jnp.stack(boxes), hidden=jnp.stack(hidden),
+                   masks=jnp.stack(all_masks) if train else all_masks[-1][None])
+    parts = {k: query_groups.split(padded, v, axis=2) for k, v in stacked.items()}
+    return {g.name: GroupPredictions(**{k: parts[k][g.name] for k in stacked}, valid=g.valid, aux=g.aux)
+            for g in groups}
+
   def __call__(self, multi_scale: Sequence[jax.Array], mask_features: jax.Array, *, train: bool = False,
-               targets=None, dn_noise: denoising.DNNoise | None = None) -> DecoderOutputs:
-    """Runs the predictor.
+               targets=None, dn_noise: denoising.DNNoise | None = None,
+               extra_groups: Sequence[QueryGroup] = ()) -> DecoderOutputs:
+    """Runs the predictor: query groups `[dn | queries | *extra_groups]` through `decode`.
 
     Args:
       multi_scale: encoder outputs in encoder order, each (B, H_l, W_l, d).
@@ -237,81 +362,23 @@ class MaskDINODecoder(nn.Module):
       train: training mode (denoising, masks for every prediction).
       targets: with denoising in training, an object with `labels` (B, T), `boxes` (B, T, 4), `valid` (B, T).
       dn_noise: the denoising noise (required with targets; see `denoising.sample_dn_noise`).
+      extra_groups: query groups of another system, decoded after Mask DINO's own.
     Returns:
       DecoderOutputs.
     """
-    if len(multi_scale) != self.total_num_feature_levels:
-      raise ValueError(f"expected {self.total_num_feature_levels} feature levels, got {len(multi_scale)}")
-    if multi_scale[0].shape[-1] != self.hidden_dim:
-      raise ValueError(f"feature width {multi_scale[0].shape[-1]} != hidden_dim {self.hidden_dim} "
-                       "(the decoder has no input projection, as ENFORCE_INPUT_PROJ=False)")
     if self.is_initializing():  # the label embedding is used only by denoising: create it at init
       self.label_enc(jnp.zeros((1,), jnp.int32))
-    levels = list(multi_scale)[::-1]
-    b = levels[0].shape[0]
-    spatial_shapes = tuple((int(x.shape[1]), int(x.shape[2])) for x in levels)
-    memory = jnp.concatenate([x.reshape(b, -1, self.hidden_dim) for x in levels], 1).astype(self.dtype)
-    q = self.num_queries
-    interm = (None, None, None)
-    if self.two_stage:
-      proposals, valid = query_selection.encoder_output_proposals(spatial_shapes)
-      output_memory = jnp.where(jnp.asarray(valid)[None, :, None], memory, 0.0)
-      output_memory = self.enc_output_norm(self.enc_output(output_memory))
-      enc_logits = self.class_embed(output_memory).astype(jnp.float32)
-      enc_boxes = self.bbox_embed(output_memory).astype(jnp.float32) + jnp.asarray(proposals)[None]
-      topk = query_selection.select_topk(enc_logits.max(-1), q)
-      refpoint_undetached = query_selection.gather_tokens(enc_boxes, topk)
-      refpoint = jax.lax.stop_gradient(refpoint_undetached)
-      tgt_undetached = query_selection.gather_tokens(output_memory, topk)
-      interm_logits, interm_masks = self.prediction_heads(tgt_undetached, mask_features)
-      tgt = jax.lax.stop_gradient(tgt_undetached)
-      if self.learn_tgt:
-        tgt = jnp.broadcast_to(self.query_feat.embedding[None], (b, q, self.hidden_dim)).astype(self.dtype)
-      interm = (interm_logits, jax.nn.sigmoid(refpoint_undetached), interm_masks)
-      if self.initialize_box_type != "no":
-        refpoint = query_selection.mask_boxes(interm_masks, self.initialize_box_type)
-    else:
-      tgt = jnp.broadcast_to(self.query_feat.embedding[None], (b, q, self.hidden_dim)).astype(self.dtype)
-      refpoint = jnp.broadcast_to(self.query_embed.embedding[None], (b, q, 4))
-
-    groups = t_max = 0
-    attn_mask = None
-    if train and self.dn != "no" and targets is not None:
-      t_max = targets.labels.shape[1]
-      groups = denoising.num_dn_groups(self.dn_num, t_max)
-      if groups > 0:
-        if dn_noise is None:
-          raise ValueError("dn_noise is required for denoising training (see denoising.sample_dn_noise)")
-        dn_content, dn_boxes = denoising.dn_queries(targets.labels, targets.boxes, targets.valid, dn_noise,
-                                                    self.label_enc, self.noise_scale)
-        tgt = jnp.concatenate([dn_content.astype(tgt.dtype), tgt], 1)
-        refpoint = jnp.concatenate([dn_boxes, refpoint], 1)
-        attn_mask = denoising.dn_attention_mask(groups, t_max, q)
-      else:
-        t_max = 0
-    pad = groups * t_max
-
-    all_logits, all_masks = [], []
-    if self.initial_pred:
-      logits, masks = self.prediction_heads(tgt, mask_features, pred_mask=train)
-      all_logits.append(logits)
-      all_masks.append(masks)
-    hs, refs = self.decoder(tgt, memory, refpoint, spatial_shapes, self.decoder_norm, self.bbox_embed, attn_mask)
-    for i, h in enumerate(hs):
-      logits, masks = self.prediction_heads(h, mask_features, pred_mask=train or i == len(hs) - 1)
-      all_logits.append(logits)
-      all_masks.append(masks)
-    boxes = [jax.nn.sigmoid(refpoint.astype(jnp.float32))] if self.initial_pred else []
-    for ref, h in zip(refs[:-1], hs):
-      boxes.append(jax.nn.sigmoid(self.bbox_embed(h).astype(jnp.float32) + inverse_sigmoid(ref)))
-    logits = jnp.stack(all_logits)
-    boxes = jnp.stack(boxes)
-    masks = jnp.stack(all_masks) if train else all_masks[-1][None]
-    out = dict(logits=logits[:, :, pad:], boxes=boxes[:, :, pad:], masks=masks[:, :, pad:],
-               interm_logits=interm[0], interm_boxes=interm[1], interm_masks=interm[2])
-    if pad:
-      out.update(dn_logits=logits[:, :, :pad], dn_boxes=boxes[:, :, :pad], dn_masks=masks[:, :, :pad])
-    return DecoderOutputs(**out, dn_groups=groups, dn_max_instances=t_max)
+    memory, spatial_shapes = self.encoder_memory(multi_scale)
+    matching, interm = self.matching_queries(memory, spatial_shapes, mask_features)
+    groups = [matching]
+    if train and self.dn != "no" and self.dn_num > 0 and targets is not None:
+      if dn_noise is None:
+        raise ValueError("dn_noise is required for denoising training (see denoising.sample_dn_noise)")
+      groups.insert(0, self.denoising_queries(targets, dn_noise))
+    groups.extend(extra_groups)
+    return DecoderOutputs(groups=self.decode(groups, memory, spatial_shapes, mask_features, train=train),
+                          interm=interm)
 
 
-__all__ = ["MaskDINODecoder", "TransformerDecoder", "DecoderLayer", "MultiheadAttention", "DecoderOutputs"]
+__all__ = ["MaskDINODecoder", "TransformerDecoder", "DecoderLayer", "MultiheadAttention", "DecoderOutputs",
+           "MATCHING_GROUP"]

@@ -17,6 +17,7 @@ from dinoseg.models.maskdino.decoder import DecoderOutputs, MaskDINODecoder
 from dinoseg.models.maskdino.defaults import PIXEL_MEAN, PIXEL_STD
 from dinoseg.models.maskdino.denoising import DNNoise
 from dinoseg.models.maskdino.pixel_decoder import MaskDINOEncoder
+from dinoseg.models.query_groups import QueryGroup
 
 
 class MaskDINO(nn.Module):
@@ -46,13 +47,14 @@ class MaskDINO(nn.Module):
     return x
 
   def __call__(self, images: jax.Array, valid_hw: jax.Array | None = None, *, train: bool = False, targets=None,
-               dn_noise: DNNoise | None = None) -> DecoderOutputs:
+               dn_noise: DNNoise | None = None, extra_groups: Sequence[QueryGroup] = ()) -> DecoderOutputs:
     """Runs the model.
 
     Args:
       images: (B, H, W, 3) 0-255 RGB on the padded canvas (H, W multiples of 32).
       valid_hw: (B, 2) image sizes inside the canvas (None: all valid).
       train: training mode; targets / dn_noise: for the denoising queries (see MaskDINODecoder).
+      extra_groups: query groups of another system, decoded with Mask DINO's (dinoseg.models.query_groups).
     Returns:
       DecoderOutputs.
     """
@@ -61,12 +63,14 @@ class MaskDINO(nn.Module):
     if images.shape[1] % 32 or images.shape[2] % 32:
       raise ValueError(f"image canvas {images.shape[1:3]} must be a multiple of 32 (SIZE_DIVISIBILITY)")
     features = self.backbone(self.normalize(images, valid_hw))
-    return self.head(features, train=train, targets=targets, dn_noise=dn_noise)
+    return self.head(features, train=train, targets=targets, dn_noise=dn_noise, extra_groups=extra_groups)
 
-  def head(self, features, *, train: bool = False, targets=None, dn_noise: DNNoise | None = None) -> DecoderOutputs:
+  def head(self, features, *, train: bool = False, targets=None, dn_noise: DNNoise | None = None,
+           extra_groups: Sequence[QueryGroup] = ()) -> DecoderOutputs:
     """The `sem_seg_head` part: features {"res2".."res5"} -> DecoderOutputs."""
     mask_features, multi_scale = self.pixel_decoder(features)
-    return self.predictor(multi_scale, mask_features, train=train, targets=targets, dn_noise=dn_noise)
+    return self.predictor(multi_scale, mask_features, train=train, targets=targets, dn_noise=dn_noise,
+                          extra_groups=extra_groups)
 
 
 def build_backbone(config: ml_collections.ConfigDict) -> nn.Module:
@@ -90,6 +94,7 @@ def build_model(config: ml_collections.ConfigDict, dtype: Any = None) -> MaskDIN
       dim_feedforward=dec.dim_feedforward, dec_layers=dec.dec_layers, mask_dim=enc.mask_dim,
       two_stage=dec.two_stage, initialize_box_type=dec.initialize_box_type, initial_pred=dec.initial_pred,
       learn_tgt=dec.learn_tgt, dn=dec.dn, dn_num=dec.dn_num, noise_scale=dec.dn_noise_scale,
+      dn_group_images=dec.get("dn_group_images", 0),
       total_num_feature_levels=enc.total_num_feature_levels, semantic_ce_loss=config.semantic_ce_loss,
       msda_impl=config.msda_impl, dtype=dtype)
   return MaskDINO(backbone=build_backbone(config.backbone), pixel_decoder=pixel_decoder, predictor=predictor,

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from dinoseg.convert.keymap import ConversionError, KeyMismatchError
 from dinoseg.convert.registry import ModelConverter, register
 
 NEW_PARAMS = ("extra_prompts_encoder/kernel",)
@@ -135,7 +136,7 @@ def infer_arch(state: Mapping[str, Any]) -> SegNextArch:
               "neck.down_4.5.weight", "neck.down_8.2.weight", "neck.down_16.0.weight", "neck.down_32.2.weight",
               "head.convs.0.conv.weight"):
     if key not in state:
-      raise KeyError(f"not a SegNext state dict: missing {key!r}")
+      raise KeyMismatchError(f"not a SegNext state dict: missing {key!r}")
   shape = lambda k: tuple(np.shape(state[k]))  # noqa: E731
   d, _, p, _ = shape("backbone.patch_embed.proj.weight")
   grid = int(round((shape("backbone.pos_embed")[1] - 1) ** 0.5))
@@ -152,10 +153,10 @@ def infer_arch(state: Mapping[str, Any]) -> SegNextArch:
 def _check_keys(state: Mapping[str, Any], shapes: Mapping[str, tuple], what: str) -> None:
   missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
   if missing or unexpected:
-    raise KeyError(f"{what}: missing keys {missing}; unexpected keys {unexpected}")
+    raise KeyMismatchError(f"{what}: missing keys {missing}; unexpected keys {unexpected}")
   for key, want in shapes.items():
     if tuple(np.shape(state[key])) != tuple(want):
-      raise ValueError(f"{what}: {key} has shape {tuple(np.shape(state[key]))}, expected {tuple(want)}")
+      raise ConversionError(f"{what}: {key} has shape {tuple(np.shape(state[key]))}, expected {tuple(want)}")
 
 
 def _oihw_to_hwio(w):
@@ -267,14 +268,14 @@ def segnext_to_torch(params: Mapping, *, drop_new_params: bool = False) -> dict[
   new = {k: flat.pop(k) for k in NEW_PARAMS if k in flat}
   for key, value in new.items():
     if np.any(value != 0) and not drop_new_params:
-      raise ValueError(f"{key} is non-zero (box/scribble prompts were trained); the reference layout cannot "
+      raise ConversionError(f"{key} is non-zero (box/scribble prompts were trained); the reference layout cannot "
                        "hold it. Pass drop_new_params=True to export the click-only part.")
   arch = infer_arch_from_flax(flat)
   table = _mapping(arch)
   expected = {"/".join(path) for path, _ in table.values()}
   missing, unexpected = sorted(expected - set(flat)), sorted(set(flat) - expected)
   if missing or unexpected:
-    raise KeyError(f"SegNext params: missing {missing}; unexpected {unexpected}")
+    raise KeyMismatchError(f"SegNext params: missing {missing}; unexpected {unexpected}")
   state = {key: _TO_TORCH[transform](flat["/".join(path)]) for key, (path, transform) in table.items()}
   shapes = reference_shapes(arch)
   _check_keys(state, shapes, "exported SegNext state dict")
@@ -295,7 +296,7 @@ def infer_arch_from_flax(flat: Mapping[str, Any]) -> SegNextArch:
                        fusion_depth=1 + max(fusion) if fusion else 0, neck_dims=neck_dims,
                        head_channels=np.shape(flat["head/convs_0/kernel"])[1])
   except KeyError as e:
-    raise KeyError(f"not SegNext params: missing {e}") from None
+    raise KeyMismatchError(f"not SegNext params: missing {e}") from None
 
 
 def arch_from_model_config(model_config: Mapping[str, Any]) -> SegNextArch:
@@ -348,7 +349,7 @@ def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
     config = obj.get("config")
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
-    raise ValueError(f"{path}: expected a state dict or {{'state_dict': ...}}, got {type(obj).__name__}")
+    raise ConversionError(f"{path}: expected a state dict or {{'state_dict': ...}}, got {type(obj).__name__}")
   return {k: np.asarray(v) for k, v in obj.items()}, config
 
 

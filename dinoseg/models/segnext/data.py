@@ -15,6 +15,7 @@
 import numpy as np
 
 from dinoseg.data_pipelines import transforms as T
+from dinoseg.errors import UserValueError
 from dinoseg.models.segnext.sampler import PromptSampler, PromptSamplerConfig
 
 
@@ -25,7 +26,7 @@ class DataPromptSampler:
     fields = {f for f in PromptSamplerConfig.__dataclass_fields__}
     unknown = sorted(set(options) - fields)
     if unknown:
-      raise ValueError(f"unknown segnext prompt_sampler_options {unknown}; known: {sorted(fields)}")
+      raise UserValueError(f"unknown segnext prompt_sampler_options {unknown}; known: {sorted(fields)}")
     self.sampler = PromptSampler(PromptSamplerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                                         for k, v in options.items()}))
 
@@ -67,7 +68,7 @@ class InteractiveEvalBatches:
                process_count: int = 1, max_examples: int = 0, seed: int = 0):
     from dinoseg.data_pipelines.dataset import open_dataset  # noqa: PLC0415
     if batch_size <= 0 or batch_size % process_count:
-      raise ValueError(f"eval batch size {batch_size} must be positive and divisible by {process_count} processes")
+      raise UserValueError(f"eval batch size {batch_size} must be positive and divisible by {process_count} processes")
     self.view = open_dataset(path).split(split)
     rows = []
     for i in range(len(self.view)):
@@ -76,7 +77,7 @@ class InteractiveEvalBatches:
     if max_examples:
       rows = rows[:max_examples]
     if not rows:
-      raise ValueError(f"{path} split {split!r} has no objects to evaluate")
+      raise UserValueError(f"{path} split {split!r} has no objects to evaluate")
     n = -(-len(rows) // batch_size) * batch_size
     self.rows = [(r, True) for r in rows] + [(rows[0], False)] * (n - len(rows))
     self.local = batch_size // process_count

@@ -1,14 +1,16 @@
 """SegNext as a `dinoseg.train` task ("segnext"): `dinoseg train` / `dinoseg eval` plug in here.
 
-Config (configs/segnext/vitb_sax2.py): `model` (SegNext fields + converter `name`), `weights`
-(init / backbone / allow_random), `data` (a data-pipelines config: task "interactive", the
-"segnext" prompt sampler), `segnext` (iterative training: max_rounds, loss_alpha, loss_gamma,
+Config (configs/segnext/vitb_sax2.py): `model` (SegNext fields + converter `name`), `init`
+(pretrained weights: `checkpoint`, `backbone`), `data` (a data-pipelines config: task "interactive",
+the "segnext" prompt sampler), `segnext` (iterative training: max_rounds, loss_alpha, loss_gamma,
 edt_row_chunk), `train` / `optimizer` (trainer groups), `eval` (datasets, protocol settings).
 
-- `init_variables(rng)`: random init; with `weights.init` (a full SegNext checkpoint, e.g. the
-  COCO+LVIS sax2 for the HQSeg fine-tune) or `weights.backbone` (MAE ViT weights, position grid
-  resized bicubically as the reference's `interpolate_pos_embed`) the loaded arrays are fetched
-  from the host with `jax.pure_callback`, so no weights are baked into the compiled program.
+- `init_variables(rng)`: random init. The trainer then applies `config.init` (dinoseg.convert.init):
+  `init.checkpoint` a full SegNext checkpoint (converter "task": `variables_from_weights`, e.g. the
+  COCO+LVIS sax2 for the HQSeg fine-tune), `init.backbone` MAE ViT weights (converter "backbone" on
+  `backbone_module()`: the position grid resized bicubically as the reference's
+  `interpolate_pos_embed`; partial as the reference's `strict=False`: cls_token / norm unused,
+  fc_norm stays random).
 - `loss_fn`: `iterative.iterative_loss` (0-3 no-grad click rounds, normalized focal loss).
 - `train_iterator`: the data pipelines' grain iterator (`config.data`).
 - Evaluation: `eval_iterator` reads `config.eval.datasets` (prepared directories) at original
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext import protocol
 from dinoseg.models.segnext.iterative import iterative_loss
@@ -38,37 +41,6 @@ def sampler_config(options: Mapping[str, Any]) -> PromptSamplerConfig:
   fields = set(PromptSamplerConfig.__dataclass_fields__)
   return PromptSamplerConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(options).items()
                                 if k in fields})
-
-
-def mae_backbone_params(state: Mapping[str, np.ndarray], model: SegNext, backbone_params: Mapping
-                        ) -> tuple[dict, list, list]:
-  """MAE ViT weights -> the SegNext backbone params (reference `init_weights_from_pretrained`).
-
-  The position embedding's patch grid is resized to the model's grid with bicubic interpolation
-  (align_corners=False), the CLS slot kept; keys the backbone does not have (cls_token, norm,
-  decoder, head) are reported as unexpected, backbone params absent from the file (fc_norm) as
-  missing and kept as initialized, as the reference's `load_state_dict(strict=False)`.
-
-  Returns:
-    (new backbone params, missing torch keys, unexpected torch keys).
-  """
-  from dinoseg.convert import backbones as backbone_convert  # noqa: PLC0415
-  from dinoseg.ops import interpolate  # noqa: PLC0415
-  state = {k: np.asarray(v) for k, v in state.items()}
-  grid = model.grid_size
-  if "pos_embed" in state:
-    pe = state["pos_embed"]
-    old = int(round((pe.shape[1] - 1) ** 0.5))
-    if old != grid:
-      tokens = jnp.asarray(pe[:, 1:].reshape(1, old, old, pe.shape[-1]))
-      tokens = np.asarray(interpolate(tokens, (grid, grid), mode="bicubic", align_corners=False))
-      state["pos_embed"] = np.concatenate([pe[:, :1], tokens.reshape(1, grid * grid, -1)], 1)
-  vit = model.make_backbone()
-  current = backbone_convert.backbone_to_torch(vit, jax.tree.map(np.asarray, dict(backbone_params)))
-  missing = sorted(set(current) - set(state))
-  unexpected = sorted(set(state) - set(current))
-  merged = {k: (state[k] if k in state else v) for k, v in current.items()}
-  return backbone_convert.backbone_to_flax(vit, merged), missing, unexpected
 
 
 class SegNextEvaluator:
@@ -120,54 +92,25 @@ class SegNextTask(task_lib.Task):
     super().__init__(config)
     self.model: SegNext = build_segnext(config.model)
     self.sampler = PromptSampler(sampler_config(config.data.get("prompt_sampler_options") or {}))
-    self._pretrained = None
 
   # ------------------------------------------------------------------ params
-  def _host_pretrained(self) -> dict | None:
-    """The params subtrees given by `weights` (NumPy, loaded once), or None."""
-    w = self.config.weights
-    if self._pretrained is None and (w.init or w.backbone):
-      from dinoseg.models.segnext.weights import init_params, load_model  # noqa: PLC0415
-      if w.init:
-        _, params = load_model(self.config.model, w.init)
-        self._pretrained = jax.tree.map(np.asarray, dict(params))
-      else:
-        from dinoseg.convert import readers  # noqa: PLC0415
-        obj = readers.read_checkpoint(w.backbone)
-        state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
-        random_backbone = jax.tree.map(np.asarray, init_params(self.model, int(self.config.seed))["backbone"])
-        backbone, missing, unexpected = mae_backbone_params(state, self.model, random_backbone)
-        print(f"segnext: backbone from {w.backbone}: missing {missing}, unexpected {unexpected}")
-        self._pretrained = {"backbone": jax.tree.map(np.asarray, backbone)}
-    return self._pretrained
-
   def init_variables(self, rng):
+    """Random params; pretrained weights come from `config.init` (checkpoint / backbone), applied by the trainer."""
     s = self.model.image_size
-    params = self.model.init(rng, jnp.zeros((1, s, s, 3)), jnp.asarray([[s, s]], jnp.int32),
-                             prompt_lib.empty_prompts(1), jnp.zeros((1, s, s)))["params"]
-    pretrained = self._host_pretrained()
-    if pretrained is None:
-      if not self.config.weights.allow_random:
-        raise ValueError("no weights: set weights.init (a SegNext checkpoint) or weights.backbone (MAE ViT), "
-                         "or weights.allow_random=True")
-      return {"params": params}
-    params = dict(params)
-    for name, subtree in pretrained.items():
-      if name not in params:
-        raise ValueError(f"pretrained weights have a {name!r} subtree the model lacks")
-      want = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params[name])
-      got = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), subtree)
-      if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
-        raise ValueError(f"pretrained {name!r} weights do not match the model's shapes")
-      params[name] = jax.pure_callback(lambda t=subtree: t, want)
-    return {"params": params}
+    return {"params": self.model.init(rng, jnp.zeros((1, s, s, 3)), jnp.asarray([[s, s]], jnp.int32),
+                                      prompt_lib.empty_prompts(1), jnp.zeros((1, s, s)))["params"]}
+
+  def backbone_module(self):
+    """The ViT image encoder (params under "backbone"): `config.init.backbone` reads MAE ViT weights through
+    its key map, the position grid resized to the model's (14 -> 64 for MAE ViT-B at 1024 px)."""
+    return self.model.make_backbone(parent=None)  # a standalone module (not a child of the unbound model)
 
   def variables_from_weights(self, path: str) -> dict:
     """{"params": ...} from a released .pth or an Orbax directory (architecture checked against the config)."""
     from dinoseg.models.segnext.weights import load_model  # noqa: PLC0415
     model, params = load_model(self.config.model, path)
     if model.fusion_depth != self.model.fusion_depth or model.embed_dim != self.model.embed_dim:
-      raise ValueError(f"{path} holds a SegNext with fusion_depth={model.fusion_depth}, embed_dim="
+      raise UserValueError(f"{path} holds a SegNext with fusion_depth={model.fusion_depth}, embed_dim="
                        f"{model.embed_dim}; the config has {self.model.fusion_depth}, {self.model.embed_dim}")
     if self.model.extra_prompts and "extra_prompts_encoder" not in params:
       params = dict(params)
@@ -226,7 +169,7 @@ class SegNextTask(task_lib.Task):
     for entry in self.config.eval.datasets:
       label, _, rest = str(entry).partition("=")
       if not rest:
-        raise ValueError(f"eval.datasets entries must be 'label=path[:split]', got {entry!r}")
+        raise UserValueError(f"eval.datasets entries must be 'label=path[:split]', got {entry!r}")
       path, _, split = rest.partition(":")
       out.append((label, path, split or "val"))
     return out
@@ -241,7 +184,7 @@ class SegNextTask(task_lib.Task):
     def batches():
       for index, (label, path, split) in enumerate(datasets):
         if not pathlib.Path(path).is_dir():
-          raise FileNotFoundError(f"eval dataset {label!r}: no prepared dataset at {path}")
+          raise UserFileNotFoundError(f"eval dataset {label!r}: no prepared dataset at {path}")
         reader = InteractiveEvalBatches(path, split, int(e.batch_size), self.sampler, process_index, process_count,
                                         max_examples=int(e.max_examples), seed=int(self.config.seed))
         for batch in reader:
@@ -254,4 +197,4 @@ class SegNextTask(task_lib.Task):
     return SegNextEvaluator(self.config.eval, labels) if labels else None
 
 
-__all__ = ["SegNextTask", "SegNextEvaluator", "mae_backbone_params", "sampler_config"]
+__all__ = ["SegNextTask", "SegNextEvaluator", "sampler_config"]

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.models.segnext import convert
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext.model import SegNext, build_segnext
@@ -50,19 +51,19 @@ def load_model(model_config: Mapping[str, Any], weights: str | None = None, *, r
   """(model, params) from a checkpoint or random init (see the module docstring).
 
   Raises:
-    ValueError: neither weights nor random_init, or an unreadable / mismatching checkpoint.
-    FileNotFoundError: `weights` does not exist.
+    UserValueError: neither weights nor random_init, or an unreadable / mismatching checkpoint.
+    UserFileNotFoundError: `weights` does not exist.
   """
   if random_init:
     if weights:
-      raise ValueError("pass either weights or random_init, not both")
+      raise UserValueError("pass either weights or random_init, not both")
     model = build_segnext(model_config)
     return model, init_params(model, seed)
   if not weights:
-    raise ValueError("weights are required (a SegNext .pth or an Orbax directory), or random_init=True")
+    raise UserValueError("weights are required (a SegNext .pth or an Orbax directory), or random_init=True")
   path = pathlib.Path(weights)
   if not path.exists():
-    raise FileNotFoundError(f"no such weights: {path}")
+    raise UserFileNotFoundError(f"no such weights: {path}")
   if path.is_dir():
     from dinoseg.convert import readers  # noqa: PLC0415
     tree = readers.read_orbax(path)
@@ -70,13 +71,13 @@ def load_model(model_config: Mapping[str, Any], weights: str | None = None, *, r
     if params is None and isinstance(tree.get("state"), Mapping):
       params = tree["state"].get("params")
     if params is None:
-      raise ValueError(f"{path}: the Orbax tree has no 'params' (top-level keys: {sorted(tree)})")
+      raise UserValueError(f"{path}: the Orbax tree has no 'params' (top-level keys: {sorted(tree)})")
     flat = {"/".join(k): v for k, v in convert._flatten(params).items()}
     kwargs = _with_arch(model_config, convert.infer_arch_from_flax(flat), None)
     kwargs["extra_prompts"] = "extra_prompts_encoder/kernel" in flat
     return build_segnext(kwargs), jax.tree.map(jnp.asarray, params)
   if path.suffix.lower() not in _TORCH_SUFFIXES:
-    raise ValueError(f"{path}: expected a .pth/.pt/.safetensors SegNext checkpoint or an Orbax directory")
+    raise UserValueError(f"{path}: expected a .pth/.pt/.safetensors SegNext checkpoint or an Orbax directory")
   state, reference_config = convert.read_checkpoint(str(path))
   arch = convert.infer_arch(state)
   kwargs = _with_arch(model_config, arch, reference_config)

@@ -21,6 +21,8 @@ Background thresholds: 0.55 for ViT-B and 0.54 for ViT-L (the reference's eval c
 """
 import dataclasses
 
+from dinoseg.errors import UserValueError
+
 VOC20 = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
     "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -134,9 +136,9 @@ PAPER_COLUMNS: tuple[str, ...] = tuple(BENCHMARKS)
 
 
 def get_benchmark(key: str) -> Benchmark:
-  """The benchmark named `key` (ValueError listing the known keys otherwise)."""
+  """The benchmark named `key` (UserValueError, a ValueError, listing the known keys otherwise)."""
   if key not in BENCHMARKS:
-    raise ValueError(f"unknown benchmark {key!r}; known: {', '.join(BENCHMARKS)}")
+    raise UserValueError(f"unknown benchmark {key!r}; known: {', '.join(BENCHMARKS)}")
   return BENCHMARKS[key]
 
 

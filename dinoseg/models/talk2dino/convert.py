@@ -22,6 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
+from dinoseg.convert.keymap import ConversionError, KeyMismatchError
 from dinoseg.convert.registry import ModelConverter, register
 
 _HIDDEN = re.compile(r"^hidden_layers\.(\d+)\.(weight|bias)$")
@@ -32,7 +33,7 @@ def _rename_legacy(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   state = dict(state)
   if any(k in state for k in _LEGACY):
     if any(_HIDDEN.match(k) for k in state):
-      raise KeyError("the state dict has both `linear_layer2.*` and `hidden_layers.*` keys")
+      raise KeyMismatchError("the state dict has both `linear_layer2.*` and `hidden_layers.*` keys")
     for old, new in _LEGACY.items():
       if old in state:
         state[new] = state.pop(old)
@@ -54,25 +55,25 @@ def projection_to_flax(state: Mapping[str, np.ndarray], embed_dim: int | None = 
   state = _rename_legacy({k: np.asarray(v) for k, v in state.items()})
   hidden = sorted({int(m.group(1)) for m in map(_HIDDEN.match, state) if m})
   if hidden != list(range(len(hidden))):
-    raise KeyError(f"hidden layers must be numbered 0..n-1, got {hidden}")
+    raise KeyMismatchError(f"hidden layers must be numbered 0..n-1, got {hidden}")
   expected = {"linear_layer.weight", "linear_layer.bias"}
   expected |= {f"hidden_layers.{i}.{p}" for i in hidden for p in ("weight", "bias")}
   missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
   if missing or unexpected:
-    raise KeyError(f"projection weights: missing keys {missing}; unexpected keys {unexpected}")
+    raise KeyMismatchError(f"projection weights: missing keys {missing}; unexpected keys {unexpected}")
   w = state["linear_layer.weight"]
   if w.ndim != 2:
-    raise ValueError(f"linear_layer.weight must be 2-D (D, C), got shape {w.shape}")
+    raise ConversionError(f"linear_layer.weight must be 2-D (D, C), got shape {w.shape}")
   d, c = w.shape
   if embed_dim is not None and d != embed_dim:
-    raise ValueError(f"linear_layer.weight has width {d}, expected embed_dim {embed_dim}")
+    raise ConversionError(f"linear_layer.weight has width {d}, expected embed_dim {embed_dim}")
   if text_dim is not None and c != text_dim:
-    raise ValueError(f"linear_layer.weight takes {c}-d text embeddings, expected {text_dim}")
+    raise ConversionError(f"linear_layer.weight takes {c}-d text embeddings, expected {text_dim}")
   shapes = {"linear_layer.bias": (d,), **{f"hidden_layers.{i}.weight": (d, d) for i in hidden},
             **{f"hidden_layers.{i}.bias": (d,) for i in hidden}}
   for key, shape in shapes.items():
     if state[key].shape != shape:
-      raise ValueError(f"{key} has shape {state[key].shape}, expected {shape}")
+      raise ConversionError(f"{key} has shape {state[key].shape}, expected {shape}")
   params = {"linear_layer": {"kernel": np.ascontiguousarray(w.T), "bias": state["linear_layer.bias"]}}
   for i in hidden:
     params[f"hidden_layers_{i}"] = {"kernel": np.ascontiguousarray(state[f"hidden_layers.{i}.weight"].T),
@@ -90,13 +91,13 @@ def projection_to_torch(params: Mapping) -> dict[str, np.ndarray]:
   hidden = sorted(int(n.split("_")[-1]) for n in names if re.fullmatch(r"hidden_layers_\d+", n))
   expected = {"linear_layer"} | {f"hidden_layers_{i}" for i in hidden}
   if names != expected or hidden != list(range(len(hidden))):
-    raise KeyError(f"projection params: expected {sorted(expected)}, got {sorted(names)}")
+    raise KeyMismatchError(f"projection params: expected {sorted(expected)}, got {sorted(names)}")
   state = {}
   for flax_name, torch_name in [("linear_layer", "linear_layer")] + [(f"hidden_layers_{i}", f"hidden_layers.{i}")
                                                                        for i in hidden]:
     layer = params[flax_name]
     if set(layer) != {"kernel", "bias"}:
-      raise KeyError(f"{flax_name}: expected kernel and bias, got {sorted(layer)}")
+      raise KeyMismatchError(f"{flax_name}: expected kernel and bias, got {sorted(layer)}")
     state[f"{torch_name}.weight"] = np.ascontiguousarray(np.asarray(layer["kernel"]).T)
     state[f"{torch_name}.bias"] = np.asarray(layer["bias"])
   return state

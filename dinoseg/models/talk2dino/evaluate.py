@@ -11,7 +11,6 @@ one in the table.
 Ground truth: (H, W) integer maps in the benchmark's label order (`classnames.Benchmark.classes`,
 background = 0 for the with-background sets), 255 = ignore, at the image's original size.
 """
-import json
 import math
 import os
 import pathlib
@@ -20,6 +19,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from dinoseg import jsonio
 from dinoseg.evaluation.semantic import SemanticEvaluator, semantic_metrics
 from dinoseg.models.talk2dino.classnames import BENCHMARKS, PAPER_COLUMNS, Benchmark
 
@@ -95,25 +95,24 @@ def paper_table(results: Mapping[str, float], title: str = "Talk2DINO (dinoseg)"
 
 
 def write_results(results: Mapping[str, dict], path: str | os.PathLike) -> None:
-  """Writes {benchmark: metrics} (and the table) as JSON."""
+  """Writes {benchmark: metrics} (and the table) as strict JSON (NaN -> null)."""
   payload = {"results": dict(results), "table": paper_table({k: v["mIoU"] for k, v in results.items()})}
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(path).write_text(json.dumps(payload, indent=1))
+  pathlib.Path(path).write_text(jsonio.dumps(payload, indent=1))
 
 
-def load_for_inference(config, weights: str | None = None):
-  """(model, params) for evaluation / prediction: `weights` (a projection file or training workdir)
-  overrides `config.weights.projection`."""
+def load_for_inference(config, weights: str | None = None, without: tuple[str, ...] = ()):
+  """(model, params) for evaluation / prediction from `config.init`: `weights` (a projection file or
+  training workdir) overrides `config.init.projection.file`; parts in `without` are not read (random)."""
   import jax  # noqa: PLC0415
 
   from dinoseg.models.talk2dino.model import build_model  # noqa: PLC0415
   from dinoseg.models.talk2dino.weights import load_model_params  # noqa: PLC0415
   if weights:
     config = config.copy_and_resolve_references()
-    with config.weights.unlocked():
-      config.weights.projection = str(weights)
+    config.init.projection.file = str(weights)
   model = build_model(config.model)
-  return model, load_model_params(model, config, jax.random.key(int(config.seed)))
+  return model, load_model_params(model, config, jax.random.key(int(config.seed)), without=without)
 
 
 def inference_settings(config, benchmark):

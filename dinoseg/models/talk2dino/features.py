@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
+
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "features-{index:05d}-of-{count:05d}.array_record"
 IMAGE_FEATURES = ("avg_self_attn_out", "disentangled_self_attn")
@@ -129,7 +131,7 @@ class FeatureExtractor:
 
   def __init__(self, model, params, image_batch: int = 64, text_batch: int = 256):
     if image_batch <= 0 or text_batch <= 0:
-      raise ValueError(f"image_batch and text_batch must be positive, got {image_batch}, {text_batch}")
+      raise UserValueError(f"image_batch and text_batch must be positive, got {image_batch}, {text_batch}")
     self.model, self.image_batch, self.text_batch = model, image_batch, text_batch
     self._vision = {"dinov2": params["dinov2"]}
     self._text = {"clip_text": params["clip_text"]}
@@ -167,7 +169,7 @@ class FeatureExtractor:
 def shard_ranges(num_images: int, shard_size: int) -> list[tuple[int, int]]:
   """[start, end) image ranges of the shards."""
   if shard_size <= 0:
-    raise ValueError(f"shard_size must be positive, got {shard_size}")
+    raise UserValueError(f"shard_size must be positive, got {shard_size}")
   return [(s, min(s + shard_size, num_images)) for s in range(0, num_images, shard_size)]
 
 
@@ -191,7 +193,7 @@ def extract_features(source: Sequence[ImageSample], extractor: FeatureExtractor,
   from array_record.python.array_record_module import ArrayRecordWriter  # noqa: PLC0415
   from tqdm import tqdm  # noqa: PLC0415
   if image_dtype not in ("float32", "float16"):
-    raise ValueError(f"image_dtype must be 'float32' or 'float16', got {image_dtype!r}")
+    raise UserValueError(f"image_dtype must be 'float32' or 'float16', got {image_dtype!r}")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   ranges = shard_ranges(len(source), shard_size)
@@ -201,7 +203,7 @@ def extract_features(source: Sequence[ImageSample], extractor: FeatureExtractor,
               "image_dtype": image_dtype, **dict(metadata or {})}
   previous = manifest.get("settings")
   if previous is not None and previous != json.loads(json.dumps(settings)):
-    raise ValueError(f"{out} holds features extracted with other settings ({previous}); use another out_dir")
+    raise UserValueError(f"{out} holds features extracted with other settings ({previous}); use another out_dir")
   manifest["settings"] = settings
   shards = manifest.setdefault("shards", {})
   load = load or (lambda sample: preprocess_image(sample.image, image_size))
@@ -251,10 +253,10 @@ def extract_features(source: Sequence[ImageSample], extractor: FeatureExtractor,
 def read_manifest(feature_dir: str | os.PathLike) -> dict[str, Any]:
   path = pathlib.Path(feature_dir) / MANIFEST
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: run the Talk2DINO feature extraction first")
+    raise UserFileNotFoundError(f"{path} not found: run the Talk2DINO feature extraction first")
   manifest = json.loads(path.read_text())
   if not manifest.get("complete"):
-    raise ValueError(f"{feature_dir}: the feature extraction has not finished (re-run it to resume)")
+    raise UserValueError(f"{feature_dir}: the feature extraction has not finished (re-run it to resume)")
   return manifest
 
 
@@ -268,7 +270,7 @@ class CaptionFeatureSource:
   def __init__(self, feature_dir: str | os.PathLike, image_feature: str = "disentangled_self_attn"):
     from grain.sources import ArrayRecordDataSource  # noqa: PLC0415
     if image_feature not in IMAGE_FEATURES:
-      raise ValueError(f"image_feature must be one of {IMAGE_FEATURES}, got {image_feature!r}")
+      raise UserValueError(f"image_feature must be one of {IMAGE_FEATURES}, got {image_feature!r}")
     manifest = read_manifest(feature_dir)
     names = sorted(manifest["shards"])
     counts = np.concatenate([np.asarray(manifest["shards"][n], np.int64) for n in names]) if names else np.zeros(0)
@@ -306,12 +308,12 @@ class CaptionBatches:
   def __init__(self, source, batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                process_index: int = 0, process_count: int = 1):
     if batch_size <= 0:
-      raise ValueError(f"batch_size must be positive, got {batch_size}")
+      raise UserValueError(f"batch_size must be positive, got {batch_size}")
     if process_count <= 0 or batch_size % process_count or not 0 <= process_index < process_count:
-      raise ValueError(f"batch_size {batch_size} must split evenly over process_count {process_count} "
+      raise UserValueError(f"batch_size {batch_size} must split evenly over process_count {process_count} "
                        f"(process_index {process_index})")
     if len(source) == 0:
-      raise ValueError("the caption source is empty")
+      raise UserValueError("the caption source is empty")
     self.source, self.batch_size, self.seed, self.shuffle = source, batch_size, seed, shuffle
     self.num_epochs, self.process_index, self.process_count = num_epochs, process_index, process_count
     self.batches_per_epoch = -(-len(source) // batch_size)

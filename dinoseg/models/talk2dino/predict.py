@@ -16,6 +16,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.models.talk2dino.classnames import BACKGROUND, Benchmark
 
 # Fixed, distinguishable colours (background black); more classes cycle with a hue shift.
@@ -40,9 +41,9 @@ def parse_classes(text: str) -> list[str]:
   names = [c.strip().replace("_", " ") for c in str(text).split(",")]
   names = [c for c in names if c]
   if not names:
-    raise ValueError(f"--classes must list at least one class name, got {text!r}")
+    raise UserValueError(f"--classes must list at least one class name, got {text!r}")
   if len(set(names)) != len(names):
-    raise ValueError(f"--classes has duplicates: {names}")
+    raise UserValueError(f"--classes has duplicates: {names}")
   return names
 
 
@@ -78,7 +79,7 @@ class Talk2DinoPredictor:
 
   Args:
     config: a Talk2DINO config.
-    weights: projection weights (file or training workdir) overriding `config.weights.projection`.
+    weights: projection weights (file or training workdir) overriding `config.init.projection.file`.
     projection_params: already loaded projection params (then `weights` is not read).
   `predictor(image, classes, with_background)` -> Prediction. For `dinoseg predict` (the shared
   command) `predict(image)` / `write(...)` use `config.predict.classes` / `with_background`.
@@ -87,13 +88,8 @@ class Talk2DinoPredictor:
   def __init__(self, config, weights: str | None = None, projection_params=None):
     from dinoseg.models.talk2dino.evaluate import load_for_inference  # noqa: PLC0415
     self.config = config
-    if projection_params is not None:
-      if not config.weights.allow_random and not (config.weights.dinov2 and config.weights.clip_text):
-        raise ValueError("config.weights.dinov2 and config.weights.clip_text must name the backbone weights")
-      config = config.copy_and_resolve_references()
-      with config.weights.unlocked():  # only the projection is left out, and replaced below
-        config.weights.projection, config.weights.allow_random = "", True
-      self.model, self.params = load_for_inference(config, None)
+    if projection_params is not None:  # the backbones from config.init, the projection given here
+      self.model, self.params = load_for_inference(config, None, without=("projection",))
       from dinoseg.models.talk2dino.weights import check_tree  # noqa: PLC0415
       projection_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), dict(projection_params))
       check_tree("projection", projection_params, self.params["projection"])
@@ -134,7 +130,7 @@ class Talk2DinoPredictor:
 def make_predictor(config, variables) -> Talk2DinoPredictor:
   """`dinoseg predict` factory: `variables["params"]` is the projection (a `dinoseg train` checkpoint
   or a `dinoseg convert --model talk2dino_vit*_mlp_infonce --to DIR` output), or a full Talk2Dino
-  tree with "projection"; the backbones come from config.weights."""
+  tree with "projection"; the backbones come from config.init."""
   params = dict(variables.get("params", variables))
   if "projection" in params:
     params = params["projection"]
@@ -143,7 +139,7 @@ def make_predictor(config, variables) -> Talk2DinoPredictor:
 
 def load_variables(config, weights) -> dict:
   """`dinoseg predict --weights`: {"params": projection params} from a projection file (.pth /
-  .safetensors / .npz / .msgpack) or a training workdir; the backbones come from config.weights."""
+  .safetensors / .npz / .msgpack) or a training workdir; the backbones come from config.init."""
   from dinoseg.models.talk2dino.convert import projection_to_flax  # noqa: PLC0415
   from dinoseg.models.talk2dino.weights import load_flax_params, read_state_dict, resolve_projection_path  # noqa: PLC0415
   path = resolve_projection_path(weights)
@@ -160,7 +156,7 @@ def read_image(path: str | pathlib.Path) -> np.ndarray:
   from dinoseg import predict  # noqa: PLC0415
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"input image {path} not found")
+    raise UserFileNotFoundError(f"input image {path} not found")
   return predict.read_image(path)
 
 

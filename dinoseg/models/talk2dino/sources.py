@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.models.talk2dino.features import ImageSample
 
 # Benchmark key -> (prepared dataset directory under eval.data_dir, label map name in its manifest).
@@ -40,7 +41,7 @@ class PreparedRecords:
     self.dir = pathlib.Path(dataset_dir)
     self.manifest = writer.read_manifest(self.dir)
     if split not in self.manifest["splits"]:
-      raise ValueError(f"{self.dir} has no split {split!r}; it has {sorted(self.manifest['splits'])}")
+      raise UserValueError(f"{self.dir} has no split {split!r}; it has {sorted(self.manifest['splits'])}")
     files = [str(self.dir / s["file"]) for s in self.manifest["splits"][split]["shards"] if s["num_records"]]
     self._source = ArrayRecordDataSource(files) if files else []
 
@@ -78,7 +79,7 @@ class SemanticRecords:
     self.records = PreparedRecords(dataset_dir, split)
     maps = self.records.manifest.get("metadata", {}).get("label_maps", {})
     if label_map not in maps:
-      raise ValueError(f"{dataset_dir} has no label map {label_map!r}; it has {sorted(maps)}")
+      raise UserValueError(f"{dataset_dir} has no label map {label_map!r}; it has {sorted(maps)}")
     self.lut = np.asarray(maps[label_map], np.int32)
 
   def __len__(self) -> int:
@@ -109,7 +110,7 @@ def ensure_synthetic(layout: str, preparer: str, out_dir: str | os.PathLike, num
 
 def _coco2014(features_config, split: str) -> Sequence[ImageSample]:
   if not features_config.data_dir:
-    raise ValueError("config.features.data_dir must name the prepared coco_captions dataset "
+    raise UserValueError("config.features.data_dir must name the prepared coco_captions dataset "
                      "(dinoseg.data_pipelines preparer 'coco_captions')")
   return CaptionRecords(features_config.data_dir, split)
 
@@ -128,7 +129,7 @@ def build_source(features_config, split: str) -> Sequence[ImageSample]:
   to the preparer's "train" / "val")."""
   name = features_config.dataset
   if name not in SOURCES:
-    raise ValueError(f"unknown features.dataset {name!r}; known: {', '.join(SOURCES)}")
+    raise UserValueError(f"unknown features.dataset {name!r}; known: {', '.join(SOURCES)}")
   return SOURCES[name](features_config, split)
 
 
@@ -138,15 +139,15 @@ def semantic_samples(eval_config, benchmark, split: str = "val"):
     raise ValueError(f"no dataset is known for benchmark {benchmark.key!r}")
   directory, label_map = BENCHMARK_DATASETS[benchmark.key]
   if not eval_config.data_dir:
-    raise ValueError("config.eval.data_dir must name the directory holding the prepared benchmark datasets")
+    raise UserValueError("config.eval.data_dir must name the directory holding the prepared benchmark datasets")
   path = pathlib.Path(eval_config.data_dir) / directory
   if eval_config.get("synthetic", False):
     if directory not in PREPARERS:
-      raise ValueError(f"no synthetic layout exists for {directory!r}")
+      raise UserValueError(f"no synthetic layout exists for {directory!r}")
     n = int(eval_config.get("max_images", 0) or 4)
     ensure_synthetic(PREPARERS[directory], PREPARERS[directory], path, n)
   if not (path / "manifest.json").exists():
-    raise FileNotFoundError(f"{path}/manifest.json not found: prepare the {directory!r} dataset into {path} "
+    raise UserFileNotFoundError(f"{path}/manifest.json not found: prepare the {directory!r} dataset into {path} "
                             "(dinoseg.data_pipelines)")
   return SemanticRecords(path, split, label_map)
 

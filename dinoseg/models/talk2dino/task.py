@@ -11,7 +11,6 @@ end the projection exported in the reference layout (`projection.safetensors`, k
 trainer (`dinoseg train`), counted in steps (`train.num_steps`).
 """
 import functools
-import json
 import pathlib
 import time
 from typing import Any
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dinoseg import jsonio
 from dinoseg.models.talk2dino import training
 from dinoseg.models.talk2dino.features import CaptionBatches, CaptionFeatureSource, caption_batches
 from dinoseg.models.talk2dino.projection import TextProjection
@@ -95,15 +95,15 @@ def fit(config, workdir: str, progress: bool = True) -> dict[str, Any]:
       losses.append(metrics["loss"])
       every = int(config.train.get("log_every_steps", 0))
       if every and int(state.step) % every == 0:
-        log.write(json.dumps({"step": int(state.step), "epoch": epoch, "loss": float(metrics["loss"]),
-                              "grad_norm": float(metrics["grad_norm"])}) + "\n")
+        log.write(jsonio.dumps({"step": int(state.step), "epoch": epoch, "loss": float(metrics["loss"]),
+                                "grad_norm": float(metrics["grad_norm"])}) + "\n")
     train_loss = float(np.mean([float(x) for x in losses]))
     record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.perf_counter() - t0}
     if val_source is not None and (epoch + 1) % max(int(t.eval_every_epochs), 1) == 0:
       record["val_loss"] = evaluate_loss(projection, state.params, val_source, int(t.batch_size))
       history["val_loss"].append(record["val_loss"])
     history["train_loss"].append(train_loss)
-    log.write(json.dumps(record) + "\n")
+    log.write(jsonio.dumps(record) + "\n")  # NaN -> null
     log.flush()
     if progress:
       print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
@@ -149,7 +149,8 @@ def _register_task():
   class Talk2DinoTask(train_task.Task):
     """Talk2DINO projection training for `dinoseg train`.
 
-    Params: the projection only (the image features are cached, `dinoseg talk2dino extract`).
+    Params: the projection only (the image features are cached, `dinoseg talk2dino extract`); of
+    `config.init` the trainer applies `init.projection` (e.g. to continue from a released projection).
     Batches: `features.CaptionBatches` over `features.out_dir/train` (disentangled features, one
     sample per caption, reshuffled every epoch, padded last batch); validation: the mean
     per-batch InfoNCE over `features.out_dir/val` with the averaged features.
@@ -162,6 +163,21 @@ def _register_task():
 
     def init_variables(self, rng):
       return {"params": self.projection.init(rng, jnp.zeros((1, self.text_dim), jnp.float32))["params"]}
+
+    def init_converters(self):
+      from dinoseg.models.talk2dino.model import build_model  # noqa: PLC0415
+      from dinoseg.models.talk2dino.weights import init_converters  # noqa: PLC0415
+      return {**super().init_converters(), **init_converters(build_model(self.config.model))}
+
+    def init_entries(self, entries):
+      """The projection entry only (retargeted to these params, which are the projection, and optional:
+      training starts it random); DINOv2 and CLIP text were read when the features were extracted."""
+      import dataclasses  # noqa: PLC0415
+
+      from dinoseg.convert.init import rebase  # noqa: PLC0415
+      rebased = rebase(entries, ("projection",), "read by feature extraction (dinoseg talk2dino extract), "
+                       "not by projection training")
+      return [dataclasses.replace(e, required=False) for e in rebased]
 
     def loss_fn(self, params, model_state, batch, rng, *, train=True):
       loss = training.batch_loss(self.projection, params, batch)

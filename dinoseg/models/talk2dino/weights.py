@@ -1,28 +1,37 @@
-"""Loading the three parts of a Talk2DINO model from weight files.
+"""Loading the three parts of a Talk2DINO model from weight files: the `config.init` entries.
 
-`config.weights` names one file per part; each is converted through the converter registry:
+Each part is one entry of `config.init` (dinoseg.convert.init) whose converter is built from the
+configured model (so tiny widths work too):
 
-| part | key | converter | reference file |
+| part | entry (target) | converter | reference file |
 |---|---|---|---|
-| DINOv2 | `weights.dinov2` | `config.model.dinov2` (e.g. dinov2_vitb14_reg) | hub `dinov2_vitb14_reg4_pretrain.pth` |
-| CLIP text | `weights.clip_text` | `clip_vitb16_text` | the state dict of OpenAI `ViT-B-16.pt` (see below) |
-| projection | `weights.projection` | `talk2dino_vit{b,l}_mlp_infonce` | `weights/vitb_mlp_infonce.pth` |
+| DINOv2 | `init.dinov2` | "dinov2": hub keys at the model's depth / ffn / registers | hub `dinov2_vitb14_reg4_pretrain.pth` |
+| CLIP text | `init.clip_text` | "clip_text": text keys of a CLIP state dict (`visual.*` ignored) | the state dict of OpenAI `ViT-B-16.pt` (see below) |
+| projection | `init.projection` | "projection": `linear_layer.*`, `hidden_layers.{i}.*` | `weights/vitb_mlp_infonce.pth` |
 
-`weights.projection` may also be a training workdir (its `projection.msgpack`). Accepted files:
-`.safetensors`, `.npz` (torch key names), `.pth`/`.pt`/`.bin` (read safely by
-`dinoseg.convert.readers`, with or without PyTorch; OpenAI's TorchScript `ViT-B-16.pt` must first be
-re-saved as `torch.jit.load(path).state_dict()`), and `.msgpack` (Flax parameters of that part as written by `save_flax_params`). Everything is cast to
-float32. An empty path leaves the part randomly initialized only when `weights.allow_random` is
-True (tiny/test configs); otherwise it is an error.
+`init.projection.file` may also be a training workdir (its `projection.msgpack`); `--weights` of
+`dinoseg eval / predict` sets it. Accepted files: `.safetensors`, `.npz` (torch key names),
+`.pth`/`.pt`/`.bin` (read safely by `dinoseg.convert.readers`, with or without PyTorch; OpenAI's
+TorchScript `ViT-B-16.pt` must first be re-saved as `torch.jit.load(path).state_dict()`), and `.msgpack`
+(Flax parameters of that part as written by `save_flax_params`). Everything is cast to float32. An
+entry with an empty file leaves its part random (with a warning) unless its `required` is True (the
+released configs; the tiny variants set it False), which is an error instead. Feature extraction reads
+DINOv2 and CLIP text only; `dinoseg train` only the projection (it trains that part).
 """
+import dataclasses
+import logging
 import os
 import pathlib
+import re
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-PARTS = ("dinov2", "clip_text", "projection")
+from dinoseg.convert.keymap import ConversionError
+from dinoseg.errors import UserError, UserFileNotFoundError, UserValueError
+
+_log = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -35,23 +44,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   from dinoseg.convert.readers import read_checkpoint  # noqa: PLC0415
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"weights file {path} not found")
+    raise UserFileNotFoundError(f"weights file {path} not found")
   if path.suffix.lower() == ".npz":
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
   if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):
-    raise ValueError(f"unsupported weights file {path} (expected .safetensors, .npz, .pth, .pt, .bin or .msgpack)")
+    raise UserValueError(f"unsupported weights file {path} (expected .safetensors, .npz, .pth, .pt, .bin or .msgpack)")
   try:
     state = read_checkpoint(path)
-  except Exception as error:  # noqa: BLE001
+  except UserError:  # unreadable or unsafe: name the TorchScript case, which has a fix
     if zipfile_has(path, "constants.pkl"):
-      raise ValueError(f"{path} is a TorchScript archive: save torch.jit.load(path, map_location='cpu').state_dict() "
-                       "as .safetensors or .pth and use that file") from None
-    raise ValueError(f"could not read {path}: {error}") from None
+      raise UserValueError(f"{path} is a TorchScript archive: save torch.jit.load(path, map_location='cpu')"
+                           ".state_dict() as .safetensors or .pth and use that file") from None
+    raise
   if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
     state = state["state_dict"]
   if not isinstance(state, Mapping):
-    raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    raise UserValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
   return {k: np.asarray(v) for k, v in state.items()}
 
 
@@ -78,7 +87,7 @@ def load_flax_params(path: str | os.PathLike) -> dict:
 
 
 def check_tree(part: str, loaded: Mapping, expected: Mapping) -> None:
-  """ValueError unless `loaded` has exactly the paths and shapes of `expected` (arrays or ShapeDtypeStructs)."""
+  """ConversionError (a ValueError) unless `loaded` has exactly the paths and shapes of `expected` (arrays or ShapeDtypeStructs)."""
   shapes = lambda t: jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), dict(t))  # noqa: E731
   got, want = shapes(loaded), shapes(expected)
   if got != want:
@@ -86,19 +95,8 @@ def check_tree(part: str, loaded: Mapping, expected: Mapping) -> None:
     flat_want = dict(jax.tree_util.tree_leaves_with_path(want, is_leaf=lambda x: isinstance(x, tuple)))
     diff = sorted(jax.tree_util.keystr(k) for k in set(flat_got) ^ set(flat_want))
     bad = sorted(jax.tree_util.keystr(k) for k in set(flat_got) & set(flat_want) if flat_got[k] != flat_want[k])
-    raise ValueError(f"{part} weights do not fit the configured model: paths only on one side {diff[:10]}, "
+    raise ConversionError(f"{part} weights do not fit the configured model: paths only on one side {diff[:10]}, "
                      f"shape mismatches {bad[:10]}")
-
-
-def load_part(part: str, path: str, to_flax, expected: Mapping) -> dict:
-  """One part's Flax params from `path` (a .msgpack of Flax params, or a state dict converted by `to_flax`)."""
-  if str(path).endswith(".msgpack"):
-    params = load_flax_params(path)
-  else:
-    params = to_flax(read_state_dict(path))
-  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-  check_tree(part, params, expected)
-  return params
 
 
 def resolve_projection_path(path: str | os.PathLike) -> str:
@@ -108,47 +106,67 @@ def resolve_projection_path(path: str | os.PathLike) -> str:
     for name in ("projection.msgpack", "projection.safetensors"):
       if (path / name).is_file():
         return str(path / name)
-    raise FileNotFoundError(f"{path} holds no projection.msgpack or projection.safetensors")
+    raise UserFileNotFoundError(f"{path} holds no projection.msgpack or projection.safetensors")
   return str(path)
 
 
-def load_model_params(model, config, rng: jax.Array | None = None, image_size: int = 28) -> dict[str, Any]:
-  """Parameters of a Talk2Dino model from `config.weights` (see the module doc).
+def init_converters(model) -> dict:
+  """The "dinov2", "clip_text" and "projection" converters of `config.init` for this Talk2Dino model
+  (dinoseg.convert.init.InitConverter; key maps at the model's depths, partial loading reported)."""
+  from dinoseg.convert import init as init_lib  # noqa: PLC0415
+  from dinoseg.convert.dinov2_clip import (CLIP_IGNORED_KEYS, CLIP_IGNORED_PREFIXES, clip_text_key_table,  # noqa: PLC0415
+                                           dinov2_key_table)
+  from dinoseg.models.talk2dino.convert import projection_to_flax  # noqa: PLC0415
+  d = model.dinov2
+  dinov2_map = init_lib.keytable_keymap(dinov2_key_table(d.depth, d.ffn, d.num_register_tokens))
+  clip_map = init_lib.keytable_keymap(
+      clip_text_key_table(model.clip_text.depth),
+      ignore=[f"^{k}$" for k in CLIP_IGNORED_KEYS] + [f"^{re.escape(p)}" for p in CLIP_IGNORED_PREFIXES])
+
+  def part(keymap):
+    def convert(path, target):
+      if str(path).endswith(".msgpack"):
+        return init_lib.from_variables({"params": load_flax_params(path)}, target)
+      return init_lib.from_keymap(keymap, read_state_dict(path), target)
+    return convert
+
+  def projection(path, target):
+    path = resolve_projection_path(path)
+    params = load_flax_params(path) if path.endswith(".msgpack") else projection_to_flax(read_state_dict(path))
+    return init_lib.from_variables({"params": params}, target)
+
+  return {"dinov2": part(dinov2_map), "clip_text": part(clip_map), "projection": projection}
+
+
+def load_model_params(model, config, rng: jax.Array | None = None, image_size: int = 28,
+                      without: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Parameters of a Talk2Dino model from `config.init` (see the module doc).
 
   Args:
     model: Talk2Dino (as built by `model.build_model(config.model)`).
-    config: a config with `model` and `weights` groups (weights.dinov2 / clip_text / projection
-      paths and `allow_random`).
+    config: a config with `model` and `init` groups.
     rng: for parts left random.
+    without: parts not read here (e.g. ("projection",) for feature extraction, or when the projection is
+      given directly); they stay random.
   Raises:
-    ValueError: an empty path while `weights.allow_random` is False, or weights that do not fit.
+    ValueError (dinoseg.convert.init.InitError): a required part without a file, or weights that do not
+      fit; FileNotFoundError: a missing file.
   """
+  from dinoseg.convert import init as init_lib  # noqa: PLC0415
+  from dinoseg.convert.keymap import flatten_variables  # noqa: PLC0415
   from dinoseg.models.talk2dino.model import init_params  # noqa: PLC0415
-  weights = config.weights
   rng = jax.random.key(int(config.get("seed", 0))) if rng is None else rng
-  abstract = jax.eval_shape(lambda: init_params(model, rng, image_size=image_size))
-  params = {}
-  missing = [p for p in PARTS if not weights.get(p, "")]
-  if missing and not weights.get("allow_random", False):
-    raise ValueError(f"config.weights.{missing[0]} is empty: give a weights file for every part "
-                     f"({', '.join(missing)} missing) or set config.weights.allow_random=True")
-  if missing:
-    params = jax.tree_util.tree_map(np.asarray, init_params(model, rng, image_size=image_size))
-  from dinoseg.convert import get  # noqa: PLC0415
-  from dinoseg.models.talk2dino.convert import projection_to_flax  # noqa: PLC0415
-  converters = {
-      "dinov2": get(config.model.dinov2).to_flax,
-      "clip_text": get(config.model.get("clip_text", "clip_vitb16_text")).to_flax,
-      "projection": lambda state: projection_to_flax(state, int(model.projection.embed_dim),
-                                                     int(model.clip_text.embed_dim))}
-  for part in PARTS:
-    path = weights.get(part, "")
-    if path:
-      if part == "projection":
-        path = resolve_projection_path(path)
-      params[part] = load_part(part, path, converters[part], abstract[part])
-  return params
+  abstract = {"params": jax.eval_shape(lambda: init_params(model, rng, image_size=image_size))}
+  entries = [dataclasses.replace(e, skipped="not needed here") if e.target[:1] in {(p,) for p in without} else e
+             for e in init_lib.entries(config.get("init"))]
+  arrays, reports = init_lib.load(entries, abstract, init_converters(model))
+  for report in reports:
+    (_log.warning if report["status"] == "not given" else _log.info)(init_lib.describe(report))
+  variables = {}
+  if any(path not in arrays for path in flatten_variables(abstract)):
+    variables = {"params": jax.tree_util.tree_map(np.asarray, init_params(model, rng, image_size=image_size))}
+  return init_lib.apply(variables, arrays)["params"]
 
 
-__all__ = ["read_state_dict", "save_flax_params", "load_flax_params", "load_part", "load_model_params",
-           "resolve_projection_path", "PARTS"]
+__all__ = ["read_state_dict", "save_flax_params", "load_flax_params", "check_tree", "init_converters",
+           "load_model_params", "resolve_projection_path"]

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "maskdino"
-FIXTURE_NAMES = ("r50_4lvl", "swin_5lvl", "ade_3lvl")
+FIXTURE_NAMES = ("r50_4lvl", "swin_5lvl", "ade_3lvl", "r50_dn100")
 
 
 @functools.lru_cache(maxsize=None)

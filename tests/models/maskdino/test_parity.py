@@ -96,14 +96,29 @@ def test_eval_parity(name):
       np.testing.assert_array_equal(s.argmax(0), fx[f"post/sem_argmax/{i}"])
 
 
-def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8):
+def _padded_targets(fx, max_instances=None, rows=None):
+  """The fixture's ground truth as PaddedInstances; with `max_instances`, padded to that many rows and
+  (with `rows`, a (B, n) array) real instance j of image b placed at row rows[b, j]."""
+  gt = {k: np.asarray(fx[f"gt/{k}"]) for k in ("labels", "boxes", "valid", "masks")}
+  if max_instances is not None:
+    b, t = gt["valid"].shape
+    place = np.tile(np.arange(t), (b, 1)) if rows is None else np.asarray(rows)
+    padded = {k: np.zeros((b, max_instances) + v.shape[2:], v.dtype) for k, v in gt.items()}
+    for k, v in gt.items():
+      for i in range(b):
+        padded[k][i, place[i]] = v[i]
+    gt = padded
+  return PaddedInstances(labels=jnp.asarray(gt["labels"]), boxes=jnp.asarray(gt["boxes"]),
+                         valid=jnp.asarray(gt["valid"]), masks=jnp.asarray(gt["masks"]))
+
+
+def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8, max_instances=None, rows=None):
   spec, fx = fixture_config(name), load_fixture(name)
   cfg = model_config_for(spec)
   model = head_modules(cfg)
   variables = fixture_head_variables(name)
   feats = fixture_features(name)
-  targets = PaddedInstances(labels=jnp.asarray(fx["gt/labels"]), boxes=jnp.asarray(fx["gt/boxes"]),
-                            valid=jnp.asarray(fx["gt/valid"]), masks=jnp.asarray(fx["gt/masks"]))
+  targets = _padded_targets(fx, max_instances, rows)
   noise = denoising.DNNoise(jnp.asarray(fx["dn/label_u"]), jnp.asarray(fx["dn/random_labels"]),
                             jnp.asarray(fx["dn/box_u"]))
   loss_cfg = defaults.loss_config()
@@ -113,7 +128,14 @@ def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8):
                                     assign=scipy_assign)
 
   def draws(out_name, kind, shape):  # the reference's own uniform draws, in dinoseg's layout
-    return jnp.asarray(fx[f"draws/{kind}/{out_name}"].reshape(shape))
+    value = fx[f"draws/{kind}/{out_name}"]
+    if max_instances is not None and kind != "match" and not out_name.startswith("dn"):  # per target row
+      place = np.tile(np.arange(value.shape[1]), (value.shape[0], 1)) if rows is None else np.asarray(rows)
+      full = np.full(shape, 0.5, np.float32)
+      for i in range(shape[0]):
+        full[i, place[i]] = value[i]
+      value = full
+    return jnp.asarray(value.reshape(shape))
 
   def loss_fn(params):
     out = model.apply({"params": params}, feats, train=True, targets=targets, dn_noise=noise,
@@ -129,6 +151,9 @@ def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8):
     assert_close(float(losses[key]), value, RTOL, key)
   for out_name, table in indices.items():
     expected = fx[f"indices/{out_name}"]
+    if max_instances is not None:  # back to the fixture's rows
+      place = np.tile(np.arange(expected.shape[1]), (expected.shape[0], 1)) if rows is None else np.asarray(rows)
+      table = np.take_along_axis(np.asarray(table), place, axis=1)
     np.testing.assert_array_equal(np.where(expected >= 0, np.asarray(table), -1), expected, err_msg=out_name)
   from dinoseg.models.maskdino import convert
   torch_grads = convert.to_torch({"params": grads}, cfg, head_only=True)
@@ -149,3 +174,36 @@ def test_train_parity_r50(mode, chunk):
 @pytest.mark.parametrize("name", ["swin_5lvl", "ade_3lvl"])
 def test_train_parity_slow(name):
   _train_parity(name)
+
+
+@pytest.mark.parametrize("rows", [None, [[4, 50, 99], [0, 7, 8]]], ids=["prefix", "scattered"])
+def test_train_parity_reference_dn_groups(rows):
+  """The reference's denoising groups with static shapes: 3 and 2 objects padded to max_instances 100,
+  DN_NUM 100 -> the reference's pad size 99 = 33 groups of 3; dinoseg keeps 100 DN slots and computes
+  m, G and the layout on device. Losses (45 terms, 20 DN), matchings and gradients (incl. label_enc,
+  which only the DN queries use) as the reference; real targets at a prefix or at scattered rows."""
+  _train_parity("r50_dn100", max_instances=100, rows=rows)
+
+
+def test_dn_queries_and_attention_mask_match_the_reference():
+  from dinoseg.models import query_groups
+  spec, fx = fixture_config("r50_dn100"), load_fixture("r50_dn100")
+  targets = _padded_targets(fx, 100)
+  noise = denoising.DNNoise(jnp.asarray(fx["dn/label_u"]), jnp.asarray(fx["dn/random_labels"]),
+                            jnp.asarray(fx["dn/box_u"]))
+  table = fixture_head_variables("r50_dn100")["params"]["predictor"]["label_enc"]["embedding"]
+  group = denoising.denoising_group(targets.labels, targets.boxes, targets.valid, noise, lambda x: table[x],
+                                    dn_num=spec["dn_num"], noise_scale=spec["noise_scale"])
+  pad = 99  # 33 groups of m = 3
+  assert np.asarray(group.valid).sum(1).tolist() == [pad, pad]
+  assert_close(_probe(spec, "dn_query_label", np.asarray(group.content)[:, :pad], axis=2),
+               fx["dn/probe/query_label"], RTOL, "DN content queries")
+  assert_close(np.asarray(group.boxes)[:, :pad], fx["dn/query_bbox"], RTOL, "DN box logits")
+  b, q = targets.labels.shape[0], spec["num_queries"]
+  matching = query_groups.QueryGroup(name="queries", content=jnp.zeros((b, q, 4)), boxes=jnp.zeros((b, q, 4)),
+                                     valid=jnp.ones((b, q), bool))
+  mask = np.asarray(query_groups.attention_mask([group, matching]))[:, 0]
+  keep = np.r_[0:pad, 100:100 + q]  # without the inactive slot 99
+  for i in range(b):
+    np.testing.assert_array_equal(mask[i][np.ix_(keep, keep)], fx["dn/attn_mask"])
+  assert mask[:, keep, 99].all()  # no active query sees the inactive slot

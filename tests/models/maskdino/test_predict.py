@@ -19,7 +19,7 @@ from dinoseg.models.maskdino import convert
 from dinoseg.models.maskdino.model import build_model
 
 CONFIG = "configs/maskdino/coco_panoptic_r50_3s_d1_2048.py:tiny"
-SIZES = {"wide": (48, 80), "tall": (72, 40)}  # (H, W) of the good images
+SIZES = {"wide.png": (48, 80), "tall.png": (72, 40)}  # (H, W) of the good images
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
   images.mkdir()
   rng = np.random.default_rng(0)
   for name, (h, w) in SIZES.items():
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / name)
   # Stored 40 wide x 56 high with EXIF orientation 6 (rotate 90 degrees clockwise to view): 56 x 40 upright.
   exif = Image.Exif()
   exif[0x0112] = 6
@@ -52,8 +52,8 @@ def setup(tmp_path_factory):
 def test_bad_images_are_reported_and_the_others_written(setup, capsys):
   *_, images, out, rc = setup
   assert rc == 1
-  good = {"wide", "tall", "rotated"}
-  assert {p.stem for p in out.glob("*.png") if "_" not in p.stem} == good
+  good = {"wide.png", "tall.png", "rotated.jpg"}  # overlays are named <input file name>.png
+  assert {p.name.removesuffix(".png") for p in out.glob("*.png") if "_" not in p.name} == good
   with pytest.raises(predict.UnreadableImageError, match="corrupt.jpg"):
     predict.read_image(images / "corrupt.jpg")
   with pytest.raises(predict.UnreadableImageError, match="truncated.jpg"):
@@ -64,7 +64,7 @@ def test_bad_images_are_reported_and_the_others_written(setup, capsys):
 
 def test_outputs_at_the_original_size(setup):
   config, _, _, _, out, _ = setup
-  sizes = dict(SIZES, rotated=(40, 56))  # EXIF applied: the stored 56 x 40 (W x H) image viewed upright
+  sizes = {**SIZES, "rotated.jpg": (40, 56)}  # EXIF applied: the stored 56 x 40 (W x H) image viewed upright
   for stem, (h, w) in sizes.items():
     for suffix in ("", "_panoptic", "_semantic"):
       with Image.open(out / f"{stem}{suffix}.png") as overlay:
@@ -85,7 +85,7 @@ def test_coco_results(setup):
   from pycocotools import mask as mask_util
   config, _, _, _, out, _ = setup
   results = json.loads((out / "predictions.json").read_text())
-  sizes = dict(SIZES, rotated=(40, 56))
+  sizes = {**SIZES, "rotated.jpg": (40, 56)}
   per_image = {}
   for r in results:
     per_image.setdefault(r["file_name"], []).append(r)
