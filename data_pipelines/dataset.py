@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dinoseg.data_pipelines import schema, writer
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 
 
 class RecordSource:
@@ -118,10 +119,11 @@ class PreparedDataset:
     """(256,) lookup table raw label value -> train id (255 ignore) for semantic datasets."""
     maps = self.metadata.get("label_maps") or {}
     if not maps:
-      raise ValueError(f"dataset {self.name!r} has no semantic label maps")
+      raise UserValueError(f"dataset {self.name!r} has no semantic label maps (config.data.label_map)")
     name = name or self.metadata.get("default_label_map") or next(iter(maps))
     if name not in maps:
-      raise ValueError(f"unknown label_map {name!r} for {self.name!r}; known: {', '.join(maps)}")
+      raise UserValueError(f"unknown label_map {name!r} (config.data.label_map) for {self.name!r}; "
+                           f"known: {', '.join(maps)}")
     return np.asarray(maps[name], np.int32)
 
   def num_classes(self, label_map: str | None = None) -> int:
@@ -132,7 +134,7 @@ class PreparedDataset:
 
   def _entry(self, split: str) -> dict:
     if split not in self.manifest["splits"]:
-      raise ValueError(f"split {split!r} is not prepared in {self.path}; prepared: {', '.join(self.splits)}")
+      raise UserValueError(f"split {split!r} is not prepared in {self.path}; prepared: {', '.join(self.splits)}")
     return self.manifest["splits"][split]
 
   def source(self, split: str) -> RecordSource:
@@ -140,9 +142,9 @@ class PreparedDataset:
     paths = [self.path / s["file"] for s in entry["shards"] if s["num_records"] > 0]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-      raise FileNotFoundError(f"shards listed in the manifest are missing: {missing[:3]}")
+      raise UserFileNotFoundError(f"shards listed in the manifest are missing: {missing[:3]}")
     if not paths:
-      raise ValueError(f"split {split!r} of {self.path} holds no records")
+      raise UserValueError(f"split {split!r} of {self.path} holds no records")
     return RecordSource(paths, entry["num_records"])
 
   def split(self, split: str) -> SplitView:

@@ -24,6 +24,7 @@ import numpy as np
 
 from dinoseg.data_pipelines import schema, tasks
 from dinoseg.data_pipelines.dataset import PreparedDataset, RecordSource, open_dataset
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -85,21 +86,22 @@ class _Options(dict):
 
 
 def resolve_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> _Options:
-  """`config` over `default_config()`; unknown keys are a ValueError naming them."""
+  """`config` over `default_config()`; unknown keys are a UserValueError naming them."""
   defaults = default_config().to_dict()
   given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   unknown = sorted(set(given) - set(defaults))
   if unknown:
-    raise ValueError(f"unknown data config keys {unknown}; see data_pipelines.default_config()")
+    raise UserValueError(f"unknown data config keys {unknown} (config.data); see data_pipelines.default_config()")
   defaults.update(given)
   if not defaults["path"]:
-    raise ValueError("config.data.path must name a prepared dataset directory")
+    raise UserValueError("config.data.path must name a prepared dataset directory")
   return _Options(defaults)
 
 
 def per_process_batch_size(global_batch: int, process_count: int, what: str = "batch_size") -> int:
   if global_batch <= 0 or global_batch % process_count:
-    raise ValueError(f"{what} ({global_batch}) must be positive and divisible by the process count ({process_count})")
+    raise UserValueError(f"config.data.{what} ({global_batch}) must be positive and divisible by the process count "
+                         f"({process_count})")
   return global_batch // process_count
 
 
@@ -157,12 +159,15 @@ class EvalExample(grain.transforms.Map):
 def _setup(config, train: bool):
   cfg = resolve_config(config)
   tasks.import_modules(cfg.extra_modules)
-  dataset = open_dataset(cfg.path)
+  try:
+    dataset = open_dataset(cfg.path)
+  except UserFileNotFoundError as e:
+    raise UserFileNotFoundError(f"config.data.path={cfg.path!r}: {e}") from None
   task = tasks.get(cfg.task or dataset.metadata.get("task", "instance"))(cfg, dataset, train)
   split = cfg.train_split if train else cfg.eval_split
   rows = task.elements(split, dataset)
   if len(rows) == 0:
-    raise ValueError(f"split {split!r} of {cfg.path} has no examples for task {cfg.task!r}")
+    raise UserValueError(f"split {split!r} of {cfg.path} has no examples for task {cfg.task!r}")
   return cfg, dataset, task, split, rows
 
 

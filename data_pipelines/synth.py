@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from dinoseg.errors import UserValueError
+
 # Thing categories: (dataset id, name, hue range in degrees). Ids are not contiguous on purpose.
 THINGS = ((1, "circle", (0, 30)), (3, "square", (200, 240)), (5, "triangle", (90, 140)),
           (7, "hexagon", (40, 60)), (9, "star", (280, 320)))
@@ -725,15 +727,15 @@ def synthesize(layout: str, out: str, **options) -> dict:
   max_objects, num_frames). `corrupt` is supported by the "coco" layout.
   """
   if layout not in LAYOUTS:
-    raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    raise UserValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
   opts = SynthOptions(**options)
   if opts.num_images <= 0:
-    raise ValueError(f"num_images must be positive, got {opts.num_images}")
+    raise UserValueError(f"num_images must be positive, got {opts.num_images}")
   lo, hi = opts.image_size
   if not 16 <= lo <= hi:
-    raise ValueError(f"image_size must be (min, max) with 16 <= min <= max, got {opts.image_size}")
+    raise UserValueError(f"image_size must be (min, max) with 16 <= min <= max, got {opts.image_size}")
   if opts.corrupt and layout != "coco":
-    raise ValueError("corrupt=True is only supported for the 'coco' layout")
+    raise UserValueError("corrupt=True is only supported for the 'coco' layout")
   if layout in ("davis345",):
     opts.splits = ("val",)
   elif layout == "sa1b":

@@ -18,6 +18,7 @@ import numpy as np
 from dinoseg.data_pipelines import schema
 from dinoseg.data_pipelines import transforms as T
 from dinoseg.data_pipelines.dataset import PreparedDataset
+from dinoseg.errors import UserValueError
 
 TASKS: dict[str, type] = {}
 IMAGE_PAD = 128  # image padding value of the training crops (detectron2 FixedSizeCrop / MaskFormer)
@@ -35,7 +36,7 @@ def register(name: str):
 
 def get(name: str) -> type:
   if name not in TASKS:
-    raise ValueError(f"unknown data task {name!r}; known: {', '.join(sorted(TASKS))}")
+    raise UserValueError(f"unknown data task {name!r} (config.data.task); known: {', '.join(sorted(TASKS))}")
   return TASKS[name]
 
 
@@ -47,7 +48,7 @@ def import_modules(names) -> None:
 def _hw(value) -> tuple[int, int]:
   value = tuple(int(v) for v in (value if isinstance(value, (tuple, list)) else (value, value)))
   if len(value) != 2 or min(value) <= 0:
-    raise ValueError(f"image sizes must be an int or (height, width) of positive ints, got {value}")
+    raise UserValueError(f"config.data image sizes must be an int or (height, width) of positive ints, got {value}")
   return value
 
 
@@ -77,7 +78,8 @@ class Task:
     self.max_instances = int(g("max_instances", 100))
     self.mask_stride = int(g("mask_stride", 1))
     if self.mask_stride < 1 or self.image_size[0] % self.mask_stride or self.image_size[1] % self.mask_stride:
-      raise ValueError(f"mask_stride {self.mask_stride} must be >= 1 and divide the image size {self.image_size}")
+      raise UserValueError(f"config.data.mask_stride {self.mask_stride} must be >= 1 and divide the image size "
+                           f"{self.image_size}")
     self.augment = str(g("augment", "lsj")) if train else "none"
     self.min_scale, self.max_scale = float(g("min_scale", 0.1)), float(g("max_scale", 2.0))
     self.flip_prob = float(g("flip_prob", 0.5))
@@ -92,7 +94,7 @@ class Task:
     self.prompt_sampler = T.build_prompt_sampler(sampler, options.to_dict() if hasattr(options, "to_dict")
                                                  else options)
     if self.augment not in ("lsj", "none", "resize_crop"):
-      raise ValueError(f"augment must be 'lsj', 'resize_crop' or 'none', got {self.augment!r}")
+      raise UserValueError(f"config.data.augment must be 'lsj', 'resize_crop' or 'none', got {self.augment!r}")
 
   # -- helpers shared by the image tasks
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dinoseg.data_pipelines.preparers import base
+from dinoseg.errors import UserValueError
 
 INSTANCE_PREPARERS = ("coco_instances", "lvis", "sa1b", "davis345", "hqseg44k")
 
@@ -93,7 +94,7 @@ def prepare_tfds(dataset: str, raw_dir: str, data_dir: str, *, splits=None, opti
   """Builds `dinoseg_instances/<dataset>` under data_dir (ArrayRecord); returns the builder
   (`builder.issues` holds the skip / drop counts per split)."""
   if dataset not in INSTANCE_PREPARERS:
-    raise ValueError(f"TFDS output is available for {', '.join(INSTANCE_PREPARERS)}, not {dataset!r}")
+    raise UserValueError(f"TFDS output is available for {', '.join(INSTANCE_PREPARERS)}, not {dataset!r}")
   builder = DinosegInstances(config=dataset, data_dir=data_dir, raw_dir=raw_dir, preparer_options=options,
                              strict=strict, splits=splits, file_format="array_record")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from dinoseg.data_pipelines import schema
 from dinoseg.data_pipelines.preparers import base
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 
 log = logging.getLogger("dinoseg.data")
 
@@ -49,11 +50,11 @@ def shard_ranges(num_items: int, num_shards: int | None, examples_per_shard: int
   """Contiguous [start, end) item ranges: `num_shards` near-equal shards, or shards of
   `examples_per_shard` items (default 1024). At least one shard, none empty unless no items."""
   if num_shards is not None and examples_per_shard is not None:
-    raise ValueError("give num_shards or examples_per_shard, not both")
+    raise UserValueError("give num_shards or examples_per_shard, not both")
   if num_shards is not None and num_shards <= 0:
-    raise ValueError(f"num_shards must be positive, got {num_shards}")
+    raise UserValueError(f"num_shards must be positive, got {num_shards}")
   if examples_per_shard is not None and examples_per_shard <= 0:
-    raise ValueError(f"examples_per_shard must be positive, got {examples_per_shard}")
+    raise UserValueError(f"examples_per_shard must be positive, got {examples_per_shard}")
   if num_shards is None:
     per = examples_per_shard or DEFAULT_EXAMPLES_PER_SHARD
     num_shards = max(1, -(-num_items // per))
@@ -138,8 +139,8 @@ def prepare_split(dataset: str, raw_dir: str, out_dir: str, split: str, *, optio
     plan = json.loads(plan_file.read_text())
     if plan.get("fingerprint") != fingerprint:
       if not overwrite:
-        raise ValueError(f"{out} holds an unfinished preparation of {plan.get('dataset')}/{split} with other "
-                         "arguments or raw data; pass overwrite (--overwrite) to start over")
+        raise UserValueError(f"{out} holds an unfinished preparation of {plan.get('dataset')}/{split} with other "
+                             "arguments or raw data; pass overwrite (--overwrite) to start over")
       shutil.rmtree(progress_dir)
   progress_dir.mkdir(parents=True, exist_ok=True)
   files = [shard_file_name(dataset, split, i, len(ranges)) for i in range(len(ranges))]
@@ -228,7 +229,7 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, *, splits: Sequence[str] |
     sha256, ids, num_instances}], issues: {counts, samples}, fingerprint, seconds}}}.
   """
   if not os.path.isdir(raw_dir):
-    raise FileNotFoundError(f"raw_dir {raw_dir} is not a directory")
+    raise UserFileNotFoundError(f"raw_dir {raw_dir} is not a directory")
   preparer = base.get(dataset, **(options or {}))
   splits = list(splits or preparer.splits)
   out = pathlib.Path(out_dir)
@@ -263,11 +264,11 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, *, splits: Sequence[str] |
 def read_manifest(dataset_dir: str | os.PathLike) -> dict[str, Any]:
   path = pathlib.Path(dataset_dir) / MANIFEST
   if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: prepare the dataset first (dinoseg data prepare)")
+    raise UserFileNotFoundError(f"{path} not found: prepare the dataset first (dinoseg data prepare)")
   manifest = json.loads(path.read_text())
   if manifest.get("schema") != schema.SCHEMA_VERSION:
-    raise ValueError(f"{path} was written with record schema {manifest.get('schema')}, this dinoseg reads "
-                     f"{schema.SCHEMA_VERSION}: prepare the dataset again")
+    raise UserValueError(f"{path} was written with record schema {manifest.get('schema')}, this dinoseg reads "
+                         f"{schema.SCHEMA_VERSION}: prepare the dataset again")
   return manifest
 
 

@@ -6,6 +6,10 @@ so `dinoseg --help` stays fast. Later systems add their commands to `COMMANDS`.
 
 Config handling is shared: a command that declares `--config` receives the
 `--config.a.b=value` overrides, which `dinoseg.config.load_config` applies.
+
+Errors: a `dinoseg.errors.UserError` (bad input) is printed as one line with exit status 2, as are
+argparse's usage errors; any other exception is a bug and propagates with its traceback (exit
+status 1). Exit statuses: 0 success, 1 internal error or partial failure, 2 bad input.
 """
 import argparse
 import importlib
@@ -14,6 +18,7 @@ from typing import Sequence
 
 from dinoseg import __version__
 from dinoseg.config import split_config_args
+from dinoseg.errors import UserError
 
 # name -> module implementing it.
 COMMANDS: dict[str, str] = {
@@ -30,14 +35,49 @@ COMMANDS: dict[str, str] = {
 }
 
 
+CONFIG_EPILOG = (
+    "Config overrides: --config.a.b=value (or --config.a.b value) sets any key of the config, e.g. "
+    "--config.train.num_steps=100 or --config.data.image_size='(512, 512)' (a sequence: '(a, b)', '[a, b]' or "
+    "a,b). `dinoseg config show --config=FILE` lists the keys and their values.")
+INTERNAL_ERROR_NOTE = "dinoseg: internal error (a bug); please report it with this traceback and `dinoseg env`"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+  """Shows each option's default (unless it is None / False / empty or its help already names one)."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    default = action.default
+    if (default is None or default is False or default == [] or default == argparse.SUPPRESS
+        or "default" in text or not action.option_strings):
+      return text
+    return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+  """An ArgumentParser whose help shows defaults; subparsers (commands, jobs) inherit it, and a parser
+  taking `--config` explains the `--config.a.b=value` overrides in its help."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    super().__init__(*args, **kwargs)
+
+  def format_help(self) -> str:
+    if "--config" in self._option_string_actions and not self.epilog:
+      self.epilog = CONFIG_EPILOG
+    return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="dinoseg", description="DINO-family segmentation in JAX: train, evaluate, predict, convert.")
+  parser = Parser(prog="dinoseg",
+                  description="DINO-family segmentation in JAX: train, evaluate, predict, convert.",
+                  epilog="Exit status: 0 success, 1 internal error or partial failure, 2 bad input. "
+                         "`dinoseg COMMAND --help` describes a command.")
   parser.add_argument("--version", action="version", version=f"dinoseg {__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   for name, module_name in COMMANDS.items():
     module = importlib.import_module(module_name)
-    p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+    p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
     module.add_arguments(p)
     p.set_defaults(_module=module)
   return parser
@@ -47,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     argv, overrides = split_config_args(argv)
-  except ValueError as e:
+  except UserError as e:
     print(f"dinoseg: error: {e}", file=sys.stderr)
     return 2
   parser = build_parser()
@@ -59,9 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"'{args.command}' takes no --config overrides")
   try:
     return int(args._module.main(args, overrides) or 0)
-  except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
+  except UserError as e:  # bad input: one line, no traceback
     print(f"dinoseg {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except Exception as e:  # a bug: the traceback follows (exit status 1)
+    e.add_note(INTERNAL_ERROR_NOTE)
+    raise
 
 
 if __name__ == "__main__":

@@ -2,8 +2,15 @@
 
 A predictor is registered per config `task` in `PREDICTORS` ("module:attribute" of a factory
 `factory(config, variables) -> predictor`); a predictor has `predict(image) -> dict` and
-`write(result, image, out_dir, stem) -> list[paths]` (+ optional `finish(out_dir)`). Mask DINO's
+`write(result, image, out_dir, name) -> list[paths]` (+ optional `finish(out_dir)`). Mask DINO's
 predictor is defined here; other systems add one line to PREDICTORS.
+
+Output names: every output of an input image starts with the input's full file name
+(`output_name`), so `x.png` and `x.jpg` never share an output and no output is named like its own
+input: `x.jpg` -> `x.jpg.png` (overlay), `x.jpg_panoptic.png`, `x.jpg_semantic.png`,
+`panoptic/x.jpg.png` + `.json`, `semantic/x.jpg.png`, `x.jpg_labels.png` (Talk2DINO's label map);
+`predictions.json` holds every instance with `"file_name": "x.jpg"` (`output_paths`).
+`check_outputs` refuses an output directory where one of these paths is an input image.
 
 Usage:
   from dinoseg import predict
@@ -21,12 +28,47 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
+
 # task -> "module:factory". A factory takes (config, variables) and returns a predictor.
 PREDICTORS: dict[str, str] = {
     "maskdino": "dinoseg.predict:MaskDINOPredictor",
     "talk2dino": "dinoseg.models.talk2dino.predict:make_predictor",
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+PREDICTIONS_FILE = "predictions.json"
+
+
+# ----------------------------------------------------------------------------- output names
+
+def output_name(image_path: str | os.PathLike) -> str:
+  """The name every output of `image_path` starts with: its full file name ("x.jpg")."""
+  return pathlib.Path(image_path).name
+
+
+def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, pathlib.Path]:
+  """Every file a predictor may write for the input named `name` (module docstring), by kind."""
+  out_dir = pathlib.Path(out_dir)
+  return {"overlay": out_dir / f"{name}.png", "panoptic_overlay": out_dir / f"{name}_panoptic.png",
+          "semantic_overlay": out_dir / f"{name}_semantic.png", "labels": out_dir / f"{name}_labels.png",
+          "panoptic": out_dir / "panoptic" / f"{name}.png", "panoptic_json": out_dir / "panoptic" / f"{name}.json",
+          "semantic": out_dir / "semantic" / f"{name}.png"}
+
+
+def check_outputs(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> None:
+  """Raises UserError when writing the outputs of `images` into `out_dir` would overwrite one of them.
+
+  Output names cannot collide with each other (they start with distinct file names), so an input is
+  the only thing an output could clobber besides an earlier run's output of the same name.
+  """
+  inputs = {pathlib.Path(p).resolve(): pathlib.Path(p) for p in images}
+  for image in images:
+    planned = [*output_paths(out_dir, output_name(image)).values(), pathlib.Path(out_dir) / PREDICTIONS_FILE]
+    for path in planned:
+      clash = inputs.get(path.resolve())
+      if clash is not None:
+        raise UserValueError(f"--output={out_dir} would overwrite the input image {clash} (with an output of "
+                        f"{pathlib.Path(image).name}); choose another --output directory")
 
 
 # ----------------------------------------------------------------------------- visualization
@@ -116,7 +158,7 @@ def load_maskdino_variables(config, weights: str | os.PathLike) -> dict:
       if isinstance(tree, Mapping) and key in tree and isinstance(tree[key], Mapping) and "params" in tree[key]:
         tree = tree[key]
     if not (isinstance(tree, Mapping) and "params" in tree):
-      raise ValueError(f"{weights}: an Orbax checkpoint with a 'params' entry is expected")
+      raise UserValueError(f"{weights}: an Orbax checkpoint with a 'params' entry is expected")
     return {k: v for k, v in tree.items() if k in ("params", "frozen_bn")}
   from dinoseg.models.maskdino import convert  # noqa: PLC0415
   return convert.to_flax(tree, config.model)
@@ -133,7 +175,7 @@ def load_variables(config, weights: str | os.PathLike) -> dict:
   """Flax variables for `config` from a weights file or directory, read by the task's loader."""
   task = config.get("task", "maskdino")
   if task not in VARIABLE_LOADERS:
-    raise ValueError(f"no weights loader registered for task {task!r}; known: {', '.join(sorted(VARIABLE_LOADERS))}")
+    raise UserValueError(f"no weights loader registered for task {task!r}; known: {', '.join(sorted(VARIABLE_LOADERS))}")
   return _resolve(VARIABLE_LOADERS[task])(config, weights)
 
 
@@ -146,7 +188,7 @@ def build_predictor(config, weights: str | os.PathLike | None, variables: Mappin
   """The registered predictor of `config.task`, with weights from a file/dir or given variables."""
   task = config.get("task", None)
   if task not in PREDICTORS:
-    raise ValueError(f"no predictor registered for task {task!r}; known: {', '.join(sorted(PREDICTORS))}")
+    raise UserValueError(f"no predictor registered for task {task!r}; known: {', '.join(sorted(PREDICTORS))}")
   factory = _resolve(PREDICTORS[task])
   if variables is None:
     if weights is None:
@@ -163,12 +205,12 @@ def list_images(path: str | os.PathLike) -> list[pathlib.Path]:
   if path.is_dir():
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-      raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+      raise UserValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     return files
-  raise FileNotFoundError(f"no such file or directory: {path}")
+  raise UserFileNotFoundError(f"--input: no such file or directory: {path}")
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(UserValueError):
   """An input file that is not a decodable image (corrupt, truncated, or another format)."""
 
 
@@ -187,11 +229,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # ----------------------------------------------------------------------------- Mask DINO
 
 def resize_shortest_edge(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-  """detectron2 ResizeShortestEdge output size (short side `short`, long side <= max_size)."""
+  """detectron2 ResizeShortestEdge output size (short side `short`, long side <= max_size), at least 1
+  pixel per side: an extreme aspect ratio (e.g. 10 x 10000) would round its short side to 0."""
   scale = short / min(h, w)
   if max(h, w) * scale > max_size:
     scale = max_size / max(h, w)
-  return int(h * scale + 0.5), int(w * scale + 0.5)
+  return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def _round_up(x: int, m: int) -> int:
@@ -283,41 +326,41 @@ class MaskDINOPredictor:
       out["semantic"] = np.asarray(res["semantic"][0])[:, :h, :w]
     return out
 
-  def write(self, result: dict, image: np.ndarray, out_dir: str | os.PathLike, stem: str,
+  def write(self, result: dict, image: np.ndarray, out_dir: str | os.PathLike, name: str,
             score_threshold: float = 0.5) -> list[pathlib.Path]:
-    """Writes the overlay PNG(s) and collects COCO-format instance results (see `finish`)."""
+    """Writes the overlay PNG(s) of the input named `name` (`output_name`; files as `output_paths`) and
+    collects its COCO-format instance results (see `finish`)."""
     from dinoseg.evaluation.coco import instances_to_coco_json  # noqa: PLC0415
     from dinoseg.evaluation.panoptic import id2rgb  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
-    out_dir = pathlib.Path(out_dir)
+    out = output_paths(out_dir, name)
     paths = []
     if "instances" in result:
       r = result["instances"]
       image_id = self._num_images
       for entry in instances_to_coco_json(image_id, r["scores"], r["labels"], boxes_xyxy=r["boxes"], masks=r["masks"],
                                           category_ids=self.category_ids):
-        entry["file_name"] = stem
+        entry["file_name"] = name
         self._results.append(entry)
       keep = r["scores"] >= score_threshold
       pil = draw_instances(image, r["masks"][keep], r["boxes"][keep], r["labels"][keep], r["scores"][keep],
                            self.class_names)
-      paths.append(out_dir / f"{stem}.png")
+      paths.append(out["overlay"])
       pil.save(paths[-1])
     if "panoptic" in result:
       seg, info = result["panoptic"]
-      (out_dir / "panoptic").mkdir(exist_ok=True)
-      Image.fromarray(id2rgb(seg)).save(out_dir / "panoptic" / f"{stem}.png")
-      with open(out_dir / "panoptic" / f"{stem}.json", "w") as f:  # dataset category ids, as predictions.json
+      out["panoptic"].parent.mkdir(exist_ok=True)
+      Image.fromarray(id2rgb(seg)).save(out["panoptic"])
+      with open(out["panoptic_json"], "w") as f:  # dataset category ids, as predictions.json
         json.dump([dict(s, category_id=self.category_ids[s["category_id"]]) for s in info] if self.category_ids
                   else info, f)
-      paths.append(out_dir / f"{stem}_panoptic.png")
+      paths.append(out["panoptic_overlay"])
       draw_panoptic(image, seg, info, self.class_names).save(paths[-1])
     if "semantic" in result:
       label_map = result["semantic"].argmax(0)
-      (out_dir / "semantic").mkdir(exist_ok=True)
-      Image.fromarray(label_map.astype(np.uint16 if label_map.max() > 255 else np.uint8)).save(
-          out_dir / "semantic" / f"{stem}.png")
-      paths.append(out_dir / f"{stem}_semantic.png")
+      out["semantic"].parent.mkdir(exist_ok=True)
+      Image.fromarray(label_map.astype(np.uint16 if label_map.max() > 255 else np.uint8)).save(out["semantic"])
+      paths.append(out["semantic_overlay"])
       draw_semantic(image, label_map, self.class_names).save(paths[-1])
     self._num_images += 1
     return paths
@@ -326,11 +369,36 @@ class MaskDINOPredictor:
     """Writes predictions.json (COCO results with an extra "file_name") when there were instances."""
     if not self.config.test.instance_on:
       return None
-    path = pathlib.Path(out_dir) / "predictions.json"
+    path = pathlib.Path(out_dir) / PREDICTIONS_FILE
     with open(path, "w") as f:
       json.dump(self._results, f)
     return path
 
 
-__all__ = ["PREDICTORS", "UnreadableImageError", "build_predictor", "load_variables", "draw_instances", "draw_semantic", "draw_panoptic",
-           "MaskDINOPredictor", "list_images", "read_image", "resize_shortest_edge", "color"]
+def summarize(result: dict, score_threshold: float = 0.5) -> str:
+  """What an image's outputs show, for the console: instances drawn (and why none), segments, classes."""
+  parts = []
+  if "instances" in result:
+    scores = np.asarray(result["instances"]["scores"])
+    drawn = int((scores >= score_threshold).sum())
+    if not len(scores):
+      parts.append("no instances predicted")
+    elif drawn:
+      parts.append(f"{drawn} of {len(scores)} instances drawn (score >= {score_threshold:g})")
+    else:
+      parts.append(f"0 of {len(scores)} instances drawn: the best score {scores.max():.3f} is below "
+                   f"--score-threshold {score_threshold:g}")
+  if "panoptic" in result:
+    parts.append(f"{len(result['panoptic'][1])} panoptic segments")
+  if "semantic" in result:
+    semantic = np.asarray(result["semantic"])
+    labels = np.unique(semantic.argmax(0) if semantic.ndim == 3 else semantic)
+    names = result.get("names")
+    shown = [str(names[i]) if names is not None and 0 <= i < len(names) else str(i) for i in labels.tolist()]
+    parts.append(f"{len(shown)} classes: {', '.join(shown[:8])}{', ...' if len(shown) > 8 else ''}")
+  return "; ".join(parts)
+
+
+__all__ = ["PREDICTORS", "PREDICTIONS_FILE", "UnreadableImageError", "build_predictor", "load_variables",
+           "draw_instances", "draw_semantic", "draw_panoptic", "MaskDINOPredictor", "list_images", "read_image",
+           "resize_shortest_edge", "color", "output_name", "output_paths", "check_outputs", "summarize"]

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from dinoseg.data_pipelines import schema
+from dinoseg.errors import UserValueError
 
 log = logging.getLogger("dinoseg.data")
 
@@ -115,8 +116,8 @@ class Preparer(abc.ABC):
   def __init__(self, **options):
     unknown = set(options) - set(self.options)
     if unknown:
-      raise ValueError(f"unknown options {sorted(unknown)} for dataset {self.name!r}; "
-                       f"known: {sorted(self.options) or 'none'}")
+      raise UserValueError(f"unknown options {sorted(unknown)} for dataset {self.name!r}; "
+                           f"known: {sorted(self.options) or 'none'}")
     self.opts = {**self.options, **options}
 
   @abc.abstractmethod
@@ -160,10 +161,10 @@ def _import_builtins() -> None:
 
 
 def get(name: str, **options) -> Preparer:
-  """The preparer registered under `name`, built with `options` (ValueError naming known ones)."""
+  """The preparer registered under `name`, built with `options` (UserValueError naming known ones)."""
   _import_builtins()
   if name not in PREPARERS:
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(PREPARERS))}")
+    raise UserValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(PREPARERS))}")
   return PREPARERS[name](**options)
 
 

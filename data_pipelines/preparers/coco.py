@@ -19,16 +19,17 @@ import numpy as np
 
 from dinoseg.data_pipelines import schema
 from dinoseg.data_pipelines.preparers import base
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 
 
 def load_json(path: str) -> dict:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"annotation file {path} not found")
+    raise UserFileNotFoundError(f"annotation file {path} not found")
   with open(path, "rb") as f:
     try:
       return json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"annotation file {path} is not valid JSON: {e}") from e
+      raise UserValueError(f"annotation file {path} is not valid JSON: {e}") from e
 
 
 def _group_by_image(annotations, image_ids, category_ids, issues, where: str) -> dict[int, list]:

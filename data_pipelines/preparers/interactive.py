@@ -22,6 +22,7 @@ from PIL import Image
 
 from dinoseg.data_pipelines import schema
 from dinoseg.data_pipelines.preparers import base
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 
 HQSEG_SUBSETS = {
     "train": [("DIS5K-TR", "DIS5K/DIS-TR/im", "DIS5K/DIS-TR/gt"),
@@ -62,7 +63,7 @@ class SingleObject(base.Preparer):
     items = [{"id": i, "subset": s, "file_name": im, "mask": m}
              for i, (s, im, m) in enumerate(self.pairs(raw_dir, split))]
     if not items:
-      raise FileNotFoundError(f"no {self.name} images for split {split!r} under {raw_dir}")
+      raise UserFileNotFoundError(f"no {self.name} images for split {split!r} under {raw_dir}")
     return base.Scan({"task": "interactive", "categories": [{"id": 1, "name": "object"}]}, items)
 
   def build(self, item, raw_dir, issues):
@@ -122,7 +123,7 @@ class HqSeg44k(SingleObject):
 
   def pairs(self, raw_dir, split):
     if split not in HQSEG_SUBSETS:
-      raise ValueError(f"HQSeg-44K splits are {sorted(HQSEG_SUBSETS)}, got {split!r}")
+      raise UserValueError(f"HQSeg-44K splits are {sorted(HQSEG_SUBSETS)}, got {split!r}")
     out = []
     for subset, im_dir, gt_dir in HQSEG_SUBSETS[split]:
       for p in sorted(glob.glob(os.path.join(raw_dir, im_dir, "*.jpg"))):

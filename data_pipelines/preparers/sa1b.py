@@ -17,6 +17,7 @@ import tarfile
 from dinoseg.data_pipelines import schema
 from dinoseg.data_pipelines.preparers import base
 from dinoseg.data_pipelines.preparers.coco import build_instances
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 
 
 def _read_range(path: str, offset: int, size: int) -> bytes:
@@ -37,7 +38,7 @@ class Sa1b(base.Preparer):
 
   def scan(self, raw_dir, split, issues):
     if split != "train":
-      raise ValueError(f"SA-1B has only the 'train' split, got {split!r}")
+      raise UserValueError(f"SA-1B has only the 'train' split, got {split!r}")
     items = []
     for tar_path in sorted(glob.glob(os.path.join(raw_dir, self.opts["tars"]))):
       members = {}
@@ -47,14 +48,14 @@ class Sa1b(base.Preparer):
             if info.isfile():
               members[os.path.basename(info.name)] = (info.offset_data, info.size)
       except (tarfile.TarError, OSError) as e:
-        raise ValueError(f"SA-1B shard {tar_path} is not a readable (uncompressed) tar: {e}") from e
+        raise UserValueError(f"SA-1B shard {tar_path} is not a readable (uncompressed) tar: {e}") from e
       items.extend(self._pairs(members, issues, tar_path, tar=True))
     for folder in sorted(glob.glob(os.path.join(raw_dir, self.opts["folders"]))):
       if os.path.isdir(folder):
         members = {name: os.path.join(folder, name) for name in os.listdir(folder)}
         items.extend(self._pairs(members, issues, folder, tar=False))
     if not items:
-      raise FileNotFoundError(f"no SA-1B images (sa_*.tar shards or folders of sa_<n>.jpg/.json) under {raw_dir}")
+      raise UserFileNotFoundError(f"no SA-1B images (sa_*.tar shards or folders of sa_<n>.jpg/.json) under {raw_dir}")
     return base.Scan({"task": "instance", "categories": [{"id": 1, "name": "object"}]}, items)
 
   def _pairs(self, members: dict, issues, container: str, tar: bool) -> list[dict]:

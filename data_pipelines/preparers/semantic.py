@@ -21,6 +21,7 @@ import numpy as np
 
 from dinoseg.data_pipelines import schema
 from dinoseg.data_pipelines.preparers import base
+from dinoseg.errors import UserFileNotFoundError
 
 IGNORE = 255
 
@@ -58,7 +59,7 @@ class SemanticPreparer(base.Preparer):
     for index, (image, label) in enumerate(self.pairs(raw_dir, split)):
       items.append({"id": index, "file_name": image, "label": label})
     if not items:
-      raise FileNotFoundError(f"no {self.name} images for split {split!r} under {raw_dir}")
+      raise UserFileNotFoundError(f"no {self.name} images for split {split!r} under {raw_dir}")
     num_classes = {name: len({v for v in lut if v != IGNORE}) for name, lut in self.label_maps.items()}
     return base.Scan({"task": "semantic", "label_maps": self.label_maps, "num_classes": num_classes,
                       "default_label_map": next(iter(self.label_maps)), "ignore_label": IGNORE}, items)
@@ -87,7 +88,7 @@ class SemanticPreparer(base.Preparer):
 def _list_file(raw_dir: str, rel: str) -> list[str]:
   path = os.path.join(raw_dir, rel)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"split list {path} not found")
+    raise UserFileNotFoundError(f"split list {path} not found")
   with open(path) as f:
     return [line.strip() for line in f if line.strip()]
 

@@ -3,14 +3,20 @@
 SRC: a .pth/.pt, detectron2 .pkl or .safetensors file (read safely, see dinoseg.convert.readers), or an
 Orbax directory (`dinoseg convert --to DIR` output, or a trainer step directory
 `<workdir>/checkpoints/<step>` whose `state` item holds `params`). DST: a .pth, .safetensors or a new
-Orbax directory (any other path). Every tensor passes through the model's key map: missing or
-unexpected keys, shape mismatches and unsafe files stop the conversion (exit status 2); nothing is
-written partially. `--list` shows the models.
+Orbax directory (any other path). Every tensor passes through the model's key map, and every shape is
+checked against the model's (with --config: `jax.eval_shape` of the task's init; with --model: the
+converter's own model): missing or unexpected keys, shape mismatches (key, expected and found shape),
+corrupt and unsafe files stop the conversion with one line and exit status 2; nothing is written
+partially. `--list` shows the models.
 """
 import pathlib
-import sys
+
+from dinoseg.errors import UserValueError
 
 HELP = "convert weights between PyTorch checkpoints and Flax/Orbax (--list shows the models)"
+DESCRIPTION = ("Converts weights between PyTorch checkpoints (.pth/.pt, detectron2 .pkl, .safetensors) and "
+               "Flax/Orbax directories, through a registered converter (--model, see --list) or the one of a "
+               "config (--config). Keys and shapes are checked against the model; nothing is written partially.")
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".safetensors")
 # Non-trainable Flax collections a model may have besides "params" (kept beside `params` in Orbax trees).
@@ -54,25 +60,47 @@ def _count(tree) -> tuple[int, int]:
   return len(leaves), int(sum(np.size(x) for x in leaves))
 
 
+def _abstract_of(task, variables: bool):
+  """() -> the task's abstract variables (jax.eval_shape of its init, partitioning boxes removed), or
+  their "params" for a params-only converter."""
+  def abstract():
+    import flax.linen as nn  # noqa: PLC0415
+    import jax  # noqa: PLC0415
+    tree = nn.meta.unbox(jax.eval_shape(task.init_variables, jax.random.key(0)))
+    return tree if variables else tree["params"]
+  return abstract
+
+
 def _converter(args, overrides):
-  """The converter named by --model, or the one of --config: `config.model.name` when the config
-  names a registered converter, else the config's task builds one from its model settings."""
+  """(converter, abstract): the converter named by --model, or the one of --config (`config.model.name`
+  when the config names a registered converter, else the one its task builds from its model settings);
+  `abstract` () -> the model's abstract variables to check shapes against (the config's task, else the
+  converter's own), or None."""
   from dinoseg.convert import registry  # noqa: PLC0415
   if args.model:
-    return registry.get(args.model)
+    converter = registry.get(args.model)
+    return converter, converter.abstract
   if not args.config:
-    raise ValueError("--model (or --config) is required")
+    raise UserValueError("--model (or --config) is required")
   from dinoseg.config import load_config  # noqa: PLC0415
+  from dinoseg.train import task as task_lib  # noqa: PLC0415
   config = load_config(args.config, overrides)
+  task = task_lib.build(config) if "task" in config else None
   name = config.get("model", {}).get("name")
-  if name:
-    return registry.get(str(name))
-  if "task" in config:
-    from dinoseg.train import task as task_lib  # noqa: PLC0415
-    converter = task_lib.build(config).weights_converter()
-    if converter is not None:
-      return converter
-  raise ValueError(f"--config {args.config} has no model.name and its task builds no converter; pass --model")
+  converter = registry.get(str(name)) if name else task.weights_converter() if task is not None else None
+  if converter is None:
+    raise UserValueError(f"--config {args.config} has no model.name and its task builds no converter; "
+                         "pass --model")
+  return converter, _abstract_of(task, converter.variables) if task is not None else converter.abstract
+
+
+def _check_shapes(converter, abstract, flax_tree, src) -> None:
+  """Checks the converted tree (the converter's layout: params, or variables) against the model's shapes."""
+  if abstract is None:
+    return
+  from dinoseg.convert.keymap import check_shapes  # noqa: PLC0415
+  wrap = (lambda tree: dict(tree)) if converter.variables else (lambda tree: {"params": tree})  # noqa: E731
+  check_shapes(wrap(flax_tree), wrap(abstract()), what=f"{src} (converter {converter.name})")
 
 
 def _read_source(args, converter):
@@ -85,14 +113,14 @@ def _read_source(args, converter):
     tree = readers.read_orbax(src)
     key = "ema_params" if args.ema else "params"
     if not isinstance(tree.get(key), dict):
-      raise ValueError(f"{src}: the Orbax tree has no {key!r} entry (top-level keys: {sorted(tree)})")
+      raise UserValueError(f"{src}: the Orbax tree has no {key!r} entry (top-level keys: {sorted(tree)})")
     variables = {"params": tree[key], **{c: tree[c] for c in EXTRA_COLLECTIONS if c in tree}}
     n, size = _count(variables)
     print(f"read {n} arrays ({size:,} values) from Orbax checkpoint {src}")
     return variables if converter.variables else variables["params"], None
   obj = readers.read_checkpoint(src, use_torch=False if args.no_torch else None)
   if not isinstance(obj, dict):
-    raise ValueError(f"{src} holds a {type(obj).__name__}, not a state dict")
+    raise UserValueError(f"{src} holds a {type(obj).__name__}, not a state dict")
   for wrapper in ("model", "state_dict"):
     if isinstance(obj.get(wrapper), dict):
       others = sorted(k for k in obj if k != wrapper)
@@ -102,11 +130,11 @@ def _read_source(args, converter):
   state = {k: v for k, v in obj.items()}
   bad = sorted(k for k, v in state.items() if not isinstance(v, np.ndarray | np.generic))
   if bad:
-    raise ValueError(f"{src}: entries that are not tensors: {', '.join(bad[:10])}")
+    raise UserValueError(f"{src}: entries that are not tensors: {', '.join(bad[:10])}")
   if args.select_prefix:
     kept = {k[len(args.select_prefix):]: v for k, v in state.items() if k.startswith(args.select_prefix)}
     if not kept:
-      raise ValueError(f"no key of {src} starts with {args.select_prefix!r}")
+      raise UserValueError(f"no key of {src} starts with {args.select_prefix!r}")
     print(f"selected {len(kept)} keys under {args.select_prefix!r}, dropped {len(state) - len(kept)} others")
     state = kept
   n, size = _count(state)
@@ -124,9 +152,9 @@ def _write(args, converter, flax_tree) -> None:
   dst = pathlib.Path(args.dst)
   if _is_torch_path(dst):
     if dst.suffix.lower() == ".pkl":
-      raise ValueError("writing .pkl is not supported; write .pth or .safetensors")
+      raise UserValueError("writing .pkl is not supported; write .pth or .safetensors")
     if dst.exists() and not args.force:
-      raise ValueError(f"{dst} exists; pass --force to overwrite")
+      raise UserValueError(f"{dst} exists; pass --force to overwrite")
     state = converter.to_torch(flax_tree)
     if args.verbose:
       for key, value in state.items():
@@ -162,25 +190,21 @@ def _report_dropped(state, represented: set) -> None:
 
 
 def main(args, overrides) -> int:
-  from dinoseg.convert import readers, registry  # noqa: PLC0415
+  from dinoseg.convert import registry  # noqa: PLC0415
   if args.list:
     for name in registry.names():
       print(f"{name:32s} {registry.get(name).description}")
     return 0
   if not args.src or not args.dst:
-    raise ValueError("--from and --to are required (or --list)")
-  converter = _converter(args, overrides)
-  try:
-    flax_tree, state = _read_source(args, converter)
-    if state is not None:
-      # Which source keys the model represents: export the converted tree and compare names.
-      represented = set(converter.to_torch(flax_tree))
-      n, size = _count(flax_tree)
-      print(f"converted {len(represented)} tensors to {n} Flax arrays ({size:,} values) for {converter.name}")
-      _report_dropped(state, represented)
-    _write(args, converter, flax_tree)
-  except (KeyError, ValueError, readers.UnsafeCheckpointError, RuntimeError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"dinoseg convert: error: {message}", file=sys.stderr)
-    return 2
+    raise UserValueError("--from and --to are required (or --list)")
+  converter, abstract = _converter(args, overrides)
+  flax_tree, state = _read_source(args, converter)
+  _check_shapes(converter, abstract, flax_tree, args.src)
+  if state is not None:
+    # Which source keys the model represents: export the converted tree and compare names.
+    represented = set(converter.to_torch(flax_tree))
+    n, size = _count(flax_tree)
+    print(f"converted {len(represented)} tensors to {n} Flax arrays ({size:,} values) for {converter.name}")
+    _report_dropped(state, represented)
+  _write(args, converter, flax_tree)
   return 0

@@ -5,18 +5,27 @@
       --input=images/ --output=out/
 
 `--weights` takes a reference checkpoint (.pth / .pkl / .safetensors, converted on the fly) or an
-Orbax directory written by `dinoseg train`. Outputs in --output: `<stem>.png` overlays (masks,
-boxes, labels), `predictions.json` (COCO results, one entry per instance, plus "file_name"), and
-for models with those outputs `panoptic/<stem>.png` + `.json` (COCO panoptic PNG and segments_info)
-and `semantic/<stem>.png` (label map). Category ids are the config's dataset ids
-(`config.dataset.category_ids`, e.g. COCO's) when it has them, else contiguous labels. The predictor comes from the
-registry in dinoseg/predict.py (by `config.task`).
+Orbax directory written by `dinoseg train`. Every output of an input image is named after the
+input's full file name, so `x.png` and `x.jpg` in one folder get distinct outputs. For `x.jpg`, in
+--output: `x.jpg.png` (overlay: masks, boxes, labels of the instances scoring >= --score-threshold),
+for models with those outputs `x.jpg_panoptic.png` / `x.jpg_semantic.png` (overlays),
+`panoptic/x.jpg.png` + `panoptic/x.jpg.json` (COCO panoptic PNG and segments_info),
+`semantic/x.jpg.png` (label map), for Talk2DINO `x.jpg_labels.png` (label map); and
+`predictions.json` (COCO results, one entry per instance, plus `"file_name": "x.jpg"`). Category
+ids are the config's dataset ids (`config.dataset.category_ids`, e.g. COCO's) when it has them,
+else contiguous labels. The predictor comes from the registry in dinoseg/predict.py (by
+`config.task`).
+
+Inputs are never overwritten: an --output where an output would land on an input image (e.g.
+`--output` = the input folder holding both `x.jpg` and `x.jpg.png`) is refused before anything is
+written (exit status 2). Outputs of an earlier run with the same names are replaced. Each image's
+line says how many instances were drawn (and, when none, the best score against the threshold).
 
 An image that cannot be read (corrupt, truncated, not an image) is reported and skipped; the other
 images' outputs and `predictions.json` are still written, and the command exits with status 1 and
-the list of skipped files.
+the list of skipped files. `predictions.json` is written even when the run stops on an error, with
+the images done until then.
 """
-import pathlib
 import sys
 import time
 
@@ -39,6 +48,7 @@ def add_arguments(parser):
 def main(args, config_overrides) -> int:
   from dinoseg import predict  # noqa: PLC0415
   from dinoseg.config import load_config  # noqa: PLC0415
+  from dinoseg.train.workdir import prepare  # noqa: PLC0415
 
   config_overrides = list(config_overrides)
   if args.classes is not None:
@@ -49,23 +59,27 @@ def main(args, config_overrides) -> int:
   images = predict.list_images(args.input)
   if args.max_images > 0:
     images = images[:args.max_images]
-  out_dir = pathlib.Path(args.output)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  predict.check_outputs(images, args.output)
+  out_dir = prepare(args.output, what="--output")
   predictor = predict.build_predictor(config, args.weights)
   start = time.time()
   skipped = []
-  for i, path in enumerate(images):
-    try:
-      image = predict.read_image(path)
-    except predict.UnreadableImageError as e:
-      skipped.append(path)
-      print(f"[{i + 1}/{len(images)}] {path.name}: skipped: {e}", file=sys.stderr)
-      continue
-    result = predictor.predict(image)
-    written = predictor.write(result, image, out_dir, path.stem, score_threshold=args.score_threshold)
-    print(f"[{i + 1}/{len(images)}] {path.name} -> {', '.join(p.name for p in written)}", file=sys.stderr)
   finish = getattr(predictor, "finish", None)
-  results = finish(out_dir) if finish else None
+  try:
+    for i, path in enumerate(images):
+      try:
+        image = predict.read_image(path)
+      except predict.UnreadableImageError as e:
+        skipped.append(path)
+        print(f"[{i + 1}/{len(images)}] {path.name}: skipped: {e}", file=sys.stderr)
+        continue
+      result = predictor.predict(image)
+      written = predictor.write(result, image, out_dir, predict.output_name(path), score_threshold=args.score_threshold)
+      summary = predict.summarize(result, args.score_threshold)
+      print(f"[{i + 1}/{len(images)}] {path.name} -> {', '.join(p.name for p in written)}"
+            + (f": {summary}" if summary else ""), file=sys.stderr)
+  finally:  # the results of the images done so far are kept, even if one fails
+    results = finish(out_dir) if finish else None
   done = len(images) - len(skipped)
   print(f"{done} image(s) in {time.time() - start:.1f} s; outputs in {out_dir}"
         + (f"; results: {results}" if results else ""))

@@ -12,24 +12,39 @@ enough), from the embedded config configs/maskdino/quickstart.py; nothing is dow
   export    the trained weights as a reference (detectron2 / IDEA-Research MaskDINO) state dict
             through the Mask DINO converter: DIR/export/maskdino.pth (written without PyTorch)
   overlays  the predictor of `dinoseg predict`, loading DIR/export/maskdino.pth, on the first
-            `quickstart.num_overlays` val images: DIR/overlays/<stem>.png + predictions.json
+            `quickstart.num_overlays` val images: DIR/overlays/<image file name>.png + predictions.json
+            (named as `dinoseg predict` names them)
 
 and a short report (seconds per phase, APs, paths), also written as DIR/report.json. Running it
 again reuses the data when `quickstart.*` is unchanged (else rebuilds everything) and resumes
 training from DIR/train's checkpoints; `--fresh` starts over. `config.data.path` is always DIR/data.
+
+Other people's files are safe: the quickstart marks a directory it writes in with DIR/quickstart.json
+(`claim_workdir`) and only ever clears (with `--fresh`, or when the data settings change) its own
+outputs (`OUTPUTS`) in a directory so marked; a directory that holds any of those names without the
+mark is refused (exit status 2) before anything is touched. DIR is locked while the command runs
+(DIR/dinoseg.lock; a second quickstart on it is refused). SIGTERM or Ctrl-C during training saves a
+checkpoint and stops the whole command (exit status 128 + N: 130 Ctrl-C, 143 SIGTERM; the same
+command resumes); a second one stops at once.
 """
+import datetime
 import json
 import pathlib
 import platform
 import shutil
+import signal
 import sys
 import time
+
+from dinoseg import jsonio
+from dinoseg.errors import UserValueError
 
 HELP = "the main job: synthetic shapes -> train a small Mask DINO on the CPU -> evaluate, export, overlays"
 DEFAULT_CONFIG = "configs/maskdino/quickstart.py"
 DEFAULT_WORKDIR = "dinoseg_quickstart"
 OUTPUTS = ("raw", "data", "train", "eval", "export", "overlays", "report.json")
 DATA_STAMP = "quickstart_data.json"
+WORKDIR_STAMP = "quickstart.json"
 
 
 def add_arguments(parser):
@@ -43,12 +58,43 @@ def _say(text: str) -> None:
   print(text, file=sys.stderr, flush=True)
 
 
-def _clear(workdir: pathlib.Path, names=OUTPUTS) -> None:
-  for name in names:
+def claim_workdir(workdir: pathlib.Path, check_only: bool = False) -> None:
+  """Marks `workdir` as the quickstart's (DIR/quickstart.json), which lets it clear its `OUTPUTS` there.
+
+  A directory already marked (or holding the data stamp of an earlier quickstart) is the
+  quickstart's; an unmarked one is claimed only when it holds none of the `OUTPUTS` names.
+  `check_only`: only raise, write nothing.
+
+  Raises:
+    UserError: `workdir` holds some of the `OUTPUTS` names but was not created by the quickstart.
+  """
+  stamp = workdir / WORKDIR_STAMP
+  if stamp.is_file():
+    return
+  if not (workdir / "data" / DATA_STAMP).is_file():
+    present = [name for name in OUTPUTS if (workdir / name).exists()]
+    if present:
+      raise UserValueError(
+          f"--workdir={workdir} already holds {', '.join(present)}, which dinoseg quickstart did not create "
+          f"(no {WORKDIR_STAMP} there) and would replace; nothing was changed. Choose another --workdir "
+          "(e.g. a new directory) or move those entries away")
+  if not check_only:
+    stamp.write_text(json.dumps({"created_by": "dinoseg quickstart", "outputs": list(OUTPUTS),
+                                 "time": datetime.datetime.now().isoformat(timespec="seconds")}) + "\n")
+
+
+def _clear(workdir: pathlib.Path, names=OUTPUTS, why: str = "") -> None:
+  """Removes the quickstart's own outputs `names` from a workdir it has claimed (`claim_workdir`)."""
+  if not (workdir / WORKDIR_STAMP).is_file():  # never reached through main(): a last guard
+    raise RuntimeError(f"refusing to clear {workdir}: it has no {WORKDIR_STAMP}")
+  present = [name for name in names if (workdir / name).exists()]
+  if present:
+    _say(f"[quickstart] removing {', '.join(present)} from {workdir}{why}")
+  for name in present:
     path = workdir / name
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
       shutil.rmtree(path)
-    elif path.exists():
+    else:
       path.unlink()
 
 
@@ -61,15 +107,21 @@ def data_options(config) -> dict:
 
 
 def make_data(config, workdir: pathlib.Path) -> dict:
-  """Synthesizes DIR/raw and prepares DIR/data (reused when its stamp matches). Returns a summary."""
+  """Synthesizes DIR/raw and prepares DIR/data (reused when its stamp matches). Returns a summary.
+
+  Raises:
+    UserError: DIR holds entries of `OUTPUTS` that the quickstart did not create (`claim_workdir`).
+  """
   from dinoseg.data_pipelines import synth, writer  # noqa: PLC0415
+  claim_workdir(workdir)
   options = data_options(config)
   raw, data = workdir / "raw", workdir / "data"
   stamp = data / DATA_STAMP
   if stamp.is_file() and json.loads(stamp.read_text()) == options and (data / writer.MANIFEST).is_file():
     manifest = writer.read_manifest(data)
     return {"reused": True, "manifest": manifest}
-  _clear(workdir)  # other data: nothing trained on the old data is kept either
+  _clear(workdir, why=" (its prepared data is missing, incomplete or of other settings; nothing trained on other "
+                      "data is kept)")
   common = dict(image_size=tuple(options["image_size"]), seed=options["seed"], max_objects=options["max_objects"])
   for split, key in (("train", "num_train_images"), ("val", "num_val_images")):
     synth.synthesize(options["layout"], str(raw), num_images=options[key], splits=(split,), **common)
@@ -101,7 +153,8 @@ def write_overlays(config, weights: pathlib.Path, images: list[pathlib.Path], ou
   for path in images:
     image = predict.read_image(path)
     result = predictor.predict(image)
-    written += predictor.write(result, image, out_dir, path.stem, score_threshold=float(config.quickstart.score_threshold))
+    written += predictor.write(result, image, out_dir, predict.output_name(path),
+                               score_threshold=float(config.quickstart.score_threshold))
   predictor.finish(out_dir)
   return written
 
@@ -127,12 +180,21 @@ def report_lines(report: dict) -> list[str]:
 
 
 def main(args, overrides) -> int:
+  try:
+    return _main(args, overrides)
+  except KeyboardInterrupt:  # Ctrl-C during start-up, before the stop handler (`_run`) was installed
+    print("dinoseg quickstart: interrupted before it started; nothing was changed", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
+def _main(args, overrides) -> int:
   from dinoseg.commands.train import _prepare_absl  # noqa: PLC0415
   from dinoseg.config import load_config  # noqa: PLC0415
+  from dinoseg.train.workdir import WorkdirLock, prepare  # noqa: PLC0415
   start = time.perf_counter()
   config = load_config(args.config, overrides)
   if "quickstart" not in config:
-    raise ValueError(f"{args.config} has no `quickstart` group (data and output settings of this command)")
+    raise UserValueError(f"{args.config} has no `quickstart` group (data and output settings of this command)")
   _prepare_absl()
   import jax  # noqa: PLC0415
   if jax.default_backend() == "cpu":
@@ -142,10 +204,28 @@ def main(args, overrides) -> int:
       jax.config.update("jax_threefry_partitionable", False)
     except AttributeError:  # a JAX without the option (the partitionable form is then the only one)
       pass
-  workdir = pathlib.Path(args.workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
-  if args.fresh:
-    _clear(workdir)
+  from dinoseg.train.preemption import PreemptionHandler  # noqa: PLC0415
+  workdir = prepare(args.workdir)
+  claim_workdir(workdir, check_only=True)  # refuse before anything (even the lock file) is written there
+  with WorkdirLock(workdir, echo=_say), PreemptionHandler() as stop:
+    claim_workdir(workdir)
+    if args.fresh:
+      _clear(workdir, why=" (--fresh)")
+    return _run(args, overrides, config, workdir, start, stop)
+
+
+def _stopped(signum: int, after: str) -> int:
+  """Reports a stop request (SIGTERM / SIGINT) and returns the command's exit status."""
+  from dinoseg.train import preemption  # noqa: PLC0415
+  _say(f"[quickstart] stopped by {preemption.signal_name(signum)} {after}; the remaining phases were not run. "
+       "Run the same command to go on")
+  return preemption.exit_status(signum)
+
+
+def _run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> int:
+  """The phases, in a locked workdir that the quickstart owns (module docstring); `stop` (a
+  PreemptionHandler) ends the command after the phase in progress, training after its current step."""
+  import jax  # noqa: PLC0415
   seconds, notes = {}, {}
 
   # -- data
@@ -161,6 +241,8 @@ def main(args, overrides) -> int:
   seconds["data"] = time.perf_counter() - t
   notes["data"] = (f"{splits['train']['num_records']} train / {splits['val']['num_records']} val images, "
                    f"{sum(len(s['shards']) for s in splits.values())} shards" + (" (reused)" if data["reused"] else ""))
+  if stop.signal_received is not None:
+    return _stopped(stop.signal_received, "after the data phase")
 
   # -- train
   from dinoseg.train import checkpointing, trainer  # noqa: PLC0415
@@ -173,10 +255,14 @@ def main(args, overrides) -> int:
   except (trainer.TrainingDivergedError, checkpointing.CheckpointRestoreError) as e:
     print(f"dinoseg quickstart: {e} (start over with --fresh)", file=sys.stderr)
     return 1
+  if result.stop_signal is not None:
+    saved = workdir / "train" / "checkpoints" / str(result.step)
+    return _stopped(result.stop_signal, f"during training at step {result.step} (" + (
+        f"checkpoint {saved} saved" if saved.is_dir() else "no step trained: nothing new to save") + ")")
   seconds["train"] = time.perf_counter() - t
   rows = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
   last = json.loads(rows[-1]) if rows else {}
-  notes["train"] = f"{result.step} steps" + (f", final loss {last['loss']:.2f}" if "loss" in last else "")
+  notes["train"] = f"{result.step} steps" + (f", final loss {last['loss']:.2f}" if last.get("loss") is not None else "")
 
   # -- eval
   t = time.perf_counter()
@@ -185,10 +271,13 @@ def main(args, overrides) -> int:
   results = trainer.evaluate(run, result.state)
   eval_path = workdir / "eval" / f"step_{result.step}.json"
   eval_path.parent.mkdir(parents=True, exist_ok=True)
-  eval_path.write_text(json.dumps({"step": result.step, "split": config.data.eval_split, "results": results},
-                                  indent=2, sort_keys=True) + "\n")
+  eval_path.write_text(jsonio.dumps({"step": result.step, "split": config.data.eval_split, "results": results},
+                                    indent=2, sort_keys=True) + "\n")
   seconds["eval"] = time.perf_counter() - t
   notes["eval"] = f"{results.get('num_images', 0)} images"
+
+  if stop.signal_received is not None:
+    return _stopped(stop.signal_received, "after the eval phase")
 
   # -- export
   t = time.perf_counter()
@@ -197,6 +286,9 @@ def main(args, overrides) -> int:
   torch_state = export_weights(config, result.state, weights)
   seconds["export"] = time.perf_counter() - t
   notes["export"] = f"{len(torch_state)} tensors, {weights.stat().st_size / 2 ** 20:.1f} MiB"
+
+  if stop.signal_received is not None:
+    return _stopped(stop.signal_received, "after the export phase")
 
   # -- overlays
   t = time.perf_counter()
@@ -215,7 +307,7 @@ def main(args, overrides) -> int:
       "paths": {"data": str(workdir / "data"), "train": str(workdir / "train"), "eval": str(eval_path),
                 "export": str(weights), "overlays": str(workdir / "overlays"), "report": str(workdir / "report.json")},
   }
-  (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+  (workdir / "report.json").write_text(jsonio.dumps(report, indent=2) + "\n")
   print("\n".join(report_lines(report)))
   return 0
 

@@ -1,4 +1,4 @@
-"""`dinoseg talk2dino ACTION --config=FILE.py[:variant]`: Talk2DINO jobs.
+"""`dinoseg talk2dino JOB --config=FILE.py[:variant]`: Talk2DINO jobs (each job has its own flags).
 
 - `extract --split=train|val`: the feature pre-extraction job. Runs the frozen DINOv2 over the
   images of `config.features.dataset` (COCO 2014 captions) and the CLIP text tower over their
@@ -7,34 +7,59 @@
   (resumable: re-running continues at the first missing shard; a progress bar shows the images
   done). Training reads these shards through grain.
 - `train --workdir=DIR`: projection training on the extracted features (resumes from DIR).
-- `eval [--weights=FILE|DIR] [--benchmarks=voc,ade20k]`: mIoU per benchmark, JSON + the paper's table.
-- `predict --weights=... --input=IMAGE --classes="cat,dog" [--with-background] [--output=seg.png]`.
+- `eval [--weights=FILE|DIR] [--benchmarks=voc,ade20k] [--output=DIR]`: mIoU per benchmark, the paper's
+  table, and the JSON results in DIR/talk2dino_eval.json (or `--config.eval.output=FILE`).
+- `predict --weights=... --input=IMAGE --classes="cat,dog" --output=DIR [--with-background]`: writes
+  DIR/<input file name>.png (colours + legend) and DIR/<input file name>_labels.png (for `cat.jpg`:
+  `cat.jpg.png`, `cat.jpg_labels.png`), named like the outputs of `dinoseg predict`.
 
-`train`, `eval` and `predict` are the same code paths the generic `dinoseg train / eval / predict`
-commands reach through the Talk2DINO task and predictor.
+`--output` is a directory, as in every dinoseg command; nothing is written into the working directory
+unless asked. `train`, `eval` and `predict` are the same code paths the generic `dinoseg train / eval /
+predict` commands reach through the Talk2DINO task and predictor.
 """
 import pathlib
 
 from dinoseg.config import load_config
+from dinoseg.errors import UserValueError
 
 HELP = "Talk2DINO jobs: extract (training features), train, eval (benchmarks), predict (one image)"
+DESCRIPTION = "Talk2DINO jobs. `dinoseg talk2dino JOB --help` lists the flags of one job."
+EVAL_RESULTS = "talk2dino_eval.json"
 
 
 def add_arguments(parser):
-  parser.add_argument("action", choices=["extract", "train", "eval", "predict"], help="the job to run")
-  parser.add_argument("--config", required=True, help="config file, optionally with :variant")
-  parser.add_argument("--split", default="train", help="extract: which split of config.features.splits (train, val)")
-  parser.add_argument("--out-dir", default=None, help="extract: output directory (default: features.out_dir/<split>)")
-  parser.add_argument("--workdir", default=None, help="train: run directory (checkpoints, metrics, exported weights)")
-  parser.add_argument("--weights", default=None,
-                      help="eval/predict: projection weights (.pth/.safetensors/.msgpack or a training workdir)")
-  parser.add_argument("--benchmarks", default=None, help="eval: comma-separated benchmark keys (default: config)")
-  parser.add_argument("--input", default=None, help="predict: input image")
-  parser.add_argument("--classes", default=None, help="predict: comma-separated class names")
-  parser.add_argument("--with-background", action="store_true",
-                      help="predict: background cleaning + a constant background class (config.predict.bg_thresh)")
-  parser.add_argument("--output", default=None, help="predict: output PNG (default: <input stem>_talk2dino.png)")
-  parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+  jobs = parser.add_subparsers(dest="action", metavar="JOB")
+
+  def job(name: str, description: str):
+    p = jobs.add_parser(name, help=description, description=description)
+    p.add_argument("--config", required=True, help="config file, optionally with :variant")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+  p = job("extract", "pre-extract DINOv2 image features and CLIP caption embeddings as ArrayRecord shards")
+  p.add_argument("--split", default="train", help="which split of config.features.splits (train, val)")
+  p.add_argument("--output", "--out-dir", dest="out_dir", default=None,
+                 help="output directory (default: config.features.out_dir/<split>)")
+  p = job("train", "train the projection on the extracted features (resumes from the workdir)")
+  p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, exported weights)")
+  p = job("eval", "mIoU on the open-vocabulary benchmarks, printed as the paper's table")
+  p.add_argument("--weights", default=None,
+                 help="projection weights (.pth/.safetensors/.msgpack or a training workdir; default: "
+                      "config.init.projection.file)")
+  p.add_argument("--benchmarks", default=None, help="comma-separated benchmark keys (default: config.eval.benchmarks)")
+  p.add_argument("--output", default=None,
+                 help=f"directory for the JSON results ({EVAL_RESULTS}); without it nothing is written unless "
+                      "--config.eval.output=FILE is given")
+  p = job("predict", "segment one image with free-form class names")
+  p.add_argument("--weights", default=None,
+                 help="projection weights (.pth/.safetensors/.msgpack or a training workdir; default: "
+                      "config.init.projection.file)")
+  p.add_argument("--input", required=True, help="input image")
+  p.add_argument("--classes", required=True, help="comma-separated class names, e.g. 'cat,dog,grass'")
+  p.add_argument("--with-background", action="store_true",
+                 help="background cleaning + a constant background class (config.predict.bg_thresh)")
+  p.add_argument("--output", required=True,
+                 help="output directory (created): <input file name>.png and <input file name>_labels.png")
 
 
 def feature_dir(config, split: str, out_dir: str | None = None) -> pathlib.Path:
@@ -43,16 +68,24 @@ def feature_dir(config, split: str, out_dir: str | None = None) -> pathlib.Path:
 
 
 def main(args, overrides) -> int:
+  if getattr(args, "action", None) is None:
+    raise UserValueError("name a job: extract, train, eval or predict (dinoseg talk2dino JOB --help)")
+  overrides = list(overrides)
+  if args.action == "eval":
+    if args.output:
+      overrides.append(f"eval.output={pathlib.Path(args.output) / EVAL_RESULTS}")
+    elif not any(o.split("=", 1)[0].strip().removeprefix("config.") == "eval.output" for o in overrides):
+      overrides.append("eval.output=")  # written only where asked
   config = load_config(args.config, overrides)
   if config.get("task") != "talk2dino":
-    raise ValueError(f"{args.config} is not a Talk2DINO config (task={config.get('task')!r})")
+    raise UserValueError(f"{args.config} is not a Talk2DINO config (task={config.get('task')!r})")
   return {"extract": _extract, "train": _train, "eval": _eval, "predict": _predict}[args.action](args, config)
 
 
 def _extract(args, config) -> int:
   splits = dict(config.features.splits)
   if args.split not in splits:
-    raise ValueError(f"--split must be one of {sorted(splits)}, got {args.split!r}")
+    raise UserValueError(f"--split must be one of {sorted(splits)}, got {args.split!r}")
   import jax  # noqa: PLC0415
 
   from dinoseg.models.talk2dino.features import FeatureExtractor, extract_features  # noqa: PLC0415
@@ -64,14 +97,14 @@ def _extract(args, config) -> int:
   if config.features.max_images and len(source) > config.features.max_images:
     source = _Prefix(source, config.features.max_images)
   model = build_model(config.model)
-  params = load_model_params(model, config, jax.random.key(config.seed))
+  params = load_model_params(model, config, jax.random.key(config.seed), without=("projection",))
   out = feature_dir(config, args.split, args.out_dir)
   extractor = FeatureExtractor(model, params, config.features.image_batch, config.features.text_batch)
   manifest = extract_features(
       source, extractor, out, shard_size=config.features.shard_size, image_size=config.features.image_size,
       image_dtype=config.features.image_dtype, progress=not args.no_progress,
       metadata={"dinov2": config.model.dinov2, "clip_text": config.model.clip_text,
-                "weights": {k: config.weights.get(k, "") for k in ("dinov2", "clip_text")},
+                "weights": {k: config.init[k].file for k in ("dinov2", "clip_text") if k in config.init},
                 "dataset": config.features.dataset, "split": splits[args.split]})
   n_caps = sum(sum(v) for v in manifest["shards"].values())
   print(f"{out}: {manifest['settings']['num_images']} images, {n_caps} captions in {len(manifest['shards'])} shards")
@@ -79,8 +112,6 @@ def _extract(args, config) -> int:
 
 
 def _train(args, config) -> int:
-  if not args.workdir:
-    raise ValueError("train needs --workdir")
   from dinoseg.models.talk2dino.task import fit  # noqa: PLC0415
   history = fit(config, args.workdir, progress=not args.no_progress)
   print(f"exported {history['exported']['safetensors']} and {history['exported']['msgpack']}")
@@ -97,14 +128,15 @@ def _eval(args, config) -> int:
 
 
 def _predict(args, config) -> int:
-  if not args.input or not args.classes:
-    raise ValueError("predict needs --input and --classes")
+  from dinoseg import predict  # noqa: PLC0415
   from dinoseg.models.talk2dino import predict as pr  # noqa: PLC0415
   classes = pr.parse_classes(args.classes)
-  image = pr.read_image(args.input)
+  try:
+    image = pr.read_image(args.input)
+  except predict.UnreadableImageError as e:
+    raise UserValueError(str(e)) from None
   prediction = pr.Talk2DinoPredictor(config, args.weights)(image, classes, args.with_background)
-  output = args.output or str(pathlib.Path(args.input).with_name(pathlib.Path(args.input).stem + "_talk2dino.png"))
-  paths = pr.save_prediction(image, prediction, output)
+  paths = pr.save_prediction(image, prediction, pathlib.Path(args.output) / f"{pathlib.Path(args.input).name}.png")
   print(f"wrote {paths['visualization']} and {paths['labels']}")
   return 0
 

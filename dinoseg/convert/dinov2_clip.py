@@ -24,10 +24,12 @@ of the text tower); export writes the text keys only.
 Conversion never changes dtypes (OpenAI's JIT weights are float16; cast afterwards if
 needed), and torch -> Flax -> torch is bit-exact.
 """
+import functools
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from dinoseg.convert.keymap import KeyMismatchError
 from dinoseg.convert.registry import ModelConverter, register
 
 _TO_FLAX = {
@@ -114,15 +116,15 @@ def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...
 def _report(what: str, missing: Iterable[str], unexpected: Iterable[str]) -> None:
   missing, unexpected = sorted(missing), sorted(unexpected)
   if missing or unexpected:
-    raise KeyError(f"{what}: missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
-                   f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
+    raise KeyMismatchError(f"{what}: missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
+                           f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
 
 
 def table_to_flax(state: Mapping[str, np.ndarray], table: KeyTable, ignore=lambda key: False) -> dict:
   """torch state dict -> nested Flax params through `table`; keys where `ignore(key)` are dropped.
 
   Raises:
-    KeyError: listing missing and unexpected keys (nothing is converted partially).
+    KeyMismatchError (a KeyError): listing missing and unexpected keys (nothing is converted partially).
   """
   keys = {k for k in state if not ignore(k)}
   _report("torch -> Flax", set(table) - keys, keys - set(table))
@@ -139,7 +141,7 @@ def table_to_torch(params: Mapping, table: KeyTable) -> dict[str, np.ndarray]:
   """Nested Flax params -> torch state dict (reference key names and layouts) through `table`.
 
   Raises:
-    KeyError: listing missing and unexpected parameter paths.
+    KeyMismatchError (a KeyError): listing missing and unexpected parameter paths.
   """
   flat = _flatten(params)
   by_path = {path: key for key, (path, _) in table.items()}
@@ -153,25 +155,35 @@ def _unwrap(params: Mapping) -> Mapping:
   return params["params"] if set(params) == {"params"} else params
 
 
+def _abstract_params(name: str, *example_shape_dtype) -> dict:
+  """The params of the registered backbone `name` as shapes (jax.eval_shape of its init)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from dinoseg import backbones  # noqa: PLC0415
+  shape, dtype = example_shape_dtype
+  return jax.eval_shape(backbones.build(name).init, jax.random.key(0), jnp.zeros(shape, dtype))["params"]
+
+
 def dinov2_converter(name: str, depth: int, ffn: str = "mlp", num_register_tokens: int = 0,
-                     description: str = "") -> ModelConverter:
-  """A ModelConverter for one DINOv2 layout."""
+                     description: str = "", abstract=None) -> ModelConverter:
+  """A ModelConverter for one DINOv2 layout (`abstract`: see ModelConverter)."""
   table = dinov2_key_table(depth, ffn, num_register_tokens)
   return ModelConverter(name=name, to_flax=lambda state: table_to_flax(state, table),
                         to_torch=lambda params: table_to_torch(_unwrap(params), table),
-                        description=description)
+                        description=description, abstract=abstract)
 
 
 def _clip_ignored(key: str) -> bool:
   return key in CLIP_IGNORED_KEYS or key.startswith(CLIP_IGNORED_PREFIXES)
 
 
-def clip_text_converter(name: str, depth: int, description: str = "") -> ModelConverter:
+def clip_text_converter(name: str, depth: int, description: str = "", abstract=None) -> ModelConverter:
   """A ModelConverter for a CLIP text tower (full CLIP checkpoints accepted, see module doc)."""
   table = clip_text_key_table(depth)
   return ModelConverter(name=name, to_flax=lambda state: table_to_flax(state, table, _clip_ignored),
                         to_torch=lambda params: table_to_torch(_unwrap(params), table),
-                        description=description)
+                        description=description, abstract=abstract)
 
 
 def _register_builtin() -> None:
@@ -181,10 +193,12 @@ def _register_builtin() -> None:
     regs = kw.get("num_register_tokens", 0)
     register(dinov2_converter(
         name, kw["depth"], kw.get("ffn", "mlp"), regs,
-        description=f"DINOv2 {name.split('_')[1]} (torch.hub checkpoint{', 4 registers' if regs else ''})"))
+        description=f"DINOv2 {name.split('_')[1]} (torch.hub checkpoint{', 4 registers' if regs else ''})",
+        abstract=functools.partial(_abstract_params, name, (1, 224, 224, 3), np.float32)))
   for name, kw in CLIP_TEXT_VARIANTS.items():
     register(clip_text_converter(name, kw["depth"],
-                                 description="OpenAI CLIP ViT-B/16 text tower (text keys of a CLIP state dict)"))
+                                 description="OpenAI CLIP ViT-B/16 text tower (text keys of a CLIP state dict)",
+                                 abstract=functools.partial(_abstract_params, name, (1, 77), np.int32)))
 
 
 _register_builtin()

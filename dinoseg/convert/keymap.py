@@ -22,7 +22,9 @@ pattern and drops them on import (they are never exported): e.g. `num_batches_tr
 Both directions are strict: `to_flax` raises `KeyMismatchError` listing every missing and every
 unexpected torch key, `to_torch` every missing and unexpected Flax path; nothing is converted
 partially. `to_flax(state, expected=abstract_variables)` also checks every shape and dtype
-against the model (e.g. `jax.eval_shape(model.init, ...)`). Dtypes are never changed, so
+against the model (e.g. `jax.eval_shape(model.init, ...)`); `check_shapes(tree, abstract)` checks
+the shapes of any converted tree. All of these are `ConversionError`s: the data does not fit the
+model, a user error (dinoseg.errors; one line, exit status 2 on the command line). Dtypes are never changed, so
 torch -> Flax -> torch is bit-exact.
 
 `torch_shapes(abstract_variables)` gives the torch keys, shapes and dtypes the export would write
@@ -43,10 +45,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dinoseg.errors import UserValueError
+
 Path = tuple[str, ...]
 
 
-class KeyMismatchError(KeyError, ValueError):
+class ConversionError(UserValueError):
+  """Weights that do not fit the model: keys, shapes, dtypes, tied copies or rebuilt buffers differ."""
+
+
+class KeyMismatchError(ConversionError, KeyError):
   """Missing and/or unexpected keys (or paths) in a conversion. `missing` / `unexpected` list them."""
 
   def __init__(self, what: str, missing: Iterable[str] = (), unexpected: Iterable[str] = (), limit: int = 30):
@@ -150,7 +158,7 @@ def split(torch_key: str, flax_paths: Sequence[Sequence[str] | str], axis: int =
 
   def to_flax(a):
     if a[0].shape[axis] % n:
-      raise ValueError(f"{torch_key}: axis {axis} of shape {a[0].shape} does not split into {n} parts")
+      raise ConversionError(f"{torch_key}: axis {axis} of shape {a[0].shape} does not split into {n} parts")
     return [layout.to_flax(part) for part in np.split(a[0], n, axis=axis)]
 
   return Rule((torch_key,), paths, to_flax,
@@ -164,7 +172,7 @@ def tied(torch_keys: Sequence[str], flax_path: Sequence[str] | str, layout: Layo
   def to_flax(arrays):
     for key, a in zip(keys[1:], arrays[1:]):
       if a.shape != arrays[0].shape or not np.array_equal(a, arrays[0]):
-        raise ValueError(f"tied tensors differ: {keys[0]} and {key} must hold the same values")
+        raise ConversionError(f"tied tensors differ: {keys[0]} and {key} must hold the same values")
     return [layout.to_flax(arrays[0])]
 
   return Rule(keys, (_path(flax_path),), to_flax, lambda a: [layout.to_torch(a[0])] * len(keys),
@@ -181,7 +189,7 @@ def buffer(torch_key: str, value: np.ndarray | Callable[[], np.ndarray], check: 
       expected = np.asarray(make())
       a = arrays[0]
       if a.shape != expected.shape or not np.array_equal(a, expected):
-        raise ValueError(f"buffer {torch_key} (shape {a.shape}) differs from the value this model rebuilds "
+        raise ConversionError(f"buffer {torch_key} (shape {a.shape}) differs from the value this model rebuilds "
                          f"(shape {expected.shape}); the checkpoint was made for another configuration")
     return []
 
@@ -275,7 +283,7 @@ class KeyMap:
         converted array's shape and dtype must match, and every expected path must be produced.
     Raises:
       KeyMismatchError: missing / unexpected torch keys (or Flax paths vs `expected`).
-      ValueError: shape or dtype mismatches, differing tied copies, unexpected buffer values.
+      ConversionError: shape or dtype mismatches, differing tied copies, unexpected buffer values.
     """
     known = set(self.torch_keys)
     missing = known - set(state)
@@ -285,7 +293,14 @@ class KeyMap:
     flat = {}
     for rule in self.rules:
       arrays = [np.asarray(state[k]) for k in rule.torch_keys]
-      for path, value in zip(rule.flax_paths, rule.to_flax(arrays), strict=True):
+      try:
+        values = rule.to_flax(arrays)
+      except ValueError as e:  # a split that does not divide, a reshape that does not fit, differing copies
+        if isinstance(e, ConversionError):
+          raise
+        shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in zip(rule.torch_keys, arrays))
+        raise ConversionError(f"{shapes}: does not fit the model ({e})") from None
+      for path, value in zip(rule.flax_paths, values, strict=True):
         flat[path] = value  # a view until every check has passed
     if expected is not None:
       _check_flat(flat, flatten_variables(expected))
@@ -337,7 +352,7 @@ class KeyMap:
 
 
 def check_against(variables: Mapping, expected: Mapping) -> None:
-  """Raises KeyMismatchError / ValueError unless `variables` has exactly the paths, shapes and dtypes of
+  """Raises KeyMismatchError / ConversionError unless `variables` has exactly the paths, shapes and dtypes of
   `expected` (e.g. `jax.eval_shape(model.init, ...)`)."""
   _check_flat(flatten_variables(variables), flatten_variables(expected))
 
@@ -354,7 +369,28 @@ def _check_flat(flat: Mapping[Path, Any], expected: Mapping[Path, Any]) -> None:
       bad.append(f"{_fmt(path)}: got {tuple(value.shape)} {np.dtype(value.dtype)}, "
                  f"model has {tuple(want.shape)} {np.dtype(want.dtype)}")
   if bad:
-    raise ValueError(f"{len(bad)} shape/dtype mismatches: " + "; ".join(sorted(bad)[:30]))
+    raise ConversionError(f"{len(bad)} shape/dtype mismatches: " + "; ".join(sorted(bad)[:30]))
+
+
+def check_shapes(variables: Mapping, expected: Mapping, what: str = "the converted weights") -> None:
+  """Checks a converted tree against the model's abstract variables (e.g. `jax.eval_shape` of its init):
+  the same paths in every collection `variables` has, and the same shapes (dtypes may differ: they are
+  cast when the weights are placed).
+
+  Raises:
+    KeyMismatchError: paths only on one side; ConversionError: shape mismatches, each as
+      "path: expected (...), found (...)".
+  """
+  flat = flatten_variables(variables)
+  want = {p: a for p, a in flatten_variables(expected).items() if p[0] in {q[0] for q in flat}}
+  missing, unexpected = {_fmt(p) for p in set(want) - set(flat)}, {_fmt(p) for p in set(flat) - set(want)}
+  if missing or unexpected:
+    raise KeyMismatchError(f"{what} do not have the model's variables", missing, unexpected)
+  bad = sorted(f"{_fmt(p)}: expected {tuple(want[p].shape)}, found {tuple(v.shape)}"
+               for p, v in flat.items() if tuple(v.shape) != tuple(want[p].shape))
+  if bad:
+    raise ConversionError(f"{len(bad)} of {len(flat)} tensors of {what} do not fit the model's shapes: "
+                          + "; ".join(bad[:20]) + (" ..." if len(bad) > 20 else ""))
 
 
 # Helpers for building maps of common torch modules. `t` is a torch key prefix ("blocks.0.attn.qkv"),

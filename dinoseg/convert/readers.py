@@ -22,6 +22,11 @@ raises `UnsafeCheckpointError` before it is called:
 `read_checkpoint(path)` dispatches on the suffix (or a directory) and returns a dict whose tensors
 are numpy arrays (torch bfloat16 -> ml_dtypes.bfloat16). Writers: `write_safetensors` (numpy,
 torch-free), `write_pth` (torch-free, dinoseg.convert.pth_writer), `write_orbax`.
+
+Errors are user errors (dinoseg.errors; one line naming the file on the command line, exit status 2):
+`UserFileNotFoundError` (no such file), `UnsafeCheckpointError` (the file references code),
+`CorruptCheckpointError` (random bytes, a truncated file, a wrong suffix, a format error). Messages
+never repeat torch's advice to load with `weights_only=False`, which would execute the file's code.
 """
 import collections
 import io
@@ -29,14 +34,64 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import zipfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from dinoseg.errors import UserError, UserFileNotFoundError, UserValueError
 
-class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError, ValueError):
   """The file asks for something other than plain data (code execution is never attempted)."""
+
+
+class CorruptCheckpointError(UserValueError):
+  """The file is not a readable checkpoint of its format (random bytes, truncated, wrong suffix)."""
+
+
+# What parsing a damaged file may raise (pickle opcodes, zip / JSON structure, short reads, bad shapes).
+_PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                 OverflowError, UnicodeDecodeError, zipfile.BadZipFile, RuntimeError, OSError)
+_REFUSED = ("refusing to load {name}: the checkpoint references a global outside the allow-list of plain "
+            "tensors/arrays (it could execute code); convert it with trusted tools first")
+
+
+def _reason(error: BaseException) -> str:
+  """A short reason for a parse error: its first sentence, without any advice about `weights_only`."""
+  text = str(error).strip().split("\n")[0].split(". ")[0].strip().rstrip(".")
+  if not text or "weights_only" in text:
+    text = "empty or truncated" if isinstance(error, EOFError) else type(error).__name__
+  return text[:200]
+
+
+def _torch_load_error(path, error: BaseException) -> UserError:
+  """torch.load(weights_only=True)'s error as a one-line UserError: a global it blocked is an
+  UnsafeCheckpointError, anything else a CorruptCheckpointError with torch's reason, never with its advice
+  to retry with `weights_only=False` (which would run the file's code)."""
+  text = str(error)
+  found = re.search(r"GLOBAL ([\w.]+)", text, re.I)
+  if found:
+    return UnsafeCheckpointError(f"{path}: " + _REFUSED.format(name=found.group(1)))
+  paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+  detail = " ".join(p for p in paragraphs if p and "weights_only" not in p and not p.startswith("Check the doc"))
+  reason = detail[:200] if len(paragraphs) > 1 and detail else _reason(error)  # torch's weights-only layout
+  return CorruptCheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another format: "
+                                f"{reason})")
+
+
+def _parsing(path, what: str, read, *args):
+  """`read(*args)` with parse errors of a damaged file turned into one-line CorruptCheckpointErrors."""
+  try:
+    return read(*args)
+  except UserError as e:
+    if isinstance(e, UnsafeCheckpointError) and str(path) not in str(e):
+      raise UnsafeCheckpointError(f"{path}: {e}") from None
+    raise
+  except _PARSE_ERRORS as e:
+    raise CorruptCheckpointError(f"{path}: not a readable {what} (corrupt, truncated or another format: "
+                                 f"{_reason(e)})") from None
 
 
 # torch storage class name -> numpy dtype (ml_dtypes for bfloat16 / float8).
@@ -84,9 +139,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     allowed = self.allowed()
     if (module, name) in allowed:
       return allowed[(module, name)]
-    raise UnsafeCheckpointError(
-        f"refusing to load {module}.{name}: the checkpoint references a global outside the allow-list "
-        f"of plain tensors/arrays (it could execute code); convert it with trusted tools first")
+    raise UnsafeCheckpointError(_REFUSED.format(name=f"{module}.{name}"))
 
   def allowed(self) -> dict:
     return self.ALLOWED
@@ -169,11 +222,12 @@ def read_torch_zip(path: str | os.PathLike) -> Any:
   """Reads a PyTorch zip-format checkpoint (.pth/.pt) without torch; tensors as numpy arrays."""
   path = pathlib.Path(path)
   if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path} is not a PyTorch zip checkpoint (the legacy pre-1.6 format needs torch installed)")
+    raise CorruptCheckpointError(f"{path} is not a PyTorch zip checkpoint (corrupt, truncated, or the legacy "
+                                 "pre-1.6 format, which needs torch installed)")
   with zipfile.ZipFile(path) as archive:
     pkls = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
-      raise ValueError(f"{path}: expected one <archive>/data.pkl in the zip, found {pkls}")
+      raise CorruptCheckpointError(f"{path}: expected one <archive>/data.pkl in the zip, found {pkls}")
     prefix = pkls[0][:-len("data.pkl")]
     byteorder = "little"
     if f"{prefix}byteorder" in archive.namelist():
@@ -217,36 +271,56 @@ def read_pth(path: str | os.PathLike, use_torch: bool | None = None) -> Any:
       installed.
   Raises:
     UnsafeCheckpointError: the file references code (nothing of it is executed).
+    CorruptCheckpointError: not a readable checkpoint.
   """
   if use_torch is None:
     use_torch = torch_available()
   if not use_torch:
-    return read_torch_zip(path)
+    return _parsing(path, "PyTorch checkpoint", read_torch_zip, path)
   import torch  # noqa: PLC0415
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused the file: {e}") from e
+  except _PARSE_ERRORS as e:
+    raise _torch_load_error(path, e) from None
   return _torch_to_numpy(obj)
 
 
-def read_pkl(path: str | os.PathLike) -> Any:
-  """Reads a detectron2-style pickle of numpy arrays with `NumpyUnpickler` (latin1 for Python 2 pickles)."""
+def _load_pkl(path) -> Any:
   with open(path, "rb") as f:
     obj = NumpyUnpickler(f, encoding="latin1").load()
   _check_no_objects(obj)
   return obj
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a .safetensors file into numpy arrays (bfloat16 / float8 via ml_dtypes)."""
+def read_pkl(path: str | os.PathLike) -> Any:
+  """Reads a detectron2-style pickle of numpy arrays with `NumpyUnpickler` (latin1 for Python 2 pickles).
+
+  Raises:
+    UnsafeCheckpointError: a global outside the allow-list, object arrays; CorruptCheckpointError.
+  """
+  return _parsing(path, "pickle of arrays", _load_pkl, path)
+
+
+def _load_safetensors(path) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError  # noqa: PLC0415
+  from safetensors.numpy import load_file  # noqa: PLC0415
   try:
-    from safetensors.numpy import load_file  # noqa: PLC0415
     return dict(load_file(str(path)))
+  except SafetensorError as e:
+    raise CorruptCheckpointError(f"{path}: not a readable .safetensors file ({_reason(e)})") from None
   except (TypeError, ValueError, KeyError) as e:  # dtypes numpy lacks: parse the format directly
     if "dtype" not in str(e).lower() and "BF16" not in str(e) and "F8" not in str(e):
       raise
     return _read_safetensors_raw(path)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a .safetensors file into numpy arrays (bfloat16 / float8 via ml_dtypes).
+
+  Raises:
+    CorruptCheckpointError: not a readable .safetensors file (random bytes, truncated).
+  """
+  return _parsing(path, ".safetensors file", _load_safetensors, path)
 
 
 def _read_safetensors_raw(path) -> dict[str, np.ndarray]:
@@ -257,6 +331,8 @@ def _read_safetensors_raw(path) -> dict[str, np.ndarray]:
             "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
   data = pathlib.Path(path).read_bytes()
   n = int.from_bytes(data[:8], "little")
+  if len(data) < 8 or 8 + n > len(data):
+    raise CorruptCheckpointError(f"{path}: not a readable .safetensors file (the header overruns the file)")
   header = json.loads(data[8:8 + n])
   out = {}
   for key, info in header.items():
@@ -293,9 +369,9 @@ def read_orbax(path: str | os.PathLike) -> dict:
     steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").is_dir()) \
         if path.is_dir() else []
     if steps:
-      raise FileNotFoundError(f"{path} holds the checkpoints of steps {', '.join(map(str, steps))}; "
-                              f"pass one step directory, e.g. {path / str(steps[-1])}")
-    raise FileNotFoundError(f"{path} is not an Orbax checkpoint directory (no _METADATA in {item})")
+      raise UserFileNotFoundError(f"{path} holds the checkpoints of steps {', '.join(map(str, steps))}; "
+                                  f"pass one step directory, e.g. {path / str(steps[-1])}")
+    raise UserFileNotFoundError(f"{path} is not an Orbax checkpoint directory (no _METADATA in {item})")
   verbosity = absl.logging.get_verbosity()
   absl.logging.set_verbosity(absl.logging.ERROR)  # item dirs of a manager lack _CHECKPOINT_METADATA
   try:
@@ -306,6 +382,9 @@ def read_orbax(path: str | os.PathLike) -> dict:
       tree = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  except (ValueError, KeyError, OSError, EOFError) as e:
+    raise CorruptCheckpointError(f"{path}: not a readable Orbax checkpoint (corrupt or incomplete: "
+                                 f"{_reason(e)})") from None
   finally:
     absl.logging.set_verbosity(verbosity)
   return jax.tree.map(np.asarray, restored)
@@ -315,12 +394,13 @@ def read_checkpoint(path: str | os.PathLike, use_torch: bool | None = None) -> A
   """Reads any supported checkpoint by suffix (.pth/.pt/.bin, .pkl, .safetensors) or Orbax directory.
 
   Raises:
-    FileNotFoundError: no such file.
-    ValueError: unknown format; UnsafeCheckpointError (a ValueError) for files that reference code.
+    UserFileNotFoundError: no such file.
+    CorruptCheckpointError: unknown format or not readable; UnsafeCheckpointError: the file references
+      code. All are UserErrors (and ValueErrors / FileNotFoundErrors).
   """
   path = pathlib.Path(path)
   if not path.exists():
-    raise FileNotFoundError(f"no such checkpoint: {path}")
+    raise UserFileNotFoundError(f"no such checkpoint: {path}")
   if path.is_dir():
     return read_orbax(path)
   suffix = path.suffix.lower()
@@ -330,8 +410,8 @@ def read_checkpoint(path: str | os.PathLike, use_torch: bool | None = None) -> A
     return read_pkl(path)
   if suffix == ".safetensors":
     return read_safetensors(path)
-  raise ValueError(f"unknown checkpoint format {suffix!r} for {path}; expected .pth/.pt, .pkl, .safetensors "
-                   "or an Orbax directory")
+  raise CorruptCheckpointError(f"unknown checkpoint format {suffix!r} for {path}; expected .pth/.pt, .pkl, "
+                               ".safetensors or an Orbax directory")
 
 
 def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike,
@@ -383,7 +463,7 @@ def write_orbax(tree: Mapping, path: str | os.PathLike) -> None:
   import orbax.checkpoint as ocp  # noqa: PLC0415
   path = pathlib.Path(path).resolve()
   if path.exists():
-    raise ValueError(f"{path} already exists; Orbax output directories are never overwritten")
+    raise UserValueError(f"{path} already exists; Orbax output directories are never overwritten")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, tree)
   checkpointer.wait_until_finished()

@@ -11,13 +11,18 @@ Conventions:
   statistics) are included under their collection name only when the model has them,
   in which case `to_flax` returns {"params": ..., "<collection>": ...} and sets
   `variables=True`.
-- Both directions must fail loudly (KeyError / ValueError listing the keys) on missing or
-  unexpected keys, never load partially.
+- Both directions must fail loudly on missing or unexpected keys and wrong shapes, never load
+  partially, with `dinoseg.convert.keymap.ConversionError` (a UserError: the data does not fit).
+- `abstract`, when given, returns the model's abstract variables in the converter's Flax layout
+  (params, or variables when `variables`), e.g. `jax.eval_shape` of the model's init; `dinoseg
+  convert` then checks every converted shape against it (`keymap.check_shapes`).
 """
 import dataclasses
 from typing import Callable, Mapping
 
 import numpy as np
+
+from dinoseg.errors import UserValueError
 
 StateDict = dict[str, np.ndarray]
 
@@ -33,12 +38,15 @@ class ModelConverter:
       and shapes (tied tensors written under every key the reference has).
     variables: True if the Flax side is a full variables dict ({"params": ..., ...}).
     description: one line for `dinoseg convert --list`.
+    abstract: optional; () -> the model's abstract Flax tree (leaves with .shape / .dtype) in the
+      layout `to_flax` returns, for shape checks.
   """
   name: str
   to_flax: Callable[[Mapping[str, np.ndarray]], dict]
   to_torch: Callable[[Mapping], StateDict]
   variables: bool = False
   description: str = ""
+  abstract: Callable[[], Mapping] | None = None
 
 
 CONVERTERS: dict[str, ModelConverter] = {}
@@ -52,10 +60,10 @@ def register(converter: ModelConverter) -> ModelConverter:
 
 
 def get(name: str) -> ModelConverter:
-  """Returns the converter registered under `name` (ValueError listing known names otherwise)."""
+  """Returns the converter registered under `name` (UserValueError listing known names otherwise)."""
   _import_builtin_converters()
   if name not in CONVERTERS:
-    raise ValueError(f"unknown model {name!r} for conversion; known: {', '.join(sorted(CONVERTERS)) or 'none'}")
+    raise UserValueError(f"unknown model {name!r} for conversion; known: {', '.join(sorted(CONVERTERS)) or 'none'}")
   return CONVERTERS[name]
 
 

@@ -17,12 +17,13 @@ Metrics (`isegm/inference/utils.py: compute_noc_metric`, `scripts/evaluate_model
 Outputs: `summarize` returns a flat metrics dict; `save_curves` writes the per-click IoU curves
 as JSON and a PNG line plot (drawn with Pillow).
 """
-import json
 import pathlib
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from dinoseg import jsonio
 
 NOC_THRESHOLDS = (0.85, 0.90, 0.95)
 PRED_THRESHOLD = 0.49
@@ -126,7 +127,7 @@ def save_curves(out_dir: str | pathlib.Path, curves: Mapping[str, Sequence[np.nd
     curves: {label (e.g. dataset name): per-object IoU arrays}.
     metrics: optional {label: summarize(...)}.
   Returns:
-    (json path, png path).
+    (json path, png path). The JSON is strict: NaN (an undefined metric) is written as null.
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,7 @@ def save_curves(out_dir: str | pathlib.Path, curves: Mapping[str, Sequence[np.nd
                       "per_object": [[float(v) for v in x] for x in all_ious],
                       "metrics": dict((metrics or {}).get(label) or summarize(all_ious))}
   json_path = out_dir / f"{name}.json"
-  json_path.write_text(json.dumps(payload, indent=1))
+  json_path.write_text(jsonio.dumps(payload, indent=1))
   png_path = out_dir / f"{name}.png"
   plot_curves({k: v["mean_iou_per_click"] for k, v in payload.items()}, png_path, title=title)
   return json_path, png_path

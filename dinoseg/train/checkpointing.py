@@ -30,6 +30,10 @@ Behaviour:
   is moved and `CheckpointRestoreError` lists every failure.
 - Restores go straight onto the current mesh through target shardings, so a checkpoint written
   on 8 devices restores on 1 device or on a (data=4, fsdp=2) mesh.
+- Another config: before a checkpoint is restored, the shapes and paths recorded in its metadata
+  are compared with the configured state; checkpoints of a model of another shape (e.g. another
+  `model.decoder.hidden_dim`) or with another optimizer state raise `CheckpointMismatchError` (a
+  UserError: one line naming the first differing parameters, exit status 2), nothing is moved.
 """
 import dataclasses
 import logging
@@ -44,6 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from dinoseg.errors import UserValueError
 from dinoseg.train.optimizer import path_to_str
 from dinoseg.train.state import TrainState
 
@@ -58,6 +63,10 @@ class CheckpointRestoreError(RuntimeError):
 
 class CorruptCheckpointError(RuntimeError):
   """A checkpoint restored, but its arrays do not match the fingerprints recorded at save time."""
+
+
+class CheckpointMismatchError(UserValueError):
+  """The checkpoints were written for another model or optimizer (array paths or shapes differ)."""
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainState) if f.name != "model_state")
@@ -141,13 +150,13 @@ class Checkpointer:
   def __init__(self, directory, *, keep_last: int = 3, keep_best: int = 0, best_metric: str = "",
                best_mode: str = "max", async_save: bool = True, echo: Callable[[str], None] | None = None):
     if keep_last < 1:
-      raise ValueError(f"train.keep_last must be >= 1, got {keep_last}")
+      raise UserValueError(f"train.keep_last must be >= 1, got {keep_last}")
     if keep_best < 0:
-      raise ValueError(f"train.keep_best must be >= 0, got {keep_best}")
+      raise UserValueError(f"train.keep_best must be >= 0, got {keep_best}")
     if keep_best and not best_metric:
-      raise ValueError("train.keep_best > 0 needs train.best_metric (an eval result key)")
+      raise UserValueError("train.keep_best > 0 needs train.best_metric (an eval result key)")
     if best_mode not in ("max", "min"):
-      raise ValueError(f"train.best_mode must be 'max' or 'min', got {best_mode!r}")
+      raise UserValueError(f"train.best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = pathlib.Path(directory).resolve()
     self.best_metric = best_metric
     self._echo = echo
@@ -206,6 +215,55 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
+  def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]] | None:
+    """{'/'-joined path: shape} of checkpoint `step`'s state, from its metadata (None if unreadable)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      metadata = handler.metadata(self.step_dir(step) / STATE)
+    except Exception:  # noqa: BLE001  An unreadable checkpoint is reported by the restore itself.
+      return None
+    finally:
+      handler.close()
+    tree = getattr(metadata, "tree", metadata)
+    return {path_to_str(path): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+  def check_layout(self, step: int, target) -> None:
+    """Raises CheckpointMismatchError when checkpoint `step` does not fit `target` (paths or shapes).
+
+    Compared before anything is restored, from the checkpoint's metadata; an unreadable one passes
+    (its restore reports it).
+    """
+    saved = self.saved_shapes(step)
+    if saved is None:
+      return
+    expected = {path_to_str(path): tuple(leaf.shape)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(state_to_tree(target))}
+    differ = [(k, saved[k], v) for k, v in expected.items() if k in saved and saved[k] != v]
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if not (differ or missing or unexpected):
+      return
+    # The model's own variables first: optimizer moments and EMA repeat the same shapes.
+    model = sorted((d for d in differ if not d[0].startswith(("opt_state/", "ema_params/"))),
+                   key=lambda d: (not d[0].startswith("params/"), d[0])) or differ
+    parts = []
+    if differ:
+      shown = ", ".join(f"{k} saved {tuple(a)} vs expected {tuple(b)}" for k, a, b in model[:4])
+      what = "optimizer / EMA arrays" if model is differ else "model variables"
+      parts.append(f"{len(model)} {what} differ in shape ({shown}{', ...' if len(model) > 4 else ''})")
+    if missing:
+      parts.append(f"{len(missing)} expected arrays are not in it ({', '.join(missing[:4])}"
+                   f"{', ...' if len(missing) > 4 else ''})")
+    if unexpected:
+      parts.append(f"{len(unexpected)} saved arrays are not in the configured state ({', '.join(unexpected[:4])}"
+                   f"{', ...' if len(unexpected) > 4 else ''})")
+    config_json = self.directory.parent / "config.json"
+    raise CheckpointMismatchError(
+        f"checkpoint {self.step_dir(step)} does not fit the configured model: {'; '.join(parts)}. "
+        f"The checkpoints in {self.directory} were written by a run with another config"
+        + (f" (its config: {config_json})" if config_json.is_file() else "")
+        + "; resume with that config, or train in another --workdir")
+
   def _restore_step(self, step: int, target, data_iter) -> Restored:
     import grain  # noqa: PLC0415
     items = {STATE: ocp.args.StandardRestore(state_to_tree(target)), META: ocp.args.JsonRestore()}
@@ -237,6 +295,7 @@ class Checkpointer:
       The restored checkpoint, or None when the directory holds none.
     Raises:
       CheckpointRestoreError: checkpoints exist but none is usable.
+      CheckpointMismatchError: a checkpoint was written for another model (before anything is restored).
     """
     self._manager.reload()
     candidates = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
@@ -244,6 +303,7 @@ class Checkpointer:
       raise CheckpointRestoreError(f"no checkpoint step {step} in {self.directory} (have {self.steps()})")
     failures: list[tuple[int, str]] = []
     for s in candidates:
+      self.check_layout(s, target)
       try:
         restored = self._restore_step(s, target, data_iter)
       except Exception as e:  # noqa: BLE001  Any failure makes this checkpoint unusable; try the previous.
@@ -289,5 +349,6 @@ def _jsonable(tree):
   return tree
 
 
-__all__ = ["Checkpointer", "Restored", "state_to_tree", "tree_to_state", "CheckpointRestoreError", "CorruptCheckpointError", "fingerprint",
+__all__ = ["Checkpointer", "Restored", "state_to_tree", "tree_to_state", "CheckpointRestoreError",
+           "CorruptCheckpointError", "CheckpointMismatchError", "fingerprint",
            "STATE", "DATA_ITER", "META"]

@@ -21,6 +21,8 @@ CPU-only multi-process runs (tests, debugging) use JAX's gloo CPU collectives, t
 import dataclasses
 import os
 
+from dinoseg.errors import UserValueError
+
 ENV_COORDINATOR = "DINOSEG_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "DINOSEG_NUM_PROCESSES"
 ENV_PROCESS_ID = "DINOSEG_PROCESS_ID"
@@ -45,28 +47,28 @@ def _int(value, name: str) -> int | None:
   try:
     return int(value)
   except (TypeError, ValueError):
-    raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    raise UserValueError(f"{name} must be an integer, got {value!r}") from None
 
 
 def resolve(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None,
             *, auto: bool = False, environ=None) -> DistributedConfig:
-  """Merges arguments over environment variables and checks them (ValueError naming the setting)."""
+  """Merges arguments over environment variables and checks them (UserValueError naming the setting)."""
   env = os.environ if environ is None else environ
   address = coordinator_address or env.get(ENV_COORDINATOR) or None
   n = _int(num_processes if num_processes is not None else env.get(ENV_NUM_PROCESSES), "--num-processes")
   pid = _int(process_id if process_id is not None else env.get(ENV_PROCESS_ID), "--process-id")
   if address is None and (n is not None or pid is not None) and not auto:
-    raise ValueError(f"--num-processes/--process-id need --coordinator-address (or {ENV_COORDINATOR})")
+    raise UserValueError(f"--num-processes/--process-id need --coordinator-address (or {ENV_COORDINATOR})")
   if address is not None and not auto:
     if n is None or pid is None:
-      raise ValueError("--coordinator-address needs --num-processes and --process-id "
-                       f"(or {ENV_NUM_PROCESSES} / {ENV_PROCESS_ID})")
+      raise UserValueError("--coordinator-address needs --num-processes and --process-id "
+                           f"(or {ENV_NUM_PROCESSES} / {ENV_PROCESS_ID})")
     if n < 1:
-      raise ValueError(f"--num-processes must be >= 1, got {n}")
+      raise UserValueError(f"--num-processes must be >= 1, got {n}")
     if not 0 <= pid < n:
-      raise ValueError(f"--process-id must be in [0, {n}), got {pid}")
+      raise UserValueError(f"--process-id must be in [0, {n}), got {pid}")
     if ":" not in address:
-      raise ValueError(f"--coordinator-address must be host:port, got {address!r}")
+      raise UserValueError(f"--coordinator-address must be host:port, got {address!r}")
   return DistributedConfig(address, n, pid, auto)
 
 

@@ -8,12 +8,13 @@ Files in the workdir (written by process 0 only):
   tensorboard/            TensorBoard event files with the same scalars (tensorboardX)
   eval/step_<N>.json      the evaluator's full results at step N (see trainer)
 
+Both are strict JSON (dinoseg.jsonio): a NaN or infinite value is written as null.
+
 On resume from step S the JSONL rows after S (written by the interrupted run past its last
 checkpoint) are dropped and TensorBoard purges events after S, so the logs read as one run.
 The progress bar (tqdm, stderr) shows steps, rate and ETA with the latest loss and learning rate.
 """
 import json
-import math
 import pathlib
 import sys
 from typing import Any, Iterable, Mapping
@@ -21,15 +22,14 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
+from dinoseg import jsonio
+
 
 def _scalar(value) -> float | int | None:
   arr = np.asarray(value)
   if arr.ndim != 0:
     return None
-  item = arr.item()
-  if isinstance(item, float) and not math.isfinite(item):
-    return item  # json writes NaN / Infinity, which Python's json reads back
-  return item
+  return arr.item()
 
 
 class MetricWriter:
@@ -74,7 +74,7 @@ class MetricWriter:
           continue
         clean[key] = value
         self._tb.add_scalar(key, value, step)
-      self._jsonl.write(json.dumps(clean) + "\n")
+      self._jsonl.write(jsonio.dumps(clean) + "\n")  # NaN / inf -> null
     self._jsonl.flush()
     self._tb.flush()
 
@@ -82,13 +82,13 @@ class MetricWriter:
     self.write_rows([{"step": step, **{f"{prefix}{k}": v for k, v in scalars.items()}}])
 
   def write_json(self, relative_path: str, obj: Any) -> pathlib.Path | None:
-    """Writes `obj` as indented JSON under the workdir (process 0); returns the path."""
+    """Writes `obj` as indented strict JSON (NaN -> null) under the workdir (process 0); returns the path."""
     if not self.enabled:
       return None
     path = self.workdir / relative_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    tmp.write_text(jsonio.dumps(obj, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
 
@@ -136,12 +136,6 @@ def _summary_writer_class():
   finally:
     del sys.modules["torch"]
   return SummaryWriter
-
-
-def _json_default(obj):
-  if isinstance(obj, (np.generic, np.ndarray)):
-    return obj.tolist()
-  raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def _truncate_jsonl(path: pathlib.Path, last_step: int) -> None:

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dinoseg.errors import UserValueError
 from dinoseg.train.defaults import OPTIMIZER_DEFAULTS, resolve
 
 SCHEDULES = ("constant", "step", "cosine")
@@ -54,11 +55,11 @@ def _compile(patterns: Sequence[str], name: str) -> list[re.Pattern]:
   out = []
   for p in patterns:
     if not isinstance(p, str):
-      raise ValueError(f"optimizer.{name}: patterns must be strings, got {p!r}")
+      raise UserValueError(f"optimizer.{name}: patterns must be strings, got {p!r}")
     try:
       out.append(re.compile(p))
     except re.error as e:
-      raise ValueError(f"optimizer.{name}: invalid regex {p!r}: {e}") from None
+      raise UserValueError(f"optimizer.{name}: invalid regex {p!r}: {e}") from None
   return out
 
 
@@ -66,11 +67,11 @@ def _multiplier_rules(rules) -> list[tuple[re.Pattern, float]]:
   out = []
   for rule in rules:
     if not isinstance(rule, (tuple, list)) or len(rule) != 2:
-      raise ValueError(f"optimizer.lr_multipliers: each rule must be (regex, multiplier), got {rule!r}")
+      raise UserValueError(f"optimizer.lr_multipliers: each rule must be (regex, multiplier), got {rule!r}")
     (pattern,) = _compile([rule[0]], "lr_multipliers")
     mult = float(rule[1])
     if not math.isfinite(mult) or mult < 0:
-      raise ValueError(f"optimizer.lr_multipliers: multiplier for {rule[0]!r} must be >= 0, got {rule[1]!r}")
+      raise UserValueError(f"optimizer.lr_multipliers: multiplier for {rule[0]!r} must be >= 0, got {rule[1]!r}")
     out.append((pattern, mult))
   return out
 
@@ -160,23 +161,23 @@ class Optimizer:
 
 def validate(cfg: Mapping[str, Any]) -> None:
   if cfg["name"] != "adamw":
-    raise ValueError(f"optimizer.name must be 'adamw' (Adam is adamw with weight_decay=0), got {cfg['name']!r}")
+    raise UserValueError(f"optimizer.name must be 'adamw' (Adam is adamw with weight_decay=0), got {cfg['name']!r}")
   for key in ("learning_rate", "eps"):
     if not float(cfg[key]) > 0:
-      raise ValueError(f"optimizer.{key} must be positive, got {cfg[key]!r}")
+      raise UserValueError(f"optimizer.{key} must be positive, got {cfg[key]!r}")
   for key in ("weight_decay", "clip_grad_norm", "warmup_steps"):
     if float(cfg[key]) < 0:
-      raise ValueError(f"optimizer.{key} must be >= 0, got {cfg[key]!r}")
+      raise UserValueError(f"optimizer.{key} must be >= 0, got {cfg[key]!r}")
   for key in ("b1", "b2"):
     if not 0 <= float(cfg[key]) < 1:
-      raise ValueError(f"optimizer.{key} must be in [0, 1), got {cfg[key]!r}")
+      raise UserValueError(f"optimizer.{key} must be in [0, 1), got {cfg[key]!r}")
   if cfg["schedule"] not in SCHEDULES:
-    raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {cfg['schedule']!r}")
+    raise UserValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {cfg['schedule']!r}")
   steps = list(cfg["decay_steps"])
   if any(int(s) <= 0 for s in steps) or steps != sorted(steps):
-    raise ValueError(f"optimizer.decay_steps must be increasing positive steps, got {cfg['decay_steps']!r}")
+    raise UserValueError(f"optimizer.decay_steps must be increasing positive steps, got {cfg['decay_steps']!r}")
   if int(cfg["grad_accum_steps"]) < 1:
-    raise ValueError(f"optimizer.grad_accum_steps must be >= 1, got {cfg['grad_accum_steps']!r}")
+    raise UserValueError(f"optimizer.grad_accum_steps must be >= 1, got {cfg['grad_accum_steps']!r}")
 
 
 def build_optimizer(optimizer_config, num_steps: int) -> Optimizer:
@@ -186,7 +187,7 @@ def build_optimizer(optimizer_config, num_steps: int) -> Optimizer:
     optimizer_config: the `config.optimizer` group (ConfigDict or mapping).
     num_steps: total train steps (the cosine schedule's length).
   Raises:
-    ValueError: naming the offending `optimizer.<key>`.
+    UserValueError: naming the offending `optimizer.<key>`.
   """
   cfg = resolve(optimizer_config, OPTIMIZER_DEFAULTS, "optimizer")
   validate(cfg)

@@ -1,15 +1,20 @@
 """The train loop and the evaluate loop shared by every task (docs/training.md).
 
 `train(config, workdir)`:
-  build the task, mesh, optimizer and the sharded state layout (`build_run`)
+  create and lock the workdir (dinoseg.train.workdir: one process trains in it; a second one is
+  refused at once), watch for SIGTERM / SIGINT (dinoseg.train.preemption)
+  -> build the task, mesh, optimizer and the sharded state layout (`build_run`); check that the
+     global batch divides over the mesh's data-parallel devices
   -> restore the newest usable checkpoint of <workdir>/checkpoints (state + data iterator), or
-     create a fresh state from config.seed
+     create a fresh state from config.seed and apply the `config.init` entries (pretrained weights,
+     dinoseg.convert.init; reported in <workdir>/init_report.json)
   -> loop: next per-process batch -> global batch -> jitted step (state donated)
      every log_every_steps (and before any eval or save): fetch the window's metrics, write one
      row per step, stop if max_nonfinite_steps consecutive steps were skipped
      every eval_every_steps: evaluate, write eval/step_<N>.json
-     every checkpoint_every_steps, at the end, and on SIGTERM: save (async)
-  -> wait for the last save.
+     every checkpoint_every_steps, at the end, and on SIGTERM / SIGINT: save (async; on a signal
+     the run then stops: TrainResult.stop_signal)
+  -> wait for the last save, release the lock.
 
 `evaluate(run, state)` runs the task's predict_fn over its eval iterator and returns the
 evaluator's results; `evaluate_checkpoint(config, workdir)` does so for a saved checkpoint
@@ -25,12 +30,14 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinoseg import parallel
+from dinoseg import jsonio, parallel
+from dinoseg.convert import init as init_lib
+from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.train import checkpointing, optimizer as optimizer_lib, state as state_lib, step as step_lib
-from dinoseg.train import task as task_lib
+from dinoseg.train import task as task_lib, workdir as workdir_lib
 from dinoseg.train.defaults import TRAIN_DEFAULTS, resolve
 from dinoseg.train.metrics import MetricWriter
-from dinoseg.train.preemption import PreemptionHandler
+from dinoseg.train.preemption import PreemptionHandler, signal_name
 
 
 class TrainingDivergedError(RuntimeError):
@@ -40,12 +47,12 @@ class TrainingDivergedError(RuntimeError):
 def _validate_settings(s: dict) -> None:
   for key in ("num_steps", "log_every_steps", "max_nonfinite_steps", "keep_last"):
     if int(s[key]) < 1:
-      raise ValueError(f"train.{key} must be >= 1, got {s[key]!r}")
+      raise UserValueError(f"train.{key} must be >= 1, got {s[key]!r}")
   for key in ("checkpoint_every_steps", "eval_every_steps", "keep_best"):
     if int(s[key]) < 0:
-      raise ValueError(f"train.{key} must be >= 0, got {s[key]!r}")
+      raise UserValueError(f"train.{key} must be >= 0, got {s[key]!r}")
   if not 0.0 <= float(s["ema_decay"]) < 1.0:
-    raise ValueError(f"train.ema_decay must be in [0, 1), got {s['ema_decay']!r}")
+    raise UserValueError(f"train.ema_decay must be in [0, 1), got {s['ema_decay']!r}")
   step_lib.compute_dtype(s["compute_dtype"])
 
 
@@ -133,6 +140,29 @@ def build_run(config, task: task_lib.Task | None = None, devices=None) -> Run:
              abstract=abstract, shardings=shardings)
 
 
+def check_batch_size(run: Run, global_batch_size: int | None = None) -> None:
+  """Raises UserError unless the global train batch divides over the processes and the mesh's batch axes.
+
+  Args:
+    run: the run (its config's `data.batch_size`, the global batch of every task, is checked).
+    global_batch_size: the size actually seen (the first batch); default: `config.data.batch_size`.
+  """
+  data = run.config.get("data") or {}
+  size = global_batch_size if global_batch_size is not None else data.get("batch_size")
+  if size is None:
+    return
+  shards = parallel.batch_shard_count(run.mesh, run.batch_axes)
+  mesh = dict(zip(run.mesh.axis_names, run.mesh.devices.shape))
+  name = "data.batch_size" if "batch_size" in data else "the global batch size"
+  if int(size) % shards:
+    raise UserValueError(
+        f"{name} (the global batch, {size}) must be divisible by the {shards} data-parallel devices of mesh {mesh} "
+        f"(axes {' x '.join(run.batch_axes)}); set --config.data.batch_size to a multiple of {shards} or "
+        "change --config.mesh")
+  if int(size) % jax.process_count():
+    raise UserValueError(f"{name} (the global batch, {size}) must be divisible by the {jax.process_count()} processes")
+
+
 def _gather(tree):
   """Global jax.Arrays -> full NumPy arrays on every process."""
   if jax.process_count() == 1:
@@ -185,9 +215,10 @@ class TrainResult:
   """What `train` returns: the final state, its step, why the loop ended, the last eval results."""
   state: state_lib.TrainState
   step: int
-  stopped_by: str  # "completed" or "preempted"
+  stopped_by: str  # "completed" or "preempted" (a stop signal: checkpoint saved at `step`)
   eval_results: dict | None
   workdir: pathlib.Path
+  stop_signal: int | None = None  # the signal that stopped the run (SIGTERM, SIGINT)
 
 
 def _log_rows(pending, elapsed: float, batch_size: int) -> list[dict]:
@@ -203,6 +234,20 @@ def _log_rows(pending, elapsed: float, batch_size: int) -> list[dict]:
   return rows
 
 
+def initialise(run: Run, entries, say: Callable[[str], None]) -> tuple[state_lib.TrainState, list[dict]]:
+  """A fresh state with the `config.init` entries applied (dinoseg.convert.init): the files are read and
+  checked against the model's shapes before the state is created, then placed with each variable's
+  sharding. Returns (state, one report dict per entry); each report is also said as one line."""
+  abstract = {"params": run.abstract.params, **run.abstract.model_state}
+  arrays, reports = init_lib.load(entries, abstract, run.task.init_converters())
+  state = run.create_state()
+  if arrays:
+    state = state_lib.with_variables(state, arrays, run.shardings, run.optimizer.tx, run.mesh, run.rules)
+  for report in reports:
+    say(init_lib.describe(report))
+  return state, reports
+
+
 def train(config, workdir, *, task: task_lib.Task | None = None, echo: Callable[[str], None] | None = None
           ) -> TrainResult:
   """Trains `config` in `workdir`, resuming from its checkpoints (module docstring).
@@ -216,34 +261,58 @@ def train(config, workdir, *, task: task_lib.Task | None = None, echo: Callable[
     TrainingDivergedError: `max_nonfinite_steps` consecutive non-finite steps; nothing is saved
       after the last good checkpoint.
     checkpointing.CheckpointRestoreError: checkpoints exist but none is usable.
+    UserError: the workdir cannot be created or another process trains in it
+      (workdir.WorkdirInUseError), the checkpoints belong to another config
+      (checkpointing.CheckpointMismatchError), the batch does not divide over the mesh, a bad setting.
   """
-  workdir = pathlib.Path(workdir).resolve()
+  say = echo or (lambda text: print(text, flush=True) if jax.process_index() == 0 else None)
+  workdir = workdir_lib.prepare(workdir)
+  lock = workdir_lib.lock_for_run(workdir, say)
+  try:
+    with PreemptionHandler() as preemption:
+      return _train(config, workdir, task, say, preemption)
+  finally:
+    lock.release()
+
+
+def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandler) -> TrainResult:
+  """The body of `train` once the workdir is locked and stop signals are watched."""
   run = build_run(config, task)
+  check_batch_size(run)
   s = run.settings
   num_steps, log_every = int(s["num_steps"]), int(s["log_every_steps"])
   ckpt_every, eval_every = int(s["checkpoint_every_steps"]), int(s["eval_every_steps"])
   max_nonfinite = int(s["max_nonfinite_steps"])
-  say = echo or (lambda text: print(text, flush=True) if jax.process_index() == 0 else None)
 
+  init_entries = run.task.init_entries(init_lib.entries(config.get("init")))
   checkpointer = checkpointing.Checkpointer(
       workdir / "checkpoints", keep_last=int(s["keep_last"]), keep_best=int(s["keep_best"]),
       best_metric=str(s["best_metric"]), best_mode=str(s["best_mode"]), async_save=bool(s["async_checkpointing"]),
       echo=say)
-  train_iter = run.task.train_iterator(jax.process_index(), jax.process_count())
-  with run.context():
-    restored = checkpointer.restore(run.restore_target(), train_iter)
-  if restored is not None:
-    state = restored.state
-    say(f"resumed from {checkpointer.step_dir(restored.step)} at step {restored.step}")
-  else:
-    state = run.create_state()
-    say(f"starting a new run in {workdir} ({jax.process_count()} process(es), {jax.device_count()} devices, "
-        f"mesh {dict(zip(run.mesh.axis_names, run.mesh.devices.shape))})")
+  try:
+    train_iter = run.task.train_iterator(jax.process_index(), jax.process_count())
+    with run.context():
+      restored = checkpointer.restore(run.restore_target(), train_iter)
+    init_reports = None
+    if restored is not None:
+      state = restored.state
+      say(f"resumed from {checkpointer.step_dir(restored.step)} at step {restored.step}"
+          + ("; config.init is not applied (the checkpoint holds the weights)"
+             if any(e.file and not e.skipped for e in init_entries) else ""))
+    else:
+      say(f"starting a new run in {workdir} ({jax.process_count()} process(es), {jax.device_count()} devices, "
+          f"mesh {dict(zip(run.mesh.axis_names, run.mesh.devices.shape))})")
+      state, init_reports = initialise(run, init_entries, say)
+  except BaseException:
+    checkpointer.close()
+    raise
   start = int(jax.device_get(state.step))
   last_saved = restored.step if restored is not None else None
 
   writer = MetricWriter(workdir, num_steps=num_steps, start_step=start, progress=bool(s["progress"]))
   writer.write_json("config.json", config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  if init_reports:
+    writer.write_json("init_report.json", {"entries": init_reports})
   has_eval = run.task.evaluator() is not None
   eval_results, stopped_by = None, "completed"
   pending: list[tuple[int, dict]] = []
@@ -271,45 +340,51 @@ def train(config, workdir, *, task: task_lib.Task | None = None, echo: Callable[
           "Lower the learning rate, enable gradient clipping, compute in float32, or check the data.")
 
   try:
-    with PreemptionHandler() as preemption:
-      while step < num_steps:
-        batch = run.global_batch(next(train_iter))
-        if batch_size is None:
-          batch_size = int(jax.tree.leaves(batch)[0].shape[0])
-          parallel.check_batch_divisible(batch_size, run.mesh, run.batch_axes)
-        with run.context():
-          state, metrics = run.train_step(state, batch)
-        step += 1
-        pending.append((step, metrics))
-        final = step == num_steps
-        preempted = preemption.should_stop(step)
-        do_eval = has_eval and ((eval_every and step % eval_every == 0) or (final and bool(s["eval_at_end"])))
-        do_save = (ckpt_every and step % ckpt_every == 0) or final or preempted
-        if step == start + 1 or step % log_every == 0 or do_eval or do_save:
-          flush()
-        if do_eval:
-          eval_results = evaluate(run, state)
-          if eval_results is not None:
-            writer.write_json(f"eval/step_{step}.json", {"step": step, "results": eval_results})
-            writer.write_scalars(step, {k: v for k, v in eval_results.items() if np.ndim(v) == 0}, prefix="eval/")
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in list(eval_results.items())[:6]
-                              if isinstance(v, (int, float)))
-            writer.message(f"step {step}: eval {shown}")
-        if do_save and step != last_saved:
-          checkpointer.save(step, state, _IteratorStateSnapshot(train_iter),
-                            metrics=eval_results if do_eval else None)
-          last_saved = step
-        if preempted:
-          checkpointer.wait()
-          stopped_by = "preempted"
-          writer.message(f"received signal {preemption.signal_received}: saved checkpoint "
-                         f"{checkpointer.step_dir(step)} and stopped at step {step}")
-          break
+    if preemption.signal_received is not None:  # asked to stop during start-up: no step to finish, nothing to save
+      stopped_by = "preempted"
+      writer.message(f"received signal {preemption.signal_received} before step {start + 1}: stopped without "
+                     f"training ({signal_name(preemption.signal_received)}; nothing new to save)")
+    while stopped_by == "completed" and step < num_steps:
+      local_batch = next(train_iter)
+      if batch_size is None:  # before the batch is sharded, whose error would not name the setting
+        batch_size = int(np.shape(jax.tree.leaves(local_batch)[0])[0]) * jax.process_count()
+        check_batch_size(run, batch_size)
+      batch = run.global_batch(local_batch)
+      with run.context():
+        state, metrics = run.train_step(state, batch)
+      step += 1
+      pending.append((step, metrics))
+      final = step == num_steps
+      preempted = preemption.should_stop(step)
+      do_eval = has_eval and ((eval_every and step % eval_every == 0) or (final and bool(s["eval_at_end"])))
+      do_save = (ckpt_every and step % ckpt_every == 0) or final or preempted
+      if step == start + 1 or step % log_every == 0 or do_eval or do_save:
+        flush()
+      if do_eval:
+        eval_results = evaluate(run, state)
+        if eval_results is not None:
+          writer.write_json(f"eval/step_{step}.json", {"step": step, "results": eval_results})
+          writer.write_scalars(step, {k: v for k, v in eval_results.items() if np.ndim(v) == 0}, prefix="eval/")
+          shown = ", ".join(f"{k}={v:.4g}" for k, v in list(eval_results.items())[:6]
+                            if isinstance(v, (int, float)))
+          writer.message(f"step {step}: eval {shown}")
+      if do_save and step != last_saved:
+        checkpointer.save(step, state, _IteratorStateSnapshot(train_iter),
+                          metrics=eval_results if do_eval else None)
+        last_saved = step
+      if preempted:
+        checkpointer.wait()
+        stopped_by = "preempted"
+        writer.message(f"received signal {preemption.signal_received}: saved checkpoint "
+                       f"{checkpointer.step_dir(step)} and stopped at step {step} "
+                       f"({signal_name(preemption.signal_received)}; run the same command to resume)")
+        break
     checkpointer.wait()
   finally:
     checkpointer.close()
     writer.close()
-  return TrainResult(state=state, step=step, stopped_by=stopped_by, eval_results=eval_results, workdir=workdir)
+  return TrainResult(state=state, step=step, stopped_by=stopped_by, eval_results=eval_results, workdir=workdir,
+                     stop_signal=preemption.signal_received if stopped_by == "preempted" else None)
 
 
 def restore_for_eval(config, workdir, *, step: int | None = None, task: task_lib.Task | None = None
@@ -317,7 +392,7 @@ def restore_for_eval(config, workdir, *, step: int | None = None, task: task_lib
   """(run, state, step) of the newest usable (or the given) checkpoint of `workdir`."""
   directory = pathlib.Path(workdir).resolve() / "checkpoints"
   if not directory.is_dir():
-    raise FileNotFoundError(f"no checkpoints in {workdir} (expected {directory})")
+    raise UserFileNotFoundError(f"no checkpoints in {workdir} (expected {directory})")
   run = build_run(config, task)
   checkpointer = checkpointing.Checkpointer(directory, async_save=False)
   try:
@@ -326,7 +401,7 @@ def restore_for_eval(config, workdir, *, step: int | None = None, task: task_lib
   finally:
     checkpointer.close()
   if restored is None:
-    raise FileNotFoundError(f"no checkpoints in {directory}")
+    raise UserFileNotFoundError(f"no checkpoints in {directory}")
   return run, restored.state, restored.step
 
 
@@ -335,12 +410,12 @@ def evaluate_checkpoint(config, workdir, *, step: int | None = None, task: task_
   run, state, restored_step = restore_for_eval(config, workdir, step=step, task=task)
   results = evaluate(run, state)
   if results is None:
-    raise ValueError(f"task {config.get('task')!r} has no evaluation (no evaluator / eval_iterator)")
+    raise UserValueError(f"task {config.get('task')!r} has no evaluation (no evaluator / eval_iterator)")
   out = {"step": restored_step, "results": results}
   if jax.process_index() == 0:
     path = pathlib.Path(workdir).resolve() / "eval" / f"step_{restored_step}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    path.write_text(jsonio.dumps(out, indent=2, sort_keys=True) + "\n")
   return out
 
 
@@ -351,13 +426,13 @@ def _place(tree, target, shardings, what: str):
   if got != want:
     paths = lambda t: {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(t)}  # noqa: E731
     missing, unexpected = sorted(paths(target) - paths(tree)), sorted(paths(tree) - paths(target))
-    raise ValueError(f"{what} do not fit the configured model: missing {missing[:8]} ({len(missing)}), "
-                     f"unexpected {unexpected[:8]} ({len(unexpected)})")
+    raise UserValueError(f"{what} do not fit the configured model: missing {missing[:8]} ({len(missing)}), "
+                         f"unexpected {unexpected[:8]} ({len(unexpected)})")
   bad = [(jax.tree_util.keystr(k), tuple(a.shape), tuple(b.shape))
          for (k, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(target))
          if tuple(a.shape) != tuple(b.shape)]
   if bad:
-    raise ValueError(f"{what}: shape mismatches (path, file, model) {bad[:8]}")
+    raise UserValueError(f"{what}: shape mismatches (path, file, model) {bad[:8]}")
   leaves = [np.asarray(a, b.dtype) for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(target))]
   return jax.device_put(jax.tree_util.tree_unflatten(want, leaves), shardings)
 
@@ -379,14 +454,15 @@ def evaluate_weights(config, weights: str, *, workdir: str | None = None,
     model_state = _place(variables, run.abstract.model_state, run.shardings.model_state, f"{weights}: model state")
     results = evaluate_variables(run, params, model_state)
     if results is None:
-      raise ValueError(f"task {config.get('task')!r} has no evaluation (no evaluator / eval_iterator)")
+      raise UserValueError(f"task {config.get('task')!r} has no evaluation (no evaluator / eval_iterator)")
   out = {"weights": str(weights), "results": results}
   if workdir is not None and jax.process_index() == 0:
     path = pathlib.Path(workdir).resolve() / "eval" / f"weights_{pathlib.Path(weights).stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, sort_keys=True, default=float) + "\n")
+    path.write_text(jsonio.dumps(out, indent=2, sort_keys=True) + "\n")
   return out
 
 
-__all__ = ["Run", "build_run", "train", "evaluate", "evaluate_checkpoint", "evaluate_variables", "evaluate_weights",
+__all__ = ["Run", "build_run", "check_batch_size", "train", "initialise", "evaluate", "evaluate_checkpoint",
+           "evaluate_variables", "evaluate_weights",
            "restore_for_eval", "TrainResult", "TrainingDivergedError", "eval_params"]

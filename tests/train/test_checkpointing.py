@@ -52,10 +52,14 @@ def _assert_fell_back_to_8(restored, messages, workdir, run_dir):
 
 
 def test_flipped_byte_in_newest_checkpoint_falls_back(workdir, run_dir):
-  target = _array_files(workdir / "checkpoints" / "12")[-1]
-  data = bytearray(target.read_bytes())
-  data[len(data) // 2] ^= 0x10
-  target.write_bytes(bytes(data))
+  # A byte of every data file: after Orbax merges the per-process OCDBT databases, the restore reads the
+  # merged files, and the per-process files can be copies it never reads (flipping one file could miss).
+  targets = _array_files(workdir / "checkpoints" / "12")
+  assert targets
+  for target in targets:
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
   restored, messages = _restore(run_dir[0], workdir)
   _assert_fell_back_to_8(restored, messages, workdir, run_dir)
 

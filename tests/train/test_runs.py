@@ -279,4 +279,4 @@ def test_eval_weights_of_the_export_equals_the_checkpoint_evaluation(reference, 
   state = torch.load(out, weights_only=True)
   state.pop("classifier.bias")
   torch.save(state, bad)
-  assert cli_main(["eval", f"--config={CONFIG}", f"--weights={bad}"]) == 1  # strict: a missing key is an error
+  assert cli_main(["eval", f"--config={CONFIG}", f"--weights={bad}"]) == 2  # strict: a missing key is bad input

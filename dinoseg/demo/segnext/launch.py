@@ -1,4 +1,10 @@
-"""`dinoseg demo segnext`: loads SegNext and serves the demo page on 127.0.0.1."""
+"""SegNext interactive segmentation in the browser (clicks, boxes, scribbles), served on 127.0.0.1.
+
+`dinoseg demo segnext` binds the port before the model loads (loading takes a while), so a busy port
+fails at once, then loads SegNext and serves the demo page.
+"""
+from dinoseg.errors import UserValueError
+
 DEFAULT_CONFIG = "configs/segnext/vitb_sax2.py"
 
 
@@ -7,9 +13,16 @@ def add_arguments(parser) -> None:
                       help="a SegNext checkpoint: the released .pth (converted on the fly) or an Orbax directory")
   parser.add_argument("--random-init", action="store_true",
                       help="random weights (a smoke test without weights; the page says so)")
-  parser.add_argument("--config", default=DEFAULT_CONFIG,
-                      help=f"config[:variant] giving the model (default {DEFAULT_CONFIG})")
+  parser.add_argument("--config", default=DEFAULT_CONFIG, help="config[:variant] giving the model")
   parser.add_argument("--port", type=int, default=8008, help="port on 127.0.0.1 (0: any free port)")
+
+
+def check_arguments(args) -> None:
+  """The checks that need no model: one of --weights / --random-init, a valid port number."""
+  if bool(args.weights) == bool(args.random_init):
+    raise UserValueError("pass exactly one of --weights and --random-init")
+  if not 0 <= args.port < 65536:
+    raise UserValueError(f"--port must be in [0, 65535], got {args.port}")
 
 
 def build_predictor(args, overrides=()):
@@ -17,8 +30,7 @@ def build_predictor(args, overrides=()):
   from dinoseg.config import load_config  # noqa: PLC0415
   from dinoseg.models.segnext.predictor import SegNextPredictor  # noqa: PLC0415
   from dinoseg.models.segnext.weights import load_model  # noqa: PLC0415
-  if bool(args.weights) == bool(args.random_init):
-    raise ValueError("pass exactly one of --weights and --random-init")
+  check_arguments(args)
   config = load_config(args.config, overrides)
   model, params = load_model(config.model, args.weights, random_init=args.random_init, seed=config.seed)
   return SegNextPredictor(model, params), str(config.model.name)
@@ -26,14 +38,13 @@ def build_predictor(args, overrides=()):
 
 def main(args, overrides) -> int:
   from dinoseg.demo.segnext.server import make_server  # noqa: PLC0415
-  if not 0 <= args.port < 65536:
-    raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-  predictor, name = build_predictor(args, overrides)
-  server = make_server(predictor, port=args.port, model_name=name, random_init=args.random_init)
-  host, port = server.server_address[:2]
-  label = " (RANDOM WEIGHTS)" if args.random_init else ""
-  print(f"SegNext demo{label}: open http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
+  check_arguments(args)
+  server = make_server(None, port=args.port, random_init=args.random_init)  # UserError if the port is busy
   try:
+    server.app.predictor, server.app.model_name = build_predictor(args, overrides)
+    host, port = server.server_address[:2]
+    label = " (RANDOM WEIGHTS)" if args.random_init else ""
+    print(f"SegNext demo{label}: open http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
     server.serve_forever()
   except KeyboardInterrupt:
     pass

@@ -20,6 +20,7 @@ Only one image session is kept per server (the last opened image); model calls a
 The server binds 127.0.0.1 only: it is a local tool, not a service.
 """
 import base64
+import errno
 import http.server
 import io
 import json
@@ -202,9 +203,19 @@ def make_handler(app: DemoApp):
 
 
 def make_server(predictor, *, port: int = 0, model_name: str = "segnext", random_init: bool = False):
-  """A ThreadingHTTPServer bound to 127.0.0.1:port (0 = any free port); `.app` holds the state."""
+  """A ThreadingHTTPServer bound to 127.0.0.1:port (0 = any free port); `.app` holds the state (its
+  `predictor` may be set after binding, before serving).
+
+  Raises:
+    UserError: the port cannot be bound (in use by another program, or privileged).
+  """
+  from dinoseg.errors import UserError  # noqa: PLC0415
   app = DemoApp(predictor, model_name, random_init)
-  server = http.server.ThreadingHTTPServer((HOST, port), make_handler(app))
+  try:
+    server = http.server.ThreadingHTTPServer((HOST, port), make_handler(app))
+  except OSError as e:
+    reason = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror or e})"
+    raise UserError(f"port {port} on {HOST} {reason}; pick another with --port (0 takes any free port)") from None
   server.daemon_threads = True
   server.app = app
   return server

@@ -66,10 +66,10 @@ def test_tiny_prediction_writes_the_png_and_the_label_map(trained, tmp_path):
   Image.fromarray(image).save(tmp_path / "in.jpg", quality=95)
   assert cli.main(["talk2dino", "predict", f"--config={CONFIG}", f"--weights={root / 'run'}",
                    f"--input={tmp_path / 'in.jpg'}", "--classes=red,green_square,sky", "--with-background",
-                   f"--output={tmp_path / 'seg.png'}"]) == 0
-  with Image.open(tmp_path / "seg.png") as vis:
+                   f"--output={tmp_path / 'out'}"]) == 0
+  with Image.open(tmp_path / "out" / "in.jpg.png") as vis:
     assert vis.width > image.shape[1] and vis.height >= image.shape[0]  # legend strip beside the image
-  with Image.open(tmp_path / "seg_labels.png") as raw:
+  with Image.open(tmp_path / "out" / "in.jpg_labels.png") as raw:
     labels = np.asarray(raw)
   assert labels.shape == image.shape[:2] and labels.max() < 4
   # The Python API gives the same map.
@@ -77,7 +77,9 @@ def test_tiny_prediction_writes_the_png_and_the_label_map(trained, tmp_path):
   prediction = predictor(pr.read_image(tmp_path / "in.jpg"), pr.parse_classes("red,green_square,sky"), True)
   assert prediction.names == ["background", "red", "green square", "sky"]
   np.testing.assert_array_equal(prediction.labels, labels)
-  assert cli.main(["talk2dino", "predict", f"--config={CONFIG}", "--classes=cat"]) == 2
+  with pytest.raises(SystemExit) as e:  # --input and --output are required
+    cli.main(["talk2dino", "predict", f"--config={CONFIG}", "--classes=cat"])
+  assert e.value.code == 2
 
 
 def test_mmseg_miou_counts_predicted_but_absent_classes():
@@ -109,9 +111,9 @@ def test_prepared_benchmark_ground_truth_follows_the_label_map(trained):
     sources.PreparedRecords(root / "nothing", "val")
 
 
-def test_missing_weights_are_an_error_unless_random_is_allowed(tmp_path):
-  config = load_config("configs/talk2dino/vitb_mlp_infonce.py:tiny", ["weights.allow_random=False"])
-  with pytest.raises(ValueError, match="config.weights.dinov2 is empty"):
+def test_missing_weights_are_an_error_when_required(tmp_path):
+  config = load_config("configs/talk2dino/vitb_mlp_infonce.py:tiny", ["init.dinov2.required=True"])
+  with pytest.raises(ValueError, match="config.init.dinov2.file is empty"):
     ev.load_for_inference(config)
   with pytest.raises(FileNotFoundError):
     wt.read_state_dict(tmp_path / "missing.pth")
@@ -127,23 +129,19 @@ def test_missing_weights_are_an_error_unless_random_is_allowed(tmp_path):
 
 
 def test_projection_weights_of_the_wrong_width_are_refused(tmp_path):
-  import jax
-  import jax.numpy as jnp
   from safetensors.numpy import save_file
 
   from dinoseg.models.talk2dino.convert import projection_to_flax
-  from dinoseg.models.talk2dino.projection import TextProjection
+  from dinoseg.models.talk2dino.model import build_model
   rng = np.random.default_rng(0)
   save_file({"linear_layer.weight": rng.normal(size=(8, 16)).astype(np.float32),
              "linear_layer.bias": np.zeros(8, np.float32), "hidden_layers.0.weight": np.zeros((8, 8), np.float32),
              "hidden_layers.0.bias": np.zeros(8, np.float32)}, str(tmp_path / "p.safetensors"))
-  expected = jax.eval_shape(lambda: TextProjection(16).init(jax.random.key(0), jnp.zeros((1, 16))))["params"]
-  with pytest.raises(ValueError, match="embed_dim 16"):
-    wt.load_part("projection", str(tmp_path / "p.safetensors"), lambda s: projection_to_flax(s, 16, 16), expected)
-  params = projection_to_flax(wt.read_state_dict(tmp_path / "p.safetensors"))
-  wt.save_flax_params(params, tmp_path / "p.msgpack")
-  with pytest.raises(ValueError, match="do not fit"):  # an 8-wide msgpack for a 16-wide model
-    wt.load_part("projection", str(tmp_path / "p.msgpack"), None, expected)
+  wt.save_flax_params(projection_to_flax(wt.read_state_dict(tmp_path / "p.safetensors")), tmp_path / "p.msgpack")
+  for name in ("p.safetensors", "p.msgpack"):  # an 8-wide projection for the 16-wide tiny model
+    config = load_config("configs/talk2dino/vitb_mlp_infonce.py:tiny", [f"init.projection.file={tmp_path / name}"])
+    with pytest.raises(ValueError, match=r"params/projection/.*: the model expects shape \(16"):
+      wt.load_model_params(build_model(config.model), config)
 
 
 def test_trainer_plugin_task(trained):
@@ -207,7 +205,7 @@ def test_generic_predict_and_eval_commands(trained, tmp_path):
   out = tmp_path / "out"
   assert cli.main(["predict", f"--config={CONFIG}", f"--weights={root / 'run'}", f"--input={tmp_path / 'in.png'}",
                    f"--output={out}", "--classes=red,sky", "--with-background"]) == 0
-  with Image.open(out / "in_labels.png") as raw:
+  with Image.open(out / "in.png_labels.png") as raw:  # outputs start with the input's file name
     labels = np.asarray(raw)
   predictor = pr.Talk2DinoPredictor(config, str(root / "run"))
   np.testing.assert_array_equal(predictor(image, ["red", "sky"], True).labels, labels)
