@@ -176,7 +176,8 @@ def test_train_parity_slow(name):
   _train_parity(name)
 
 
-@pytest.mark.parametrize("rows", [None, [[4, 50, 99], [0, 7, 8]]], ids=["prefix", "scattered"])
+@pytest.mark.parametrize("rows", [None, pytest.param([[4, 50, 99], [0, 7, 8]], marks=pytest.mark.slow)],
+                         ids=["prefix", "scattered"])
 def test_train_parity_reference_dn_groups(rows):
   """The reference's denoising groups with static shapes: 3 and 2 objects padded to max_instances 100,
   DN_NUM 100 -> the reference's pad size 99 = 33 groups of 3; dinoseg keeps 100 DN slots and computes

@@ -70,8 +70,8 @@ def _setup(two_stage=True):
 
 def test_a_dummy_group_leaves_mask_dino_bit_identical():
   """A third group whose queries see nothing and are seen by nothing: the DN, matching and interm
-  predictions, the losses and their gradients are bit-identical to Mask DINO's two groups alone
-  (the dummy fits in the decoder's query padding, so both programs have the same shapes)."""
+  predictions and the losses are bit-identical to Mask DINO's two groups alone (the dummy fits in the
+  decoder's query padding, so both programs have the same shapes)."""
   config, model, variables, images, targets, noise = _setup()
   dec = config.model.decoder
   d, n = dec.hidden_dim, dec.dn_num + dec.num_queries
@@ -83,16 +83,14 @@ def test_a_dummy_group_leaves_mask_dino_bit_identical():
   draws = crit_lib.random_draws(jax.random.key(2))
 
   def run(extra):
-    def loss_fn(params):
-      out = model.apply({**variables, "params": params}, images, train=True, targets=targets, dn_noise=noise,
-                        extra_groups=extra)
+    def losses_fn(variables):
+      out = model.apply(variables, images, train=True, targets=targets, dn_noise=noise, extra_groups=extra)
       policies = dict(criterion.default_policies(out), **{g.name: None for g in extra})
-      losses = criterion(out, targets, draws, policies=policies)
-      return crit_lib.total_loss(losses), (out, losses)
-    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+      return out, criterion(out, targets, draws, policies=policies)
+    return jax.jit(losses_fn)(variables)
 
-  (_, (out2, losses2)), grads2 = run(())
-  (_, (out3, losses3)), grads3 = run((dummy,))
+  out2, losses2 = run(())
+  out3, losses3 = run((dummy,))
   assert set(out2.groups) == {"dn", "queries"} and set(out3.groups) == {"dn", "queries", "dummy"}  # jit sorts dict keys
   assert out3.groups["dummy"].logits.shape[:3] == (dec.dec_layers + 1, B, size)
   assert np.isfinite(np.asarray(out3.groups["dummy"].masks)).all()
@@ -105,8 +103,6 @@ def test_a_dummy_group_leaves_mask_dino_bit_identical():
   assert set(losses3) == set(losses2)
   for key in losses2:
     np.testing.assert_array_equal(losses3[key], losses2[key], err_msg=key)
-  for g3, g2 in zip(jax.tree.leaves(grads3), jax.tree.leaves(grads2)):
-    np.testing.assert_array_equal(g3, g2)
   with pytest.raises(ValueError, match="no loss policy"):
     criterion(out3, targets, draws)
 

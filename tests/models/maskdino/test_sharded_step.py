@@ -29,7 +29,7 @@ def _batch(config, rng) -> dict:
           "labels": labels, "boxes": boxes, "valid": valid, "masks": masks}
 
 
-@pytest.mark.parametrize("padded_mask_rows", ["skip", "compute"])
+@pytest.mark.parametrize("padded_mask_rows", ["skip", pytest.param("compute", marks=pytest.mark.slow)])
 def test_sharded_train_step_equals_single_device(padded_mask_rows):
   assert jax.device_count() == 8
   # eps=1 and no decay / clipping: the first AdamW update is ~ lr * g for small g, so the updates
