@@ -32,8 +32,9 @@ def _packages():
 
 PACKAGES, PACKAGE_DIR = _packages()
 
-# Lower bounds are the versions the test suite was run with (Python 3.11 / jax 0.10.2).
-# No upper bounds: JAX 0.11+ on Python 3.12 is the other supported combination.
+# Lower bounds are the oldest versions the test suite has passed with (README, "Tested versions"): the
+# Python 3.11 / jax 0.10.2 CPU environment; the Python 3.12 / jax 0.11 one has the same or newer
+# releases. No upper bounds.
 INSTALL_REQUIRES = [
     "jax>=0.10.2",
     "flax>=0.12.8",
@@ -41,35 +42,31 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12.8",
     "grain>=0.2.18",
     "array-record>=0.8.6",
-    "tensorflow-datasets>=4.9.10",
-    "importlib_resources>=6.0",  # tfds imports it but does not declare it
-    "numpy>=2.1",
-    "scipy>=1.15",
-    "einops>=0.8.0",
+    "numpy>=2.4.6",
+    "scipy>=1.17.1",
+    "einops>=0.8.2",
     "ml-collections>=1.1.0",
-    "pycocotools>=2.0.8",
-    "pillow>=10.0",
-    "tqdm>=4.66",
-    "tensorboardX>=2.6",
-    "safetensors>=0.4.5",
-    "absl-py>=2.1",
-    # CLIP tokenizer: text cleaning and Unicode-class pre-splitting, as the reference does.
+    "pycocotools>=2.0.11",
+    "pillow>=13.0.0",
+    "tqdm>=4.70.1",
+    "tensorboardX>=2.6.5",
+    "safetensors>=0.8.0",
+    "absl-py>=2.5.1",
+    # CLIP tokenizer: text cleaning and Unicode-class pre-splitting, as the reference does (its BPE merges
+    # ship with dinoseg: dinoseg/backbones/data/).
     "ftfy>=6.3.1",
-    "regex>=2026.11.15",
-    # Ships CLIP's BPE merges (MIT; embedded in its extension module; needs only numpy). Wheels exist
-    # for CPython 3.11/3.12 on Linux x86_64, macOS arm64 and Windows x64. Elsewhere install
-    # open-clip-torch or clip-anytorch with --no-deps (they ship bpe_simple_vocab_16e6.txt.gz) or
-    # pass bpe_path= (see docs/dinov2_clip.md).
-    "instant-clip-tokenizer>=0.1.1; python_version < '3.13' and ("
-    "(sys_platform == 'linux' and platform_machine == 'x86_64') or "
-    "(sys_platform == 'darwin' and platform_machine == 'arm64') or "
-    "(sys_platform == 'win32' and platform_machine == 'AMD64'))",
+    "regex>=2026.12.2",
 ]
 
+# `dinoseg data prepare --format tfds` (TFDS builders); importlib_resources: tfds imports it undeclared.
+TFDS = ["tensorflow-datasets>=4.9.10", "importlib_resources>=7.1.0"]
+
 EXTRAS = {
-    "test": ["pytest>=8.0", "pytest-xdist>=3.6", "pytest-timeout>=2.3", "setuptools>=68", "wheel>=0.40",
+    "tfds": TFDS,
+    "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "pytest-timeout>=2.4.0", "setuptools>=84.0.0",
+             "wheel>=0.46.3",
              # SegNext demo end-to-end test: drives Debian's chromium over the DevTools protocol.
-             "websocket-client>=1.9.2"],
+             "websocket-client>=1.9.2", *TFDS],
     # PyTorch is only an oracle (parity tests) and a weight-file format. Install the
     # CPU build: `pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`.
     "torch": ["torch>=2.13.0"],
@@ -88,7 +85,7 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     include_package_data=True,
-    package_data={"dinoseg": ["assets/*", "py.typed", "demo/*/static/*"]},
+    package_data={"dinoseg": ["assets/*", "py.typed", "demo/*/static/*", "backbones/data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["dinoseg=dinoseg.cli:main"]},

@@ -6,7 +6,6 @@
   open_dataset(dir)                               random access to prepared records
   build_train_iterator(config.data, p, P)         grain training batches (checkpointable)
   build_eval_iterator(config.data, p, P)          grain evaluation batches (each example once)
-  batch.to_padded(batch)                          -> PaddedImages / PaddedInstances (on device)
 
 Submodules are imported lazily so that `import dinoseg.data_pipelines` stays light.
 """
@@ -16,9 +15,8 @@ _LAZY = {
     "build_train_iterator": "pipeline", "build_eval_iterator": "pipeline", "build_train_dataset": "pipeline",
     "build_eval_dataset": "pipeline", "default_config": "pipeline", "num_eval_batches": "pipeline",
     "open_dataset": "dataset", "PreparedDataset": "dataset", "prepare": "writer", "synthesize": "synth",
-    "to_padded": "batch", "normalize_images": "batch",
 }
-_SUBMODULES = ("schema", "writer", "preparers", "synth", "transforms", "dataset", "tasks", "pipeline", "batch",
+_SUBMODULES = ("schema", "writer", "preparers", "synth", "transforms", "dataset", "tasks", "pipeline",
                "tfds_builders")
 
 

@@ -19,25 +19,21 @@ from dinoseg.data_pipelines import schema
 from dinoseg.data_pipelines import transforms as T
 from dinoseg.data_pipelines.dataset import PreparedDataset
 from dinoseg.errors import UserValueError
+from dinoseg.registry import Registry
 
-TASKS: dict[str, type] = {}
+TASKS = Registry("data task", hint=" (config.data.task)")  # name -> example-builder class
 IMAGE_PAD = 128  # image padding value of the training crops (detectron2 FixedSizeCrop / MaskFormer)
 
 
 def register(name: str):
+  """Class decorator: registers a task class under `name` (and sets its `name`)."""
   def wrap(cls):
-    if name in TASKS:
-      raise ValueError(f"a task named {name!r} is already registered")
     cls.name = name
-    TASKS[name] = cls
-    return cls
+    return TASKS.register(name, cls)
   return wrap
 
 
-def get(name: str) -> type:
-  if name not in TASKS:
-    raise UserValueError(f"unknown data task {name!r} (config.data.task); known: {', '.join(sorted(TASKS))}")
-  return TASKS[name]
+get = TASKS.get
 
 
 def import_modules(names) -> None:

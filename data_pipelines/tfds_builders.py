@@ -14,6 +14,9 @@ instance-style preparer: coco_instances, lvis, sa1b, davis345, hqseg44k.
 
 Image features hold the raw encoded bytes (no re-encoding, no TensorFlow needed); tfds decodes them
 with PIL. The categories are in `builder.info.metadata["categories"]`.
+
+This is the only module that imports tensorflow-datasets (an optional dependency:
+`pip install "dinoseg[tfds]"`); nothing imports it unless it is used.
 """
 import numpy as np
 import tensorflow_datasets as tfds

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from dinoseg.registry import Registry
 from dinoseg.structures import pad_instances
 
 IGNORE_LABEL = 255
@@ -347,7 +348,7 @@ def sample_clip(rng: np.random.Generator | None, num_frames: int, clip_length: i
 # ----------------------------------------------------------------------------- prompt samplers
 
 PromptSampler = Callable[[dict, np.random.Generator | None], dict]
-PROMPT_SAMPLERS: dict[str, Callable[..., PromptSampler]] = {}
+PROMPT_SAMPLERS = Registry("prompt_sampler", hint=" (config.data.prompt_sampler)")
 
 
 def register_prompt_sampler(name: str):
@@ -357,21 +358,14 @@ def register_prompt_sampler(name: str):
   or `gt_mask` for the interactive task) and the example's generator (None at evaluation) and returns
   extra fixed-shape arrays to add to the example.
   """
-  def wrap(factory):
-    if name in PROMPT_SAMPLERS:
-      raise ValueError(f"a prompt sampler named {name!r} is already registered")
-    PROMPT_SAMPLERS[name] = factory
-    return factory
-  return wrap
+  return PROMPT_SAMPLERS.register(name)
 
 
 def build_prompt_sampler(name: str, options: Mapping[str, Any] | None = None) -> PromptSampler | None:
   """The sampler registered under `name` ("" or "none": None)."""
   if not name or name == "none":
     return None
-  if name not in PROMPT_SAMPLERS:
-    raise ValueError(f"unknown prompt_sampler {name!r}; known: {', '.join(sorted(PROMPT_SAMPLERS))}")
-  return PROMPT_SAMPLERS[name](**dict(options or {}))
+  return PROMPT_SAMPLERS.get(name)(**dict(options or {}))
 
 
 def interior_point(mask: np.ndarray) -> tuple[int, int]:

@@ -1,16 +1,30 @@
 """dinoseg: the DINO family of segmentation systems in JAX/Flax.
 
-Sub-packages: `ops` (torch-exact array ops), `parallel` (meshes and sharding),
-`kernels` (Pallas/XLA kernels; source in the repository's `kernels/`),
-`data_pipelines` (ArrayRecord datasets and grain pipelines; source in
-`data_pipelines/`), `backbones`, `models`, `train`, `evaluation`, `convert`.
+    import dinoseg
+    predictor = dinoseg.load("configs/maskdino/coco_instance_r50_3s_d1_2048.py", "maskdino_r50.pth")
+    result = predictor.predict("image.jpg")       # a dinoseg.Segmentation: masks, boxes, scores, names
+
+`load` and `Segmentation` are imported on first use (from dinoseg.predict, dinoseg.structures).
+Sub-packages: `ops` (torch-exact array ops), `parallel` (meshes and sharding), `kernels` (Pallas/XLA
+kernels; source in the repository's `kernels/`), `data_pipelines` (ArrayRecord datasets and grain
+pipelines; source in `data_pipelines/`), `backbones`, `models`, `train`, `evaluation`, `convert`;
+`registry` (the one registry class and the `dinoseg.plugins` entry points).
 """
+import importlib
 import importlib.abc
 import importlib.util
 import pathlib
 import sys
 
 __version__ = "0.1.0"
+_LAZY = {"load": "dinoseg.predict", "Segmentation": "dinoseg.structures"}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # In an installed wheel `kernels/` and `data_pipelines/` are copied into this package.
 # In a source checkout (running from the repository, or an editable install whose

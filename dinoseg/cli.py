@@ -7,21 +7,25 @@ so `dinoseg --help` stays fast. Later systems add their commands to `COMMANDS`.
 Config handling is shared: a command that declares `--config` receives the
 `--config.a.b=value` overrides, which `dinoseg.config.load_config` applies.
 
+Output: a command prints its results to stdout; progress and diagnostics are log records, shown on
+stderr from `--verbosity` up (`dinoseg.logs`; default info). XLA's C++ log lines (among them its
+"Very slow compile?" alarm) are hidden unless `--verbosity=debug` or TF_CPP_MIN_LOG_LEVEL is set.
+
 Errors: a `dinoseg.errors.UserError` (bad input) is printed as one line with exit status 2, as are
 argparse's usage errors; any other exception is a bug and propagates with its traceback (exit
 status 1). Exit statuses: 0 success, 1 internal error or partial failure, 2 bad input.
 """
 import argparse
-import importlib
 import sys
 from typing import Sequence
 
-from dinoseg import __version__
+from dinoseg import __version__, logs
 from dinoseg.config import split_config_args
 from dinoseg.errors import UserError
+from dinoseg.registry import Registry
 
-# name -> module implementing it.
-COMMANDS: dict[str, str] = {
+# name -> module implementing it (imported when the parser is built; plugins add theirs: dinoseg.registry).
+COMMANDS = Registry("command", entries={
     "env": "dinoseg.commands.env",
     "config": "dinoseg.commands.config",
     "convert": "dinoseg.commands.convert",
@@ -32,7 +36,7 @@ COMMANDS: dict[str, str] = {
     "eval": "dinoseg.commands.eval",
     "predict": "dinoseg.commands.predict",
     "quickstart": "dinoseg.commands.quickstart",
-}
+})
 
 
 CONFIG_EPILOG = (
@@ -74,10 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                   epilog="Exit status: 0 success, 1 internal error or partial failure, 2 bad input. "
                          "`dinoseg COMMAND --help` describes a command.")
   parser.add_argument("--version", action="version", version=f"dinoseg {__version__}")
+  parser.add_argument("--verbosity", choices=tuple(logs.LEVELS), default=logs.DEFAULT,
+                      help="messages shown on stderr: from this level up (results always go to stdout)")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-  for name, module_name in COMMANDS.items():
-    module = importlib.import_module(module_name)
+  for name, module in COMMANDS.items():
     p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+    p.add_argument("--verbosity", choices=tuple(logs.LEVELS), default=argparse.SUPPRESS,
+                   help=f"as `dinoseg --verbosity` (default: {logs.DEFAULT})")
     module.add_arguments(p)
     p.set_defaults(_module=module)
   return parser
@@ -97,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if overrides and not hasattr(args, "config"):
     parser.error(f"'{args.command}' takes no --config overrides")
+  logs.configure(args.verbosity)
+  logs.quiet_native_logs(args.verbosity)
   try:
     return int(args._module.main(args, overrides) or 0)
   except UserError as e:  # bad input: one line, no traceback

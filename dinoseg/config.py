@@ -23,6 +23,7 @@ import ast
 import contextlib
 import difflib
 import importlib.util
+import logging
 import pathlib
 import sys
 from typing import Any, Mapping, Sequence
@@ -30,6 +31,8 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from dinoseg.errors import UserFileNotFoundError, UserValueError
+
+logger = logging.getLogger(__name__)
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -104,8 +107,8 @@ def load_config(spec: str, overrides: Sequence[str] = (), base: Mapping[str, Any
   if base:
     skipped = set_values(config, base)
     if skipped:
-      print(f"note: {len(skipped)} saved setting(s) that {file.name} no longer has were skipped: "
-            f"{', '.join(skipped[:10])}", file=sys.stderr)
+      logger.warning("%d saved setting(s) that %s no longer has were skipped: %s", len(skipped), file.name,
+                     ", ".join(skipped[:10]))
   config = apply_overrides(config, overrides)
   validate = getattr(module, "validate", None)
   if validate is not None:

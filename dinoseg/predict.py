@@ -1,40 +1,48 @@
-"""Predictors (image -> results) and overlay visualization, for `dinoseg predict` and the Python API.
+"""One way in: `dinoseg.load(config, weights)` -> a predictor; `predictor.predict(image, **prompts)` -> a
+`dinoseg.structures.Segmentation` (masks, scores, labels, names, boxes where the system has them, plus the
+system's maps). `dinoseg predict` uses the same objects, and overlay drawing for it lives here.
 
-A predictor is registered per config `task` in `PREDICTORS` ("module:attribute" of a factory
-`factory(config, variables) -> predictor`); a predictor has `predict(image) -> dict` and
-`write(result, image, out_dir, name) -> list[paths]` (+ optional `finish(out_dir)`). Mask DINO's
-predictor is defined here; other systems add one line to PREDICTORS.
+    import dinoseg
+    predictor = dinoseg.load("configs/maskdino/coco_instance_r50_3s_d1_2048.py", "maskdino_r50.pth")
+    result = predictor.predict("cat.jpg", score_threshold=0.5)   # result.masks (N, H, W), result.names, ...
 
-Output names: every output of an input image starts with the input's full file name
+Predictors are registered per config `task` in `PREDICTORS` (a `dinoseg.registry.Registry`: "module:class"
+of `factory(config, variables, **options) -> Predictor`): Mask DINO's is defined here, SegNext's and
+Talk2DINO's in their `models/<system>/predict.py`. A predictor keeps its weights on the device, jits once per
+input size bucket, and has `predict(image, **prompts) -> Segmentation`, `write(result, image, out_dir, name,
+score_threshold) -> [paths]` and `finish(out_dir)` (`Predictor` is the base class). Weights come from the
+task (`Task.variables_from_weights`: the one route from a file to variables) or, without a file, from the
+config's `init` entries.
+
+Output names (`dinoseg predict`): every output of an input image starts with the input's full file name
 (`output_name`), so `x.png` and `x.jpg` never share an output and no output is named like its own
 input: `x.jpg` -> `x.jpg.png` (overlay), `x.jpg_panoptic.png`, `x.jpg_semantic.png`,
 `panoptic/x.jpg.png` + `.json`, `semantic/x.jpg.png`, `x.jpg_labels.png` (Talk2DINO's label map);
 `predictions.json` holds every instance with `"file_name": "x.jpg"` (`output_paths`).
 `check_outputs` refuses an output directory where one of these paths is an input image.
-
-Usage:
-  from dinoseg import predict
-  p = predict.build_predictor(config, "maskdino_r50.pth")   # .pth/.pkl/.safetensors or an Orbax dir
-  result = p.predict(np.asarray(PIL.Image.open("x.jpg").convert("RGB")))
-  predict.draw_instances(image, result["masks"], result["boxes"], result["labels"], result["scores"]).save("x.png")
 """
 import colorsys
-import importlib
 import json
+import logging
 import math
 import os
 import pathlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from dinoseg.errors import UserFileNotFoundError, UserValueError
+from dinoseg.registry import Registry
+from dinoseg.structures import Segmentation, pad_image, segments_from_label_map
 
-# task -> "module:factory". A factory takes (config, variables) and returns a predictor.
-PREDICTORS: dict[str, str] = {
+logger = logging.getLogger(__name__)
+
+# config.task -> "module:factory"; factory(config, variables, **options) -> Predictor.
+PREDICTORS = Registry("predictor", hint=" (config.task)", entries={
     "maskdino": "dinoseg.predict:MaskDINOPredictor",
-    "talk2dino": "dinoseg.models.talk2dino.predict:make_predictor",
-}
+    "segnext": "dinoseg.models.segnext.predict:SegNextImagePredictor",
+    "talk2dino": "dinoseg.models.talk2dino.predict:Talk2DinoPredictor",
+})
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PREDICTIONS_FILE = "predictions.json"
 
@@ -112,7 +120,8 @@ def draw_instances(image: np.ndarray, masks: np.ndarray | None, boxes: np.ndarra
   draw = ImageDraw.Draw(pil)
   for i in range(k):
     c = color(i)
-    text = _label_text(int(labels[i]), None if scores is None else float(scores[i]), class_names)
+    score = None if scores is None or np.isnan(scores[i]) else float(scores[i])
+    text = _label_text(int(labels[i]), score, class_names)
     if boxes is not None:
       x0, y0, x1, y1 = (float(v) for v in boxes[i])
       draw.rectangle([x0, y0, x1, y1], outline=c, width=2)
@@ -146,56 +155,7 @@ def draw_panoptic(image: np.ndarray, segmentation: np.ndarray, segments_info: Se
   return draw_instances(image, masks, None, labels, None, class_names, alpha)
 
 
-# ----------------------------------------------------------------------------- weights and registry
-
-def load_maskdino_variables(config, weights: str | os.PathLike) -> dict:
-  """Mask DINO variables from a reference checkpoint (.pth/.pkl/.safetensors, converted strictly) or an
-  Orbax directory (dinoseg's own checkpoints: {"params": ..., ...} possibly under "state")."""
-  from dinoseg.convert import readers  # noqa: PLC0415
-  tree = readers.read_checkpoint(weights)
-  if pathlib.Path(weights).is_dir():
-    for key in ("state", "model"):
-      if isinstance(tree, Mapping) and key in tree and isinstance(tree[key], Mapping) and "params" in tree[key]:
-        tree = tree[key]
-    if not (isinstance(tree, Mapping) and "params" in tree):
-      raise UserValueError(f"{weights}: an Orbax checkpoint with a 'params' entry is expected")
-    return {k: v for k, v in tree.items() if k in ("params", "frozen_bn")}
-  from dinoseg.models.maskdino import convert  # noqa: PLC0415
-  return convert.to_flax(tree, config.model)
-
-
-# config.task -> "module:function(config, weights) -> Flax variables" for `dinoseg predict --weights`.
-VARIABLE_LOADERS: dict[str, str] = {
-    "maskdino": "dinoseg.predict:load_maskdino_variables",
-    "talk2dino": "dinoseg.models.talk2dino.predict:load_variables",
-}
-
-
-def load_variables(config, weights: str | os.PathLike) -> dict:
-  """Flax variables for `config` from a weights file or directory, read by the task's loader."""
-  task = config.get("task", "maskdino")
-  if task not in VARIABLE_LOADERS:
-    raise UserValueError(f"no weights loader registered for task {task!r}; known: {', '.join(sorted(VARIABLE_LOADERS))}")
-  return _resolve(VARIABLE_LOADERS[task])(config, weights)
-
-
-def _resolve(spec: str) -> Callable:
-  module, _, attr = spec.partition(":")
-  return getattr(importlib.import_module(module), attr)
-
-
-def build_predictor(config, weights: str | os.PathLike | None, variables: Mapping | None = None):
-  """The registered predictor of `config.task`, with weights from a file/dir or given variables."""
-  task = config.get("task", None)
-  if task not in PREDICTORS:
-    raise UserValueError(f"no predictor registered for task {task!r}; known: {', '.join(sorted(PREDICTORS))}")
-  factory = _resolve(PREDICTORS[task])
-  if variables is None:
-    if weights is None:
-      raise ValueError("weights are required (a checkpoint file or an Orbax directory)")
-    variables = load_variables(config, weights)
-  return factory(config, variables)
-
+# ----------------------------------------------------------------------------- images
 
 def list_images(path: str | os.PathLike) -> list[pathlib.Path]:
   """An image file, or the images of a directory (sorted)."""
@@ -219,11 +179,142 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   dinoseg.data_pipelines.schema.decode_image, as detectron2 reads). Raises FileNotFoundError for a
   missing file and UnreadableImageError for a corrupt, truncated or non-image one."""
   from dinoseg.data_pipelines import schema  # noqa: PLC0415
-  data = pathlib.Path(path).read_bytes()
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserFileNotFoundError(f"no such image file: {path}")
   try:
-    return schema.decode_image(data)
+    return schema.decode_image(path.read_bytes())
   except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
     raise UnreadableImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def as_image(image: Any) -> np.ndarray:
+  """(H, W, 3) uint8 RGB from a path (`read_image`: EXIF orientation applied), a PIL image (EXIF orientation
+  applied, converted to RGB) or an (H, W, 3) uint8 array (used as it is)."""
+  if isinstance(image, (str, os.PathLike)):
+    return read_image(image)
+  if hasattr(image, "getexif") and hasattr(image, "convert"):  # a PIL image
+    from PIL import ImageOps  # noqa: PLC0415
+    if image.getexif().get(0x0112, 1) != 1:
+      image = ImageOps.exif_transpose(image)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+  array = np.asarray(image)
+  if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8 or 0 in array.shape:
+    raise UserValueError(f"an image must be a file path, a PIL image or an (H, W, 3) uint8 RGB array; got an "
+                         f"array of shape {array.shape} and dtype {array.dtype}")
+  return array
+
+
+def class_names(config, num_classes: int) -> tuple[str, ...]:
+  """The name of each label: `config.dataset.class_names`, else "class_<i>"."""
+  names = tuple(str(n) for n in (config.get("dataset", {}).get("class_names", ()) or ()))
+  return names if len(names) >= num_classes else names + tuple(f"class_{i}" for i in range(len(names), num_classes))
+
+
+# ----------------------------------------------------------------------------- loading
+
+def resolve_config(config, overrides: Sequence[str] = ()):
+  """A ConfigDict from a config path (`FILE.py[:variant]`, found as `--config=` finds it, the packaged
+  `dinoseg/configs` included) or a ConfigDict (copied when `overrides` apply: "a.b=value" strings)."""
+  from dinoseg.config import ConfigDict, apply_overrides, load_config  # noqa: PLC0415
+  if isinstance(config, (str, os.PathLike)):
+    return load_config(str(config), list(overrides))
+  if not isinstance(config, ConfigDict):
+    raise UserValueError(f"config must be a config file path (FILE.py[:variant]) or a ConfigDict, got "
+                         f"{type(config).__name__}")
+  return apply_overrides(config.copy_and_resolve_references(), list(overrides)) if overrides else config
+
+
+def initial_variables(task, allow_random: bool = False) -> dict:
+  """The task's variables without a weights file: the `config.init` entries over a random init (as a fresh
+  training run starts). Every variable must come from a file unless `allow_random`."""
+  import flax.linen as nn  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+
+  from dinoseg.convert import init as init_lib  # noqa: PLC0415
+  from dinoseg.convert.keymap import flatten_variables  # noqa: PLC0415
+  abstract = task.abstract_variables()
+  entries = task.init_entries(init_lib.entries(task.config.get("init")))
+  arrays, reports = init_lib.load(entries, abstract, task.init_converters())
+  for report in reports:
+    logger.info(init_lib.describe(report))
+  random = [p for p in flatten_variables(abstract) if p not in arrays]
+  if random and not allow_random:
+    raise UserValueError(
+        f"no weights: {len(random)} of {len(flatten_variables(abstract))} variables of config.task="
+        f"{task.config.get('task')!r} would stay random (e.g. {'/'.join(random[0])}); pass a weights file, set the "
+        "config's init.<entry>.file, or allow_random=True (--random-init) for a smoke test")
+  if random:
+    logger.warning("%d variables start random (allow_random=True)", len(random))
+    seed = jax.random.key(int(task.config.get("seed", 0)))
+    variables = jax.device_get(nn.meta.unbox(jax.jit(task.init_variables)(seed)))
+  else:
+    variables = {}
+  return init_lib.apply(variables, arrays)
+
+
+def build_predictor(config, weights: str | os.PathLike | None = None, variables: Mapping | None = None, *,
+                    allow_random: bool = False, **options):
+  """The registered predictor of `config.task` (a ConfigDict) with weights from a file or directory (read by
+  `Task.variables_from_weights`), given `variables`, or neither (`initial_variables`). `options` go to the
+  predictor (e.g. SegNext's `compiler_options`). `dinoseg predict`, `dinoseg.load` and the demos use this."""
+  from dinoseg.train import task as task_lib  # noqa: PLC0415
+  factory = PREDICTORS.get(str(config.get("task")))
+  if variables is None:
+    task = task_lib.build(config)
+    variables = task.variables_from_weights(weights) if weights is not None else initial_variables(task, allow_random)
+  return factory(config, variables, **options)
+
+
+def load(config, weights: str | os.PathLike | None = None, *, overrides: Sequence[str] = (),
+         allow_random: bool = False, **options):
+  """A predictor for `config` with `weights`: `dinoseg.load(config, weights).predict(image, **prompts)`.
+
+  Args:
+    config: a config file (`FILE.py[:variant]`, looked up like `--config=`, the packaged configs included) or a
+      ConfigDict.
+    weights: a released checkpoint (.pth/.pkl/.safetensors, converted strictly), a Flax .msgpack, or a dinoseg
+      checkpoint directory (a training workdir, `<workdir>/checkpoints/<step>`, `dinoseg convert --to` output).
+      None: the config's `init` entries (e.g. Talk2DINO's projection file) give the weights.
+    overrides: config overrides, "a.b=value" (as `--config.a.b=value`).
+    allow_random: without weights, let variables no file gives start random (smoke tests).
+    options: for the predictor (e.g. `compiler_options` of SegNext).
+  Returns:
+    The predictor registered for `config.task` (`PREDICTORS`).
+  Raises:
+    UserError: a bad config, missing or unreadable weights, weights that do not fit the model.
+  """
+  return build_predictor(resolve_config(config, overrides), weights, allow_random=allow_random, **options)
+
+
+# ----------------------------------------------------------------------------- predictors
+
+class Predictor:
+  """The base of every predictor: the config, the class names and the `dinoseg predict` protocol.
+
+  Subclasses implement `predict(image, **prompts) -> Segmentation`; `write` draws the segments (masks, boxes
+  where there are boxes, "name score" labels) scoring >= the threshold into `<name>.png`.
+  """
+
+  def __init__(self, config, num_classes: int):
+    self.config = config
+    self.class_names = class_names(config, num_classes)
+
+  def predict(self, image, **prompts) -> Segmentation:
+    raise NotImplementedError
+
+  def write(self, result: Segmentation, image: np.ndarray, out_dir: str | os.PathLike, name: str,
+            score_threshold: float = 0.5) -> list[pathlib.Path]:
+    keep = ~(result.scores < score_threshold)  # NaN scores (no confidence) are drawn
+    r = result.select(keep)
+    path = output_paths(out_dir, name)["overlay"]
+    draw_instances(image, r.masks, r.boxes, r.labels, r.scores, self.class_names).save(path)
+    return [path]
+
+  def finish(self, out_dir: str | os.PathLike) -> pathlib.Path | None:
+    """Writes what covers every image (e.g. predictions.json); None when there is nothing."""
+    del out_dir
+    return None
 
 
 # ----------------------------------------------------------------------------- Mask DINO
@@ -241,23 +332,25 @@ def _round_up(x: int, m: int) -> int:
   return int(math.ceil(x / m) * m)
 
 
-class MaskDINOPredictor:
+class MaskDINOPredictor(Predictor):
   """Single-image Mask DINO inference: resize (shortest edge), pad to 32, model, postprocess at the
-  original size. Compiles once per padded input shape and output-size bucket (multiples of 64).
+  original size. Weights live on the device; compiles once per padded input shape and output-size bucket
+  (multiples of 64).
 
-  `predict(image)` returns {"instances": {scores, labels, boxes (xyxy), masks}, "panoptic": (seg,
-  segments_info) and/or "semantic": (C, H, W) scores}, following config.test's *_on switches.
+  `predict(image, score_threshold=None)` -> Segmentation: the instances (test.instance_on; boxes xyxy, the
+  top `test.detections_per_image`, those >= `score_threshold` when given), else the panoptic segments, else
+  the classes present; plus `panoptic` / `segments` (test.panoptic_on) and `semantic` (C, H, W) scores with
+  their argmax `label_map` (test.semantic_on).
   """
 
   def __init__(self, config, variables: Mapping):
     import jax  # noqa: PLC0415
 
     from dinoseg.models.maskdino.model import build_model  # noqa: PLC0415
-    self.config = config
+    super().__init__(config, int(config.model.num_classes))
     self.test = config.test
     self.model = build_model(config.model)
-    self.variables = jax.tree.map(np.asarray, dict(variables))
-    self.class_names = list(config.get("dataset", {}).get("class_names", ()) or ()) or None
+    self.variables = jax.device_put(dict(variables))
     self.category_ids = list(config.get("dataset", {}).get("category_ids", ()) or ()) or None
     self._fns = {}
     self._results = []
@@ -297,36 +390,47 @@ class MaskDINOPredictor:
     self._fns[key] = jax.jit(run)
     return self._fns[key]
 
-  def predict(self, image: np.ndarray) -> dict:
+  def predict(self, image, score_threshold: float | None = None) -> Segmentation:
+    """Segmentation of `image` (a path, a PIL image or (H, W, 3) uint8); see the class docstring."""
     from PIL import Image  # noqa: PLC0415
 
     from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    image = as_image(image)
     h, w = image.shape[:2]
     nh, nw = resize_shortest_edge(h, w, self.test.min_size, self.test.max_size)
     resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), np.float32)
     padded_hw = (_round_up(nh, 32), _round_up(nw, 32))
-    canvas = np.zeros((1, *padded_hw, 3), np.float32)
-    canvas[0, :nh, :nw] = resized
+    canvas = pad_image(resized, padded_hw)[None]
     canvas_hw = (_round_up(h, 64), _round_up(w, 64))
     res = self._fn(padded_hw, canvas_hw)(self.variables, canvas, np.asarray([[nh, nw]], np.int32),
                                          np.asarray([[h, w]], np.int32))
-    out = {}
+    extras: dict[str, Any] = {}
+    if "panoptic" in res:
+      extras["panoptic"] = np.asarray(res["panoptic"].segmentation[0])[:h, :w].astype(np.int32)
+      extras["segments"] = tuple(pp.panoptic_segments_info(res["panoptic"], 0))
+    if "semantic" in res:
+      extras["semantic"] = np.asarray(res["semantic"][0])[:, :h, :w]
+      extras["label_map"] = extras["semantic"].argmax(0).astype(np.int32)
     if "instances" in res:
       r = res["instances"]
       keep = np.asarray(r.valid[0])
-      out["instances"] = {"scores": np.asarray(r.scores[0])[keep], "labels": np.asarray(r.labels[0])[keep],
-                          "boxes": np.asarray(r.boxes[0])[keep], "masks": np.asarray(r.masks[0])[keep][:, :h, :w]}
-    if "panoptic" in res:
-      out["panoptic"] = (np.asarray(res["panoptic"].segmentation[0])[:h, :w],
-                         pp.panoptic_segments_info(res["panoptic"], 0))
-    if "semantic" in res:
-      out["semantic"] = np.asarray(res["semantic"][0])[:, :h, :w]
-    return out
+      labels = np.asarray(r.labels[0])[keep].astype(np.int32)
+      result = Segmentation(masks=np.asarray(r.masks[0])[keep][:, :h, :w].astype(bool),
+                            scores=np.asarray(r.scores[0])[keep].astype(np.float32), labels=labels,
+                            names=tuple(self.class_names[i] for i in labels), class_names=self.class_names,
+                            boxes=np.asarray(r.boxes[0])[keep].astype(np.float32), **extras)
+    elif "panoptic" in res:
+      ids = [s["id"] for s in extras["segments"]]
+      labels = np.asarray([s["category_id"] for s in extras["segments"]], np.int32)
+      result = Segmentation(masks=np.stack([extras["panoptic"] == i for i in ids]) if ids else
+                            np.zeros((0, h, w), bool), scores=np.full(len(ids), np.nan, np.float32), labels=labels,
+                            names=tuple(self.class_names[i] for i in labels), class_names=self.class_names, **extras)
+    else:
+      fields = segments_from_label_map(extras["label_map"], self.class_names, extras["semantic"].max(0))
+      result = Segmentation(**fields, **extras)
+    return result if score_threshold is None else result.select(result.scores >= score_threshold)
 
-  def write(self, result: dict, image: np.ndarray, out_dir: str | os.PathLike, name: str,
+  def write(self, result: Segmentation, image: np.ndarray, out_dir: str | os.PathLike, name: str,
             score_threshold: float = 0.5) -> list[pathlib.Path]:
     """Writes the overlay PNG(s) of the input named `name` (`output_name`; files as `output_paths`) and
     collects its COCO-format instance results (see `finish`)."""
@@ -335,29 +439,23 @@ class MaskDINOPredictor:
     from PIL import Image  # noqa: PLC0415
     out = output_paths(out_dir, name)
     paths = []
-    if "instances" in result:
-      r = result["instances"]
-      image_id = self._num_images
-      for entry in instances_to_coco_json(image_id, r["scores"], r["labels"], boxes_xyxy=r["boxes"], masks=r["masks"],
-                                          category_ids=self.category_ids):
+    if self.test.instance_on:
+      for entry in instances_to_coco_json(self._num_images, result.scores, result.labels, boxes_xyxy=result.boxes,
+                                          masks=result.masks, category_ids=self.category_ids):
         entry["file_name"] = name
         self._results.append(entry)
-      keep = r["scores"] >= score_threshold
-      pil = draw_instances(image, r["masks"][keep], r["boxes"][keep], r["labels"][keep], r["scores"][keep],
-                           self.class_names)
-      paths.append(out["overlay"])
-      pil.save(paths[-1])
-    if "panoptic" in result:
-      seg, info = result["panoptic"]
+      paths += super().write(result, image, out_dir, name, score_threshold)
+    if result.panoptic is not None:
+      info = list(result.segments)
       out["panoptic"].parent.mkdir(exist_ok=True)
-      Image.fromarray(id2rgb(seg)).save(out["panoptic"])
+      Image.fromarray(id2rgb(result.panoptic)).save(out["panoptic"])
       with open(out["panoptic_json"], "w") as f:  # dataset category ids, as predictions.json
         json.dump([dict(s, category_id=self.category_ids[s["category_id"]]) for s in info] if self.category_ids
                   else info, f)
       paths.append(out["panoptic_overlay"])
-      draw_panoptic(image, seg, info, self.class_names).save(paths[-1])
-    if "semantic" in result:
-      label_map = result["semantic"].argmax(0)
+      draw_panoptic(image, result.panoptic, info, self.class_names).save(paths[-1])
+    if result.label_map is not None:
+      label_map = result.label_map
       out["semantic"].parent.mkdir(exist_ok=True)
       Image.fromarray(label_map.astype(np.uint16 if label_map.max() > 255 else np.uint8)).save(out["semantic"])
       paths.append(out["semantic_overlay"])
@@ -367,7 +465,7 @@ class MaskDINOPredictor:
 
   def finish(self, out_dir: str | os.PathLike) -> pathlib.Path | None:
     """Writes predictions.json (COCO results with an extra "file_name") when there were instances."""
-    if not self.config.test.instance_on:
+    if not self.test.instance_on:
       return None
     path = pathlib.Path(out_dir) / PREDICTIONS_FILE
     with open(path, "w") as f:
@@ -375,30 +473,30 @@ class MaskDINOPredictor:
     return path
 
 
-def summarize(result: dict, score_threshold: float = 0.5) -> str:
+def summarize(result: Segmentation, score_threshold: float = 0.5) -> str:
   """What an image's outputs show, for the console: instances drawn (and why none), segments, classes."""
   parts = []
-  if "instances" in result:
-    scores = np.asarray(result["instances"]["scores"])
-    drawn = int((scores >= score_threshold).sum())
-    if not len(scores):
+  if result.boxes is not None:  # instances
+    drawn = int((result.scores >= score_threshold).sum())
+    if not len(result):
       parts.append("no instances predicted")
     elif drawn:
-      parts.append(f"{drawn} of {len(scores)} instances drawn (score >= {score_threshold:g})")
+      parts.append(f"{drawn} of {len(result)} instances drawn (score >= {score_threshold:g})")
     else:
-      parts.append(f"0 of {len(scores)} instances drawn: the best score {scores.max():.3f} is below "
+      parts.append(f"0 of {len(result)} instances drawn: the best score {result.scores.max():.3f} is below "
                    f"--score-threshold {score_threshold:g}")
-  if "panoptic" in result:
-    parts.append(f"{len(result['panoptic'][1])} panoptic segments")
-  if "semantic" in result:
-    semantic = np.asarray(result["semantic"])
-    labels = np.unique(semantic.argmax(0) if semantic.ndim == 3 else semantic)
-    names = result.get("names")
-    shown = [str(names[i]) if names is not None and 0 <= i < len(names) else str(i) for i in labels.tolist()]
+  if result.panoptic is not None:
+    parts.append(f"{len(result.segments)} panoptic segments")
+  if result.label_map is not None:
+    labels = np.unique(result.label_map).tolist()
+    shown = [result.class_names[i] if 0 <= i < len(result.class_names) else str(i) for i in labels]
     parts.append(f"{len(shown)} classes: {', '.join(shown[:8])}{', ...' if len(shown) > 8 else ''}")
+  if result.probability is not None:
+    parts.append(f"object: {int(result.masks.sum())} pixels")
   return "; ".join(parts)
 
 
-__all__ = ["PREDICTORS", "PREDICTIONS_FILE", "UnreadableImageError", "build_predictor", "load_variables",
-           "draw_instances", "draw_semantic", "draw_panoptic", "MaskDINOPredictor", "list_images", "read_image",
-           "resize_shortest_edge", "color", "output_name", "output_paths", "check_outputs", "summarize"]
+__all__ = ["PREDICTORS", "PREDICTIONS_FILE", "Predictor", "MaskDINOPredictor", "UnreadableImageError", "load",
+           "build_predictor", "initial_variables", "resolve_config", "as_image", "class_names", "draw_instances",
+           "draw_semantic", "draw_panoptic", "list_images", "read_image", "resize_shortest_edge", "color",
+           "output_name", "output_paths", "check_outputs", "summarize"]

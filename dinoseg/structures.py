@@ -1,9 +1,9 @@
-"""Typed, fixed-shape containers for batches: the one padding convention of dinoseg.
+"""Typed containers: fixed-shape batches (the one padding convention of dinoseg) and prediction results.
 
 Images. Every image of a batch sits at the top-left of a fixed canvas (B, H, W, 3);
 `valid_hw[b]` is the size of the image inside the canvas, `original_hw[b]` the size of
 the file it came from (predictions are resized back to it). Padding pixels hold 0 after
-normalization. `pixel_mask` (B, H, W) is True on image pixels.
+normalization (`pad_image` places an image on a canvas on the host).
 
 Instances. Each image has at most T instances (T fixed by the config). Instance t of
 image b exists iff `valid[b, t]`; padding rows are all-zero (label 0, box 0, empty mask)
@@ -11,32 +11,18 @@ and must be ignored through `valid`, never through their values. Boxes are cxcyw
 normalized by the image's `valid_hw` (DETR convention); masks live on the padded canvas
 (possibly at a stride), so that they align with predictions made on the canvas.
 
-Both are flax struct dataclasses: pytrees that jit, shard and stack like arrays.
+`PaddedInstances` is a flax struct dataclass: a pytree that jits, shards and stacks like arrays.
 Optional fields are None when a task does not need them.
+
+Results. `Segmentation` is what every predictor returns for one image (`dinoseg.load(...).predict`):
+host NumPy arrays at the image's own size, the same fields for every system.
 """
-from typing import Any
+import dataclasses
+from typing import Any, Mapping, Sequence
 
 import flax.struct
 import jax.numpy as jnp
 import numpy as np
-
-
-@flax.struct.dataclass
-class PaddedImages:
-  """images (B, H, W, 3) float; valid_hw (B, 2) int32; original_hw (B, 2) int32;
-  image_id (B,) int64 or None."""
-  images: Any
-  valid_hw: Any
-  original_hw: Any
-  image_id: Any = None
-
-  @property
-  def pixel_mask(self):
-    """(B, H, W) bool, True inside each image's valid region."""
-    _, h, w = self.images.shape[:3]
-    rows = jnp.arange(h)[None, :, None] < self.valid_hw[:, 0, None, None]
-    cols = jnp.arange(w)[None, None, :] < self.valid_hw[:, 1, None, None]
-    return rows & cols
 
 
 @flax.struct.dataclass
@@ -120,4 +106,71 @@ def pad_image(image: np.ndarray, canvas_hw: tuple[int, int], value: float = 0.0)
   return canvas
 
 
-__all__ = ["PaddedImages", "PaddedInstances", "pad_instances", "pad_image"]
+@dataclasses.dataclass(frozen=True, eq=False)
+class Segmentation:
+  """One image's predictions at its size (H, W), N segments (instances, panoptic segments, classes present
+  or the prompted object). Every system fills the first five fields; the others where it has them.
+
+  Attributes:
+    masks: (N, H, W) bool.
+    scores: (N,) float32 confidence (NaN where the system gives none, e.g. panoptic-only segments).
+    labels: (N,) int32 indices into `class_names`.
+    names: (N,) class name of each segment (a tuple of str).
+    class_names: the vocabulary: the name of every label value (config.dataset.class_names, the prompted
+      class names, else "class_<i>").
+    boxes: (N, 4) float32 xyxy pixels, or None for systems without boxes (SegNext, Talk2DINO).
+    label_map: (H, W) int32 label per pixel (semantic segmentation: Mask DINO's semantic argmax,
+      Talk2DINO's map), or None.
+    semantic: (C, H, W) float32 per-class scores (Mask DINO with test.semantic_on), or None.
+    panoptic: (H, W) int32 segment ids (0 = no segment) with `segments` ({"id", "category_id", "isthing"}
+      per segment, the reference's segments_info), or None.
+    probability: (H, W) float32 foreground probability (SegNext), or None.
+  """
+  masks: np.ndarray
+  scores: np.ndarray
+  labels: np.ndarray
+  names: tuple[str, ...]
+  class_names: tuple[str, ...]
+  boxes: np.ndarray | None = None
+  label_map: np.ndarray | None = None
+  semantic: np.ndarray | None = None
+  panoptic: np.ndarray | None = None
+  segments: tuple[Mapping[str, Any], ...] = ()
+  probability: np.ndarray | None = None
+
+  def __post_init__(self):
+    n = len(self.labels)
+    if self.masks.ndim != 3 or len(self.masks) != n or len(self.scores) != n or len(self.names) != n:
+      raise ValueError(f"masks (N, H, W), scores, labels and names must have N rows: masks {self.masks.shape}, "
+                       f"scores {len(self.scores)}, labels {n}, names {len(self.names)}")
+    if self.boxes is not None and self.boxes.shape != (n, 4):
+      raise ValueError(f"boxes must have shape ({n}, 4), got {self.boxes.shape}")
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  @property
+  def image_hw(self) -> tuple[int, int]:
+    return tuple(self.masks.shape[1:])
+
+  def select(self, keep: np.ndarray) -> "Segmentation":
+    """The segments where `keep` ((N,) bool or indices) holds; the per-image maps unchanged."""
+    keep = np.asarray(keep)
+    index = np.nonzero(keep)[0] if keep.dtype == bool else keep
+    return dataclasses.replace(self, masks=self.masks[index], scores=self.scores[index], labels=self.labels[index],
+                               names=tuple(self.names[i] for i in index),
+                               boxes=None if self.boxes is None else self.boxes[index])
+
+
+def segments_from_label_map(label_map: np.ndarray, class_names: Sequence[str], scores: np.ndarray | None = None,
+                            ignore: Sequence[int] = ()) -> dict[str, Any]:
+  """The Segmentation fields of a semantic map: one segment per class present (ascending label), its score
+  the mean of `scores` ((H, W) per-pixel confidence of the label) over the segment (NaN without scores)."""
+  classes = [int(c) for c in np.unique(label_map) if int(c) not in set(ignore)]
+  masks = np.stack([label_map == c for c in classes]) if classes else np.zeros((0,) + label_map.shape, bool)
+  mean = [float(scores[m].mean()) if scores is not None else float("nan") for m in masks]
+  return dict(masks=masks, scores=np.asarray(mean, np.float32), labels=np.asarray(classes, np.int32),
+              names=tuple(class_names[c] for c in classes), class_names=tuple(class_names))
+
+
+__all__ = ["PaddedInstances", "pad_instances", "pad_image", "Segmentation", "segments_from_label_map"]

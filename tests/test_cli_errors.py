@@ -85,7 +85,7 @@ def test_every_command_has_a_description_defaults_and_mentions_overrides(capsys)
     text = _help(capsys, name)
     body = text.split("\n\n")[1]  # the paragraph after the usage lines
     assert not body.startswith(("options:", "positional arguments:")), f"{name} has no description"
-    module = __import__(cli.COMMANDS[name], fromlist=["add_arguments"])
+    module = cli.COMMANDS[name]
     parser = cli.Parser(prog=name)
     module.add_arguments(parser)
     if "--config" in parser._option_string_actions:
@@ -180,10 +180,12 @@ TOY = str(ROOT / "configs" / "toy" / "toy_segmentation.py") + ":tiny"
 
 
 def _one_line_error(capsys, command: str, *argv) -> str:
+  """The error line of a command that fails on bad input (the progress lines logged before it aside)."""
   assert cli.main([command, *map(str, argv)]) == 2
   err = capsys.readouterr().err
-  assert err.startswith(f"dinoseg {command}: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-  return err
+  errors = [line for line in err.splitlines() if line.startswith(f"dinoseg {command}: error: ")]
+  assert len(errors) == 1 and err.endswith(errors[0] + "\n") and "Traceback" not in err, err
+  return errors[0] + "\n"
 
 
 @pytest.mark.parametrize("override,says", [

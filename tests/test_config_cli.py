@@ -108,8 +108,7 @@ def test_cli_env_and_help(capsys):
   assert cli.main([]) == 2
   with pytest.raises(SystemExit):
     cli.main(["env", "--config.x=1"])
-  for name, module in cli.COMMANDS.items():  # every registered command really exists
-    mod = __import__(module, fromlist=["main"])
+  for name, mod in cli.COMMANDS.items():  # every registered command really exists
     assert callable(mod.main) and mod.HELP and callable(mod.add_arguments), name
 
 

@@ -28,6 +28,8 @@ def test_wheel_layout_and_imports_from_another_directory(tmp_path):
   sources = {f"{mapped[f.relative_to(ROOT).parts[0]]}/{'/'.join(f.relative_to(ROOT).parts[1:])}"
              for src in mapped for f in (ROOT / src).rglob("*.py") if "__pycache__" not in f.parts}
   assert not sources - set(names), sorted(sources - set(names))[:10]
+  # Package data: CLIP's BPE merges (with their licence note).
+  assert {"dinoseg/backbones/data/bpe_simple_vocab_16e6.txt.gz", "dinoseg/backbones/data/README.md"} <= set(names)
   target = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                  check=True, capture_output=True)
@@ -36,6 +38,8 @@ def test_wheel_layout_and_imports_from_another_directory(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(target))
   code = ("import dinoseg, dinoseg.kernels, dinoseg.data_pipelines, dinoseg.ops, dinoseg.parallel;"
           "import dinoseg.models.maskdino.model, dinoseg.models.segnext.model, dinoseg.models.talk2dino.model;"
+          "from dinoseg.backbones import clip_tokenizer;"
+          "assert clip_tokenizer.tokenize('a photo')[0, :4].tolist() == [49406, 320, 1125, 49407];"
           "print(dinoseg.__file__); print(dinoseg.kernels.__file__)")
   out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr

@@ -1,10 +1,11 @@
-"""The padding convention: fixed-shape targets and images."""
+"""The padding convention (fixed-shape targets and images), prediction results, the one normalisation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dinoseg.structures import PaddedImages, PaddedInstances, pad_image, pad_instances
+from dinoseg.ops import pixels
+from dinoseg.structures import PaddedInstances, Segmentation, pad_image, pad_instances, segments_from_label_map
 
 
 def test_pad_instances_layout_and_overflow():
@@ -36,11 +37,7 @@ def test_pad_instances_bad_input(kwargs, match):
     pad_instances(max_instances=3, **kwargs)
 
 
-def test_containers_are_pytrees_and_pixel_mask():
-  images = PaddedImages(images=jnp.zeros((2, 4, 6, 3)), valid_hw=jnp.asarray([[4, 6], [2, 3]]),
-                        original_hw=jnp.asarray([[40, 60], [20, 30]]))
-  mask = np.asarray(jax.jit(lambda im: im.pixel_mask)(images))
-  assert mask[0].all() and mask[1, :2, :3].all() and mask[1].sum() == 6
+def test_instances_are_pytrees():
   inst = PaddedInstances(labels=jnp.zeros((2, 3), jnp.int32), boxes=jnp.zeros((2, 3, 4)),
                          valid=jnp.asarray([[True, False, False], [True, True, False]]))
   leaves = jax.tree.leaves(inst)
@@ -55,3 +52,31 @@ def test_pad_image():
   assert canvas.shape == (4, 5, 3) and canvas[:2, :3].min() == 1 and canvas[2:].min() == 128
   with pytest.raises(ValueError, match="canvas"):
     pad_image(np.ones((5, 3, 3)), (4, 5))
+
+
+def test_segmentation_fields_select_and_semantic_segments():
+  label_map = np.array([[0, 2], [2, 2]])
+  scores = np.array([[0.5, 0.9], [0.7, 0.8]], np.float32)
+  fields = segments_from_label_map(label_map, ("sky", "cat", "dog"), scores, ignore=(0,))
+  result = Segmentation(**fields, label_map=label_map)
+  assert len(result) == 1 and result.names == ("dog",) and result.labels.tolist() == [2]
+  assert result.masks.tolist() == [[[False, True], [True, True]]] and result.image_hw == (2, 2)
+  np.testing.assert_allclose(result.scores, [0.8])
+  assert len(result.select(result.scores > 0.9)) == 0 and result.select([0]).names == ("dog",)
+  with pytest.raises(ValueError, match="N rows"):
+    Segmentation(masks=np.zeros((2, 2, 2), bool), scores=np.zeros(1), labels=np.zeros(1, np.int32), names=("a",),
+                 class_names=("a",))
+
+
+def test_normalisation_conventions_are_the_references():
+  x = np.arange(256, dtype=np.uint8).reshape(-1, 1).repeat(3, 1)
+  unit = pixels.normalize_pixels(x)  # torchvision: ToTensor (x / 255), Normalize on 0..1 statistics
+  expected = (x.astype(np.float32) / np.float32(255) - np.float32(pixels.IMAGENET_MEAN)) / np.float32(pixels.IMAGENET_STD)
+  np.testing.assert_array_equal(unit, expected)
+  d2 = pixels.normalize(x, pixels.IMAGENET_MEAN_255, pixels.IMAGENET_STD_255)  # detectron2: 0..255 statistics
+  np.testing.assert_array_equal(d2, (x.astype(np.float32) - np.float32(pixels.IMAGENET_MEAN_255))
+                                / np.float32(pixels.IMAGENET_STD_255))
+  np.testing.assert_allclose(np.asarray(jax.jit(pixels.normalize_pixels)(x)), unit, atol=1e-6)  # XLA: to 1 ulp
+  np.testing.assert_array_equal(np.float32(pixels.IMAGENET_MEAN_255), np.float32(np.asarray(pixels.IMAGENET_MEAN) * 255))
+  from dinoseg.models.maskdino.defaults import PIXEL_MEAN, PIXEL_STD
+  assert (PIXEL_MEAN, PIXEL_STD) == (pixels.IMAGENET_MEAN_255, pixels.IMAGENET_STD_255)

@@ -9,7 +9,7 @@ Run (features once, then training; evaluation and prediction use the same config
   dinoseg talk2dino extract --config=configs/talk2dino/vitb_mlp_infonce.py --split=train
   dinoseg talk2dino extract --config=configs/talk2dino/vitb_mlp_infonce.py --split=val
   dinoseg train --config=configs/talk2dino/vitb_mlp_infonce.py --workdir=/tmp/t2d_vitb
-  (or, without the shared trainer: dinoseg talk2dino train --config=... --workdir=/tmp/t2d_vitb)
+  (or in the reference's epochs: dinoseg talk2dino train --config=... --workdir=/tmp/t2d_vitb)
   dinoseg eval --config=configs/talk2dino/vitb_mlp_infonce.py --weights=weights/vitb_mlp_infonce.pth
   dinoseg predict --config=configs/talk2dino/vitb_mlp_infonce.py --weights=weights/vitb_mlp_infonce.pth \\
       --input=cat.jpg --classes="cat,dog,grass" --with-background

@@ -16,17 +16,17 @@ and is a hard error (`BadRawData`) under `strict`: nothing is dropped silently.
 import abc
 import collections
 import dataclasses
-import importlib
 import io
 import logging
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from dinoseg.data_pipelines import schema
 from dinoseg.errors import UserValueError
+from dinoseg.registry import Registry
 
 log = logging.getLogger("dinoseg.data")
 
@@ -133,8 +133,7 @@ class Preparer(abc.ABC):
     return str(item.get("file_name", item.get("id")))
 
 
-PREPARERS: dict[str, Callable[..., Preparer]] = {}
-# Modules that register preparers when imported (imported lazily by `get` / `names`).
+# Modules that register preparers when imported (imported on the first lookup).
 BUILTIN_PREPARER_MODULES = [
     "dinoseg.data_pipelines.preparers.coco",
     "dinoseg.data_pipelines.preparers.sa1b",
@@ -142,35 +141,22 @@ BUILTIN_PREPARER_MODULES = [
     "dinoseg.data_pipelines.preparers.video",
     "dinoseg.data_pipelines.preparers.interactive",
 ]
+PREPARERS = Registry("dataset", modules=BUILTIN_PREPARER_MODULES)  # name -> Preparer subclass
+names = PREPARERS.names
 
 
 def register(name: str):
-  """Class decorator: registers a Preparer subclass under `name`."""
+  """Class decorator: registers a Preparer subclass under `name` (and sets its `name`)."""
   def wrap(cls):
-    if name in PREPARERS:
-      raise ValueError(f"a preparer named {name!r} is already registered")
     cls.name = name
-    PREPARERS[name] = cls
-    return cls
+    return PREPARERS.register(name, cls)
   return wrap
-
-
-def _import_builtins() -> None:
-  for module in BUILTIN_PREPARER_MODULES:
-    importlib.import_module(module)
 
 
 def get(name: str, **options) -> Preparer:
   """The preparer registered under `name`, built with `options` (UserValueError naming known ones)."""
-  _import_builtins()
-  if name not in PREPARERS:
-    raise UserValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(PREPARERS))}")
-  return PREPARERS[name](**options)
+  return PREPARERS.get(name)(**options)
 
-
-def names() -> list[str]:
-  _import_builtins()
-  return sorted(PREPARERS)
 
 
 # ----------------------------------------------------------------------------- helpers for preparers

@@ -12,30 +12,30 @@ Gives the same ids as OpenAI CLIP's `clip.tokenize`:
    the first `context_length` ids and makes the last one EOT; otherwise a ValueError (the
    reference raises RuntimeError).
 
-The merges (`bpe_simple_vocab_16e6.txt.gz`, MIT, from openai/CLIP) are not part of dinoseg.
-They are read, in this order, from:
-- a file given as `bpe_path` (.txt.gz or .txt);
-- an installed package that ships the file as package data (`open_clip` from
-  open-clip-torch, `clip` from openai-clip / clip-anytorch); the package is located, not
-  imported, so torch is not needed;
-- the `instant-clip-tokenizer` package (a dinoseg dependency, MIT, needs only numpy), whose
-  extension module embeds the same merges text.
-Whatever the source, the 48,894 merges are checked against a SHA-256 digest.
+The merges are CLIP's `bpe_simple_vocab_16e6.txt.gz` (MIT, from openai/CLIP; licence note in
+`dinoseg/backbones/data/README.md`), shipped as package data and read with `importlib.resources`;
+its SHA-256 is checked before use. `bpe_path=` reads another copy (.txt.gz or .txt), whose 48,894
+merge lines are checked against their own digest.
 """
 import functools
 import gzip
 import hashlib
 import html
-import importlib.util
+import importlib.resources
 import os
 import pathlib
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
+
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+# The shipped file, package data of dinoseg.backbones: byte for byte openai/CLIP's clip/<BPE_FILE_NAME>.
+BPE_RESOURCE = ("dinoseg.backbones", "data", BPE_FILE_NAME)
+BPE_FILE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 NUM_MERGES = 49152 - 256 - 2  # 48,894 merge lines after the header line
-# SHA-256 of the 48,894 merge lines joined with "\n" (the part of the file the tokenizer uses).
+# SHA-256 of the 48,894 merge lines joined with "\n" (checks a `bpe_path` copy, compressed or not).
 MERGES_SHA256 = "f61f2adf497e6f5357c347aeb4646fabe82f341e946de5bdec5d2858e41bef4a"
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"
@@ -43,99 +43,58 @@ SOT_ID = 49406
 EOT_ID = 49407
 VOCAB_SIZE = 49408
 CONTEXT_LENGTH = 77
-# Installed packages that ship the merges file as package data: (import name, path inside).
-PACKAGES_WITH_BPE_FILE = (("open_clip", BPE_FILE_NAME), ("clip", BPE_FILE_NAME))
-# Installed package whose compiled module embeds the merges text after this header.
-EMBEDDED_BPE_PACKAGE = "instant_clip_tokenizer"
-_EMBEDDED_HEADER = b"#version: 0.2\n"
 _SPLIT_PATTERN = (r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
                   r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
 _CACHE_LIMIT = 200_000
 
 
-def _package_dir(name: str) -> pathlib.Path | None:
-  """Directory of an installed top-level package, found without importing it."""
-  try:
-    spec = importlib.util.find_spec(name)
-  except (ImportError, ValueError):
-    return None
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  return pathlib.Path(list(spec.submodule_search_locations)[0])
-
-
-def _merge_lines(data: bytes) -> list[str]:
+def _merge_lines(data: bytes, source: str) -> list[str]:
   """The NUM_MERGES lines after the header line of the merges text `data`."""
   lines = data.split(b"\n", NUM_MERGES + 1)
   if len(lines) < NUM_MERGES + 1:
-    raise ValueError(f"the BPE merges text has {len(lines) - 1} merge lines, expected {NUM_MERGES}")
+    raise UserValueError(f"{source}: the BPE merges text has {len(lines) - 1} merge lines, expected {NUM_MERGES}")
   return [line.decode("utf-8") for line in lines[1:NUM_MERGES + 1]]
 
 
-def _checked(lines: list[str], source: str) -> list[str]:
-  digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
-  if digest != MERGES_SHA256:
-    raise ValueError(f"the BPE merges from {source} are not CLIP's bpe_simple_vocab_16e6 "
-                     f"(sha256 {digest}, expected {MERGES_SHA256})")
-  return lines
-
-
-def _read_file(path: pathlib.Path) -> bytes:
-  data = path.read_bytes()
+def _decompressed(data: bytes) -> bytes:
   return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
-def _embedded_merges() -> bytes | None:
-  """The merges text embedded in instant-clip-tokenizer's extension module, if installed."""
-  directory = _package_dir(EMBEDDED_BPE_PACKAGE)
-  if directory is None:
-    return None
-  for path in sorted(directory.iterdir()):
-    if path.name.startswith(EMBEDDED_BPE_PACKAGE) and path.suffix in (".so", ".pyd", ".dylib"):
-      data = path.read_bytes()
-      start = data.find(_EMBEDDED_HEADER)
-      if start >= 0:
-        return data[start:]
-  return None
-
-
-def find_bpe_source() -> str:
-  """Where the merges would be read from by default (a file path or "<package>:embedded").
+def shipped_bpe_bytes() -> bytes:
+  """The shipped `bpe_simple_vocab_16e6.txt.gz` (compressed), checked against BPE_FILE_SHA256.
 
   Raises:
-    FileNotFoundError: no source is installed (with the install command to fix it).
+    UserValueError: the file differs from openai/CLIP's (a damaged installation).
   """
-  for package, relpath in PACKAGES_WITH_BPE_FILE:
-    directory = _package_dir(package)
-    if directory is not None and (directory / relpath).is_file():
-      return str(directory / relpath)
-  if _embedded_merges() is not None:
-    return f"{EMBEDDED_BPE_PACKAGE}:embedded"
-  raise FileNotFoundError(
-      f"CLIP's BPE merges ({BPE_FILE_NAME}) were not found. Install `instant-clip-tokenizer` "
-      f"(a dinoseg dependency), or `pip install --no-deps open-clip-torch` (or clip-anytorch), "
-      f"or pass bpe_path= to ClipTokenizer.")
+  package, folder, name = BPE_RESOURCE
+  resource = importlib.resources.files(package) / folder / name
+  data = resource.read_bytes()
+  digest = hashlib.sha256(data).hexdigest()
+  if digest != BPE_FILE_SHA256:
+    raise UserValueError(f"{resource} is damaged: sha256 {digest}, expected {BPE_FILE_SHA256} "
+                         "(openai/CLIP's bpe_simple_vocab_16e6.txt.gz); reinstall dinoseg")
+  return data
 
 
 @functools.lru_cache(maxsize=4)
 def load_bpe_merges(bpe_path: str | None = None) -> tuple[tuple[str, str], ...]:
-  """The 48,894 BPE merges, in rank order, from `bpe_path` or the installed sources.
+  """The 48,894 BPE merges, in rank order, from the shipped file or `bpe_path`.
 
   Raises:
-    FileNotFoundError: no file at `bpe_path` / no installed source.
-    ValueError: the merges are not CLIP's (checked with MERGES_SHA256).
+    UserFileNotFoundError: no file at `bpe_path`.
+    UserValueError: the merges are not CLIP's (SHA-256 checked).
   """
-  if bpe_path is not None:
+  if bpe_path is None:
+    lines = _merge_lines(gzip.decompress(shipped_bpe_bytes()), BPE_FILE_NAME)
+  else:
     path = pathlib.Path(os.fspath(bpe_path))
     if not path.is_file():
-      raise FileNotFoundError(f"bpe_path {str(path)!r} is not a file")
-    lines = _checked(_merge_lines(_read_file(path)), str(path))
-  else:
-    source = find_bpe_source()
-    if source.endswith(":embedded"):
-      lines = _checked(_merge_lines(_embedded_merges()), source)
-    else:
-      lines = _checked(_merge_lines(_read_file(pathlib.Path(source))), source)
+      raise UserFileNotFoundError(f"bpe_path {str(path)!r} is not a file")
+    lines = _merge_lines(_decompressed(path.read_bytes()), str(path))
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    if digest != MERGES_SHA256:
+      raise UserValueError(f"the BPE merges in {path} are not CLIP's bpe_simple_vocab_16e6 "
+                           f"(sha256 {digest}, expected {MERGES_SHA256})")
   return tuple(tuple(line.split()) for line in lines)
 
 

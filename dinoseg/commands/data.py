@@ -8,11 +8,9 @@
 See docs/data.md for the record schema, the raw layouts and the batch formats.
 """
 import json
-import logging
 import pathlib
-import sys
 
-from dinoseg.errors import UserFileNotFoundError, UserValueError
+from dinoseg.errors import UserError, UserFileNotFoundError, UserValueError
 
 HELP = "prepare datasets as ArrayRecord shards, write synthetic raw datasets, inspect prepared data"
 DESCRIPTION = ("Prepares raw datasets (official layouts) as ArrayRecord shards, writes small synthetic raw "
@@ -115,7 +113,12 @@ def _prepare(args) -> int:
 def _run_prepare(args) -> int:
   options = _parse_options(args.option)
   if args.format == "tfds":
-    from dinoseg.data_pipelines import tfds_builders  # noqa: PLC0415
+    try:
+      from dinoseg.data_pipelines import tfds_builders  # noqa: PLC0415  (imports tensorflow_datasets)
+    except ModuleNotFoundError as e:
+      if e.name != "tensorflow_datasets":
+        raise
+      raise UserError("--format tfds needs tensorflow-datasets: pip install 'dinoseg[tfds]'") from None
     builder = tfds_builders.prepare_tfds(args.dataset, args.raw, args.out, splits=args.splits, options=options,
                                          strict=args.strict)
     for split, issues in builder.issues.items():
@@ -211,7 +214,6 @@ def _list() -> int:
 
 
 def main(args, overrides) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   command = getattr(args, "data_command", None)
   if command == "prepare":
     return _prepare(args)

@@ -11,15 +11,19 @@ validation), and --config.a.b=value overrides apply last. With --weights: the ta
 released PyTorch checkpoint, converted strictly, or an Orbax directory; see each system's docs) and
 evaluates it with the --config file's settings; results go to DIR/eval/weights_<name>.json when
 --workdir is given. Results are also printed as strict JSON (undefined metrics are null).
-Multi-process flags as for `dinoseg train`. Exit status: 0 done, 1 no checkpoint of the workdir
-could be restored, 2 bad input.
+Compiled programs are cached as for `dinoseg train` (`--compile-cache DIR`, default
+<workdir>/compile_cache when --workdir is given). Multi-process flags as for `dinoseg train`.
+Exit status: 0 done, 1 no checkpoint of the workdir could be restored, 2 bad input.
 """
 import json
+import logging
 import pathlib
-import sys
 
+from dinoseg import compile_cache
 from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.train import distributed
+
+logger = logging.getLogger(__name__)
 
 HELP = "evaluate a checkpoint of a workdir or a weights file; results as JSON"
 DESCRIPTION = ("Evaluates the newest (or --step) checkpoint of a training workdir, with the run's saved "
@@ -35,6 +39,7 @@ def add_arguments(parser):
   parser.add_argument("--weights", default=None,
                       help="a weights file or directory to evaluate instead of the workdir's checkpoints")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest usable)")
+  compile_cache.add_argument(parser)
   distributed.add_arguments(parser)
 
 
@@ -66,23 +71,24 @@ def main(args, overrides) -> int:
   from dinoseg.config import load_config  # noqa: PLC0415
   config = load_config(args.config, overrides, base=base)
   if base is not None:
-    print(f"using the run's {pathlib.Path(args.workdir) / 'config.json'} over {args.config}", file=sys.stderr)
+    logger.info("using the run's %s over %s", pathlib.Path(args.workdir) / "config.json", args.config)
   settings = distributed.from_args(args)
   distributed.initialize(settings)
   import jax  # noqa: PLC0415
 
   from dinoseg import jsonio  # noqa: PLC0415
   from dinoseg.train import checkpointing, trainer  # noqa: PLC0415
-  if args.weights:
-    out = trainer.evaluate_weights(config, args.weights, workdir=args.workdir)
-  else:
-    try:
-      out = trainer.evaluate_checkpoint(config, args.workdir, step=args.step)
-    except checkpointing.CheckpointRestoreError as e:
-      if args.step is not None:  # no such step
-        raise UserValueError(f"--step={args.step}: {e}") from None
-      print(f"dinoseg eval: {e}", file=sys.stderr)  # no checkpoint of the run could be restored
-      return 1
+  with compile_cache.use(args.compile_cache, args.workdir):
+    if args.weights:
+      out = trainer.evaluate_weights(config, args.weights, workdir=args.workdir)
+    else:
+      try:
+        out = trainer.evaluate_checkpoint(config, args.workdir, step=args.step)
+      except checkpointing.CheckpointRestoreError as e:
+        if args.step is not None:  # no such step
+          raise UserValueError(f"--step={args.step}: {e}") from None
+        logger.error("dinoseg eval: %s", e)  # no checkpoint of the run could be restored
+        return 1
   if jax.process_index() == 0:
     print(jsonio.dumps(out, indent=2, sort_keys=True))
   return 0

@@ -24,10 +24,16 @@ line says how many instances were drawn (and, when none, the best score against 
 An image that cannot be read (corrupt, truncated, not an image) is reported and skipped; the other
 images' outputs and `predictions.json` are still written, and the command exits with status 1 and
 the list of skipped files. `predictions.json` is written even when the run stops on an error, with
-the images done until then.
+the images done until then. Each image's line is a log record (stderr); the closing summary goes to
+stdout. `--compile-cache DIR` keeps the compiled model for later runs (default: none, or
+$JAX_COMPILATION_CACHE_DIR).
 """
-import sys
+import logging
 import time
+
+from dinoseg import compile_cache
+
+logger = logging.getLogger(__name__)
 
 HELP = "run a model on images: overlay PNGs and COCO-format results"
 
@@ -43,6 +49,7 @@ def add_arguments(parser):
                       help="open-vocabulary models (Talk2DINO): comma-separated class names, e.g. 'cat,dog,grass'")
   parser.add_argument("--with-background", action="store_true",
                       help="open-vocabulary models: add a background class (Talk2DINO's background threshold)")
+  compile_cache.add_argument(parser, workdir_default=False)
 
 
 def main(args, config_overrides) -> int:
@@ -61,6 +68,21 @@ def main(args, config_overrides) -> int:
     images = images[:args.max_images]
   predict.check_outputs(images, args.output)
   out_dir = prepare(args.output, what="--output")
+  with compile_cache.use(args.compile_cache):
+    results, skipped, seconds = _predict_images(config, args, images, out_dir)
+  done = len(images) - len(skipped)
+  print(f"{done} image(s) in {seconds:.1f} s; outputs in {out_dir}"
+        + (f"; results: {results}" if results else ""))
+  if skipped:
+    logger.error("%d unreadable image(s) skipped: %s", len(skipped), ", ".join(str(p) for p in skipped))
+    return 1
+  return 0
+
+
+def _predict_images(config, args, images, out_dir) -> tuple:
+  """Writes the outputs of every readable image. Returns the predictor's results file (or None), the
+  skipped paths and the seconds taken after the model was loaded."""
+  from dinoseg import predict  # noqa: PLC0415
   predictor = predict.build_predictor(config, args.weights)
   start = time.time()
   skipped = []
@@ -71,19 +93,13 @@ def main(args, config_overrides) -> int:
         image = predict.read_image(path)
       except predict.UnreadableImageError as e:
         skipped.append(path)
-        print(f"[{i + 1}/{len(images)}] {path.name}: skipped: {e}", file=sys.stderr)
+        logger.warning("[%d/%d] %s: skipped: %s", i + 1, len(images), path.name, e)
         continue
       result = predictor.predict(image)
       written = predictor.write(result, image, out_dir, predict.output_name(path), score_threshold=args.score_threshold)
       summary = predict.summarize(result, args.score_threshold)
-      print(f"[{i + 1}/{len(images)}] {path.name} -> {', '.join(p.name for p in written)}"
-            + (f": {summary}" if summary else ""), file=sys.stderr)
+      logger.info("[%d/%d] %s -> %s%s", i + 1, len(images), path.name, ", ".join(p.name for p in written),
+                  f": {summary}" if summary else "")
   finally:  # the results of the images done so far are kept, even if one fails
     results = finish(out_dir) if finish else None
-  done = len(images) - len(skipped)
-  print(f"{done} image(s) in {time.time() - start:.1f} s; outputs in {out_dir}"
-        + (f"; results: {results}" if results else ""))
-  if skipped:
-    print(f"error: {len(skipped)} unreadable image(s) skipped: {', '.join(str(p) for p in skipped)}", file=sys.stderr)
-    return 1
-  return 0
+  return results, skipped, time.time() - start

@@ -25,19 +25,23 @@ outputs (`OUTPUTS`) in a directory so marked; a directory that holds any of thos
 mark is refused (exit status 2) before anything is touched. DIR is locked while the command runs
 (DIR/dinoseg.lock; a second quickstart on it is refused). SIGTERM or Ctrl-C during training saves a
 checkpoint and stops the whole command (exit status 128 + N: 130 Ctrl-C, 143 SIGTERM; the same
-command resumes); a second one stops at once.
+command resumes); a second one stops at once. Compiled programs are cached in DIR/compile_cache
+(`--compile-cache`; kept by `--fresh`), so a rerun compiles much faster. Phase messages are log
+records (stderr); the report is printed to stdout.
 """
 import datetime
 import json
+import logging
 import pathlib
 import platform
 import shutil
 import signal
-import sys
 import time
 
-from dinoseg import jsonio
+from dinoseg import compile_cache, jsonio
 from dinoseg.errors import UserValueError
+
+logger = logging.getLogger(__name__)
 
 HELP = "the main job: synthetic shapes -> train a small Mask DINO on the CPU -> evaluate, export, overlays"
 DEFAULT_CONFIG = "configs/maskdino/quickstart.py"
@@ -52,10 +56,11 @@ def add_arguments(parser):
   parser.add_argument("--config", default=DEFAULT_CONFIG,
                       help=f"config file with a `quickstart` group, optionally :variant (default {DEFAULT_CONFIG})")
   parser.add_argument("--fresh", action="store_true", help="delete the workdir's outputs first (no reuse, no resume)")
+  compile_cache.add_argument(parser)
 
 
 def _say(text: str) -> None:
-  print(text, file=sys.stderr, flush=True)
+  logger.info(text)
 
 
 def claim_workdir(workdir: pathlib.Path, check_only: bool = False) -> None:
@@ -183,7 +188,7 @@ def main(args, overrides) -> int:
   try:
     return _main(args, overrides)
   except KeyboardInterrupt:  # Ctrl-C during start-up, before the stop handler (`_run`) was installed
-    print("dinoseg quickstart: interrupted before it started; nothing was changed", file=sys.stderr)
+    logger.warning("dinoseg quickstart: interrupted before it started; nothing was changed")
     return 128 + signal.SIGINT
 
 
@@ -207,7 +212,7 @@ def _main(args, overrides) -> int:
   from dinoseg.train.preemption import PreemptionHandler  # noqa: PLC0415
   workdir = prepare(args.workdir)
   claim_workdir(workdir, check_only=True)  # refuse before anything (even the lock file) is written there
-  with WorkdirLock(workdir, echo=_say), PreemptionHandler() as stop:
+  with WorkdirLock(workdir), PreemptionHandler() as stop, compile_cache.use(args.compile_cache, workdir):
     claim_workdir(workdir)
     if args.fresh:
       _clear(workdir, why=" (--fresh)")
@@ -251,9 +256,9 @@ def _run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> 
   _say(f"[quickstart] train: {config.train.num_steps} steps in {workdir / 'train'} "
        f"({jax.device_count()} {jax.devices()[0].platform} device(s); the first step compiles)")
   try:
-    result = trainer.train(config, workdir / "train", echo=_say)
+    result = trainer.train(config, workdir / "train")
   except (trainer.TrainingDivergedError, checkpointing.CheckpointRestoreError) as e:
-    print(f"dinoseg quickstart: {e} (start over with --fresh)", file=sys.stderr)
+    logger.error("dinoseg quickstart: %s (start over with --fresh)", e)
     return 1
   if result.stop_signal is not None:
     saved = workdir / "train" / "checkpoints" / str(result.step)

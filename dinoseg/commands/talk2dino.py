@@ -6,7 +6,10 @@
   with the caption embeddings as ArrayRecord shards under `config.features.out_dir/<split>`
   (resumable: re-running continues at the first missing shard; a progress bar shows the images
   done). Training reads these shards through grain.
-- `train --workdir=DIR`: projection training on the extracted features (resumes from DIR).
+- `train --workdir=DIR`: projection training on the extracted features: the shared trainer (`dinoseg
+  train`, task "talk2dino": checkpoints, resume from DIR, `config.init.projection`, stop signals) run for
+  the reference's `data.num_epochs` epochs (validation and a checkpoint every epoch by default), then the
+  projection exported as DIR/projection.safetensors (reference layout) and DIR/projection.msgpack.
 - `eval [--weights=FILE|DIR] [--benchmarks=voc,ade20k] [--output=DIR]`: mIoU per benchmark, the paper's
   table, and the JSON results in DIR/talk2dino_eval.json (or `--config.eval.output=FILE`).
 - `predict --weights=... --input=IMAGE --classes="cat,dog" --output=DIR [--with-background]`: writes
@@ -15,10 +18,11 @@
 
 `--output` is a directory, as in every dinoseg command; nothing is written into the working directory
 unless asked. `train`, `eval` and `predict` are the same code paths the generic `dinoseg train / eval /
-predict` commands reach through the Talk2DINO task and predictor.
+predict` commands (and `dinoseg.load`) reach through the Talk2DINO task and predictor.
 """
 import pathlib
 
+from dinoseg.commands import train
 from dinoseg.config import load_config
 from dinoseg.errors import UserValueError
 
@@ -40,8 +44,11 @@ def add_arguments(parser):
   p.add_argument("--split", default="train", help="which split of config.features.splits (train, val)")
   p.add_argument("--output", "--out-dir", dest="out_dir", default=None,
                  help="output directory (default: config.features.out_dir/<split>)")
-  p = job("train", "train the projection on the extracted features (resumes from the workdir)")
-  p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, exported weights)")
+  description = ("train the projection on the extracted features for config.data.num_epochs epochs (the shared "
+                 "trainer: the flags of `dinoseg train`; resumes from the workdir)")
+  p = jobs.add_parser("train", help=description, description=description)
+  train.add_arguments(p)  # --config, --workdir and the trainer's other flags
+  p.add_argument("--no-progress", action="store_true", help="hide progress bars")
   p = job("eval", "mIoU on the open-vocabulary benchmarks, printed as the paper's table")
   p.add_argument("--weights", default=None,
                  help="projection weights (.pth/.safetensors/.msgpack or a training workdir; default: "
@@ -79,7 +86,9 @@ def main(args, overrides) -> int:
   config = load_config(args.config, overrides)
   if config.get("task") != "talk2dino":
     raise UserValueError(f"{args.config} is not a Talk2DINO config (task={config.get('task')!r})")
-  return {"extract": _extract, "train": _train, "eval": _eval, "predict": _predict}[args.action](args, config)
+  if args.action == "train":
+    return _train(args, config, overrides)
+  return {"extract": _extract, "eval": _eval, "predict": _predict}[args.action](args, config)
 
 
 def _extract(args, config) -> int:
@@ -111,10 +120,16 @@ def _extract(args, config) -> int:
   return 0
 
 
-def _train(args, config) -> int:
-  from dinoseg.models.talk2dino.task import fit  # noqa: PLC0415
-  history = fit(config, args.workdir, progress=not args.no_progress)
-  print(f"exported {history['exported']['safetensors']} and {history['exported']['msgpack']}")
+def _train(args, config, overrides) -> int:
+  """`dinoseg train` with the epochs as steps (`task.epoch_overrides`), then the projection exported."""
+  from dinoseg.models.talk2dino.task import Talk2DinoTask, epoch_overrides, export_projection  # noqa: PLC0415
+  overrides = epoch_overrides(config) + list(overrides) + (["train.progress=False"] if args.no_progress else [])
+  status = train.main(args, overrides)
+  if status != 0:
+    return status
+  config = load_config(args.config, overrides)
+  exported = export_projection(Talk2DinoTask(config).variables_from_weights(args.workdir)["params"], args.workdir)
+  print(f"exported {exported['safetensors']} and {exported['msgpack']}")
   return 0
 
 
@@ -129,15 +144,13 @@ def _eval(args, config) -> int:
 
 def _predict(args, config) -> int:
   from dinoseg import predict  # noqa: PLC0415
-  from dinoseg.models.talk2dino import predict as pr  # noqa: PLC0415
-  classes = pr.parse_classes(args.classes)
-  try:
-    image = pr.read_image(args.input)
-  except predict.UnreadableImageError as e:
-    raise UserValueError(str(e)) from None
-  prediction = pr.Talk2DinoPredictor(config, args.weights)(image, classes, args.with_background)
-  paths = pr.save_prediction(image, prediction, pathlib.Path(args.output) / f"{pathlib.Path(args.input).name}.png")
-  print(f"wrote {paths['visualization']} and {paths['labels']}")
+  from dinoseg.models.talk2dino.predict import parse_classes  # noqa: PLC0415
+  classes = parse_classes(args.classes)
+  image = predict.read_image(args.input)
+  predictor = predict.build_predictor(config, args.weights)
+  result = predictor.predict(image, class_names=classes, with_background=args.with_background)
+  paths = predictor.write(result, image, args.output, predict.output_name(args.input))
+  print(f"wrote {paths[0]} and {paths[1]}")
   return 0
 
 

@@ -8,17 +8,22 @@ in <workdir>/init_report.json). The workdir is locked while the run trains in it
 (SIGINT) finishes the current step, saves a checkpoint and stops; a second one stops at once
 without saving. Multi-process runs pass the same command to every process with
 `--coordinator-address/--num-processes/--process-id` (or the DINOSEG_* environment variables, or
-`--distributed` for JAX's cluster auto-detection).
+`--distributed` for JAX's cluster auto-detection). Compiled programs are kept in a persistent
+compilation cache (`--compile-cache DIR`, default <workdir>/compile_cache; `none` turns it off), so a
+rerun or a resume of the same config compiles much faster.
 
 Exit status: 0 done, 1 the run diverged or no checkpoint could be restored, 2 bad input (a bad
 setting, a workdir in use or not creatable, checkpoints of another config), 128 + N after a stop
 requested by signal N (130 Ctrl-C / SIGINT, 143 SIGTERM; the checkpoint is saved), 130 for a
 Ctrl-C before training started.
 """
+import logging
 import signal
-import sys
 
+from dinoseg import compile_cache
 from dinoseg.train import distributed
+
+logger = logging.getLogger(__name__)
 
 HELP = "train a config in a workdir (resumes from its checkpoints; SIGTERM / Ctrl-C saves and stops)"
 
@@ -26,6 +31,7 @@ HELP = "train a config in a workdir (resumes from its checkpoints; SIGTERM / Ctr
 def add_arguments(parser):
   parser.add_argument("--config", required=True, help="config file, optionally with :variant")
   parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, eval results)")
+  compile_cache.add_argument(parser)
   distributed.add_arguments(parser)
 
 
@@ -39,7 +45,7 @@ def main(args, overrides) -> int:
   try:
     return _main(args, overrides)
   except KeyboardInterrupt:  # Ctrl-C before the trainer watched for it (loading, start-up): nothing trained
-    print("dinoseg train: interrupted before training started; nothing was trained", file=sys.stderr)
+    logger.warning("dinoseg train: interrupted before training started; nothing was trained")
     return 128 + signal.SIGINT
 
 
@@ -51,9 +57,10 @@ def _main(args, overrides) -> int:
   distributed.initialize(settings)
   from dinoseg.train import checkpointing, preemption, trainer  # noqa: PLC0415
   try:
-    result = trainer.train(config, args.workdir)
+    with compile_cache.use(getattr(args, "compile_cache", None), args.workdir):  # other commands delegate here
+      result = trainer.train(config, args.workdir)
   except (trainer.TrainingDivergedError, checkpointing.CheckpointRestoreError) as e:
-    print(f"dinoseg train: {e}", file=sys.stderr)
+    logger.error("dinoseg train: %s", e)
     return 1
   import jax  # noqa: PLC0415
   if result.stop_signal is not None:  # the trainer's message says where the checkpoint is

@@ -6,9 +6,10 @@
              checkpoint directory; "" = not given (the entry is skipped and its subtree starts random)
   converter  how the file is read: "backbone" (the key map of the model's own backbone module: detectron2
              .pkl / torchvision .pth ResNets, Swin detection or ImageNet classification checkpoints, ViT with
-             its position grid resized), "task" (the task's full-model converter, as `dinoseg eval --weights`
-             reads), "orbax" (a dinoseg checkpoint directory), a name the task adds (Talk2DINO: "dinov2",
-             "clip_text", "projection"), or any converter of `dinoseg.convert.registry`
+             its position grid resized), "task" (a full checkpoint of the model, read as `dinoseg eval
+             --weights` reads it: `Task.variables_from_weights`), "orbax" (a dinoseg checkpoint directory), a
+             name the task adds (Talk2DINO: "dinov2", "clip_text", "projection"), or any converter of
+             `dinoseg.convert.registry`
   target     "/"-separated subtree of the variables the entry fills ("" = the whole model), in every Flax
              collection that has it (a ResNet's "frozen_bn" statistics come with its "params")
   strict     True: every variable of the target is filled and every source tensor used, apart from known
@@ -35,6 +36,7 @@ model's shapes and dtypes, and one report per entry; the trainer places them ont
 import dataclasses
 import math
 import os
+import pathlib
 import pickle
 import re
 import zipfile
@@ -172,6 +174,70 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return {str(k): np.asarray(v) for k, v in state.items()}
 
 
+# Entries of a trainer checkpoint that are not model variables (dinoseg.train.state.TrainState fields).
+_STATE_FIELDS = ("step", "params", "opt_state", "rng", "ema_params", "nonfinite_total", "nonfinite_streak")
+
+
+def _newest_checkpoint(directory: pathlib.Path) -> pathlib.Path:
+  """A training workdir's newest `checkpoints/<step>`, else the directory itself."""
+  steps = directory / "checkpoints"
+  numbered = sorted((p for p in steps.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) \
+      if steps.is_dir() else []
+  return numbered[-1] if numbered else directory
+
+
+def read_variables(path: str | os.PathLike, converter: Callable[[], Any] | None = None,
+                   what: str = "this model") -> dict[str, Any]:
+  """Flax variables {"params": ..., <other collections>} of a weights file or directory: the reading half of
+  `Task.variables_from_weights` (the one route from weights to variables) and of the "orbax" / registered
+  converters of `config.init`.
+
+  - a directory: a dinoseg checkpoint (`<workdir>/checkpoints/<step>`, a training workdir (its newest step),
+    `dinoseg convert --to DIR` output): "params" (the EMA params when the run kept them) and the other
+    collections (e.g. "frozen_bn"); optimizer state is not read;
+  - `.msgpack`: Flax variables or params (flax.serialization);
+  - another file (.pth/.pt/.bin/.ckpt, .pkl, .safetensors, .npz): a state dict (`read_state_dict`)
+    converted by `converter()` (a `registry.ModelConverter`; None or returning None: files are refused).
+
+  Raises:
+    UserFileNotFoundError: no such path; UserError (InitError, the readers' and converters' errors): an
+      unreadable, unsafe or unconvertible file.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise UserFileNotFoundError(f"no such weights file or directory: {path}")
+  if path.is_dir():
+    from dinoseg.convert import readers  # noqa: PLC0415
+    try:
+      tree = readers.read_orbax(_newest_checkpoint(path))
+    except FileNotFoundError:
+      raise
+    except _READ_ERRORS as e:
+      raise InitError(f"cannot read the Orbax checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(tree, Mapping) or not isinstance(tree.get("params"), Mapping):
+      raise InitError(f"{path}: not a dinoseg checkpoint (no 'params'; top-level keys: {sorted(tree)})")
+    params = tree["ema_params"] if isinstance(tree.get("ema_params"), Mapping) else tree["params"]
+    return {"params": params, **{k: v for k, v in tree.items() if k not in _STATE_FIELDS and isinstance(v, Mapping)}}
+  if path.suffix.lower() == ".msgpack":
+    from flax import serialization  # noqa: PLC0415
+    try:
+      tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # msgpack raises its own exception types for corrupt data
+      raise InitError(f"{path}: not a readable Flax msgpack file ({type(e).__name__}: {e})") from None
+    return dict(tree) if isinstance(tree.get("params"), Mapping) else {"params": tree}
+  model_converter = converter() if converter is not None else None
+  if model_converter is None:
+    raise InitError(f"{what} has no converter for weight files; give a dinoseg checkpoint directory (a training "
+                    "workdir, <workdir>/checkpoints/<step> or `dinoseg convert --to DIR` output)")
+  if path.suffix.lower() == ".npz":
+    with np.load(path, allow_pickle=False) as z:
+      state = {k: z[k] for k in z.files}
+  else:
+    state = read_state_dict(path)
+  tree = model_converter.to_flax(state)
+  return dict(tree) if model_converter.variables else {"params": tree}
+
+
 def _subtree(tree: Any, path: Sequence[str]) -> Any:
   for part in path:
     if not isinstance(tree, Mapping) or part not in tree:
@@ -233,34 +299,19 @@ def from_variables(variables: Mapping[str, Any], target: Target) -> Loaded:
 
 
 def orbax_converter(path: str, target: Target) -> Loaded:
-  """A dinoseg checkpoint directory: `dinoseg convert --to DIR` output or `<workdir>/checkpoints/<step>`
-  (its `params` and the target's other collections, e.g. frozen_bn; optimizer state is not read)."""
-  from dinoseg.convert import readers  # noqa: PLC0415
+  """A dinoseg checkpoint directory (`read_variables`: a workdir, `<workdir>/checkpoints/<step>` or `dinoseg
+  convert --to DIR` output; params, or the EMA params when kept, and the target's other collections)."""
   if not os.path.isdir(path):
     raise InitError(f"converter 'orbax' reads a checkpoint directory, {path} is a file")
-  try:
-    tree = readers.read_orbax(path)
-  except FileNotFoundError:
-    raise
-  except _READ_ERRORS as e:
-    raise InitError(f"cannot read the Orbax checkpoint {path}: {type(e).__name__}: {e}") from e
-  if not isinstance(tree, Mapping) or not isinstance(tree.get("params"), Mapping):
-    raise InitError(f"{path}: the checkpoint has no 'params' (top-level keys: {sorted(tree)})")
-  return from_variables(tree, target)
+  return from_variables(read_variables(path), target)
 
 
 def registry_converter(name: str) -> InitConverter:
-  """A converter of `dinoseg.convert.registry` (strict about keys: it converts whole files); directories
-  are read as Orbax checkpoints."""
+  """A converter of `dinoseg.convert.registry` (strict about keys: it converts whole files), through
+  `read_variables` (so directories are read as dinoseg checkpoints)."""
   from dinoseg.convert import registry  # noqa: PLC0415
   converter = registry.get(name)
-
-  def convert(path: str, target: Target) -> Loaded:
-    if os.path.isdir(path):
-      return orbax_converter(path, target)
-    tree = converter.to_flax(read_state_dict(path))
-    return from_variables(tree if converter.variables else {"params": tree}, target)
-  return convert
+  return lambda path, target: from_variables(read_variables(path, lambda: converter, f"converter {name!r}"), target)
 
 
 def backbone_converter(module) -> InitConverter:
@@ -449,7 +500,7 @@ def describe(report: Mapping[str, Any]) -> str:
     return f"{head}: not applied here ({report['reason']})"
   target = report["target"] or "the whole model"
   if report["status"] == "not given":
-    return f"{head}: WARNING no file given; {target} starts random (--config.init.{report['name']}.file=...)"
+    return f"{head}: no file given; {target} starts random (--config.init.{report['name']}.file=...)"
   line = (f"{head}: loaded {report['tensors']} tensors ({report['values']:,} values) from {report['file']} into "
           f"{target}; {len(report['random'])} stayed random, {len(report['unused'])} unused source tensors")
   details = [f"random: {_listed(report['random'], 3)}" if report["random"] else "",
@@ -473,4 +524,4 @@ def apply(variables: Mapping[str, Any], arrays: Mapping[Path, np.ndarray]) -> di
 
 __all__ = ["ENTRY_DEFAULTS", "Entry", "Target", "Loaded", "InitError", "InitConverter", "entries", "rebase", "check",
            "load", "describe", "apply", "from_keymap", "from_variables", "orbax_converter", "registry_converter",
-           "backbone_converter", "keytable_keymap", "read_state_dict", "split_target"]
+           "backbone_converter", "keytable_keymap", "read_state_dict", "read_variables", "split_target"]

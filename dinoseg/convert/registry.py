@@ -1,8 +1,9 @@
 """Registry of per-model weight converters (PyTorch state dict <-> Flax params).
 
 Each model family registers a `ModelConverter` under a name (e.g. "resnet50",
-"dinov2_vitb14_reg", "maskdino_r50_instance"). `dinoseg convert --model NAME` and the
-trainer's export use this registry; nothing else dispatches on model names.
+"dinov2_vitb14_reg", "maskdino_r50_instance") in `CONVERTERS` (a `dinoseg.registry.Registry`).
+`dinoseg convert --model NAME`, `config.init` converter names and `Task.weights_converter` (by
+`config.model.name`) use this registry; nothing else dispatches on model names.
 
 Conventions:
 - torch side: a flat dict {key: np.ndarray} with the reference checkpoint's key names.
@@ -22,7 +23,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from dinoseg.errors import UserValueError
+from dinoseg.registry import Registry
 
 StateDict = dict[str, np.ndarray]
 
@@ -49,40 +50,21 @@ class ModelConverter:
   abstract: Callable[[], Mapping] | None = None
 
 
-CONVERTERS: dict[str, ModelConverter] = {}
+# Modules that register converters when imported (on the first lookup). Each family appends its module here.
+BUILTIN_CONVERTER_MODULES: list[str] = [
+    "dinoseg.convert.dinov2_clip",  # DINOv2, CLIP text
+    "dinoseg.models.talk2dino.convert",  # Talk2DINO projection
+    "dinoseg.models.segnext.convert",  # SegNext ViT-B sax1/sax2
+    "dinoseg.convert.backbones",  # ResNet, Swin, SegNext ViT
+    "dinoseg.models.toy.convert",  # the trainer's toy example
+    "dinoseg.models.maskdino.convert",  # Mask DINO (all released layouts)
+    "dinoseg.models.dinov.convert",  # DINOv Swin-T / Swin-L
+]
+CONVERTERS = Registry("model", hint=" for conversion", modules=BUILTIN_CONVERTER_MODULES)
+get = CONVERTERS.get  # the converter registered under a name (UserValueError naming the known ones)
+names = CONVERTERS.names
 
 
 def register(converter: ModelConverter) -> ModelConverter:
-  if converter.name in CONVERTERS:
-    raise ValueError(f"a converter named {converter.name!r} is already registered")
-  CONVERTERS[converter.name] = converter
-  return converter
-
-
-def get(name: str) -> ModelConverter:
-  """Returns the converter registered under `name` (UserValueError listing known names otherwise)."""
-  _import_builtin_converters()
-  if name not in CONVERTERS:
-    raise UserValueError(f"unknown model {name!r} for conversion; known: {', '.join(sorted(CONVERTERS)) or 'none'}")
-  return CONVERTERS[name]
-
-
-def names() -> list[str]:
-  _import_builtin_converters()
-  return sorted(CONVERTERS)
-
-
-# Modules that register converters when imported. Each family appends its module here.
-BUILTIN_CONVERTER_MODULES: list[str] = []
-BUILTIN_CONVERTER_MODULES.append("dinoseg.convert.dinov2_clip")  # DINOv2, CLIP text
-BUILTIN_CONVERTER_MODULES.append("dinoseg.models.talk2dino.convert")  # Talk2DINO projection
-BUILTIN_CONVERTER_MODULES.append("dinoseg.models.segnext.convert")  # SegNext ViT-B sax1/sax2
-BUILTIN_CONVERTER_MODULES.append("dinoseg.convert.backbones")  # ResNet, Swin, SegNext ViT
-BUILTIN_CONVERTER_MODULES.append("dinoseg.models.toy.convert")  # the trainer's toy example
-BUILTIN_CONVERTER_MODULES.append("dinoseg.models.maskdino.convert")  # Mask DINO (all released layouts)
-
-
-def _import_builtin_converters() -> None:
-  import importlib  # noqa: PLC0415
-  for module in BUILTIN_CONVERTER_MODULES:
-    importlib.import_module(module)
+  """Registers `converter` under its `name` (ValueError when the name is taken)."""
+  return CONVERTERS.register(converter.name, converter)

@@ -15,6 +15,7 @@ checkpoint) are dropped and TensorBoard purges events after S, so the logs read 
 The progress bar (tqdm, stderr) shows steps, rate and ETA with the latest loss and learning rate.
 """
 import json
+import logging
 import pathlib
 import sys
 from typing import Any, Iterable, Mapping
@@ -23,6 +24,8 @@ import jax
 import numpy as np
 
 from dinoseg import jsonio
+
+logger = logging.getLogger(__name__)
 
 
 def _scalar(value) -> float | int | None:
@@ -102,13 +105,9 @@ class MetricWriter:
                             refresh=False)
 
   def message(self, text: str) -> None:
-    """Prints a line to stdout (above the bar) on process 0."""
-    if not self.enabled:
-      return
-    if self._bar is not None:
-      self._bar.write(text, file=sys.stdout)
-    else:
-      print(text, flush=True)
+    """Logs a line on process 0 (the `dinoseg` console handler writes it above the bar)."""
+    if self.enabled:
+      logger.info(text)
 
   def close(self) -> None:
     if self._bar is not None:

@@ -14,7 +14,8 @@ configs put in `config.task`:
     def eval_iterator(self, process_index, process_count): ...  # finite, per-process batches
     def evaluator(self): ...                                     # -> Evaluator
 
-and appending its module to `BUILTIN_TASK_MODULES` (imported lazily on lookup). The trainer owns
+and appending its module to `BUILTIN_TASK_MODULES` (imported lazily on lookup; `TASKS` is a
+`dinoseg.registry.Registry`, so an installed plugin registers a task the same way). The trainer owns
 everything else: the mesh, sharded state creation, the optimizer, the jitted step, checkpoints,
 logging. The contract, in shapes and rules (full example in `dinoseg/models/toy/`):
 
@@ -44,16 +45,21 @@ logging. The contract, in shapes and rules (full example in `dinoseg/models/toy/
   padding rows (e.g. a "valid" key) for the evaluator to skip.
 - Pretrained initialisation (`config.init`, dinoseg.convert.init) is the trainer's, for a fresh run:
   the entries read their files with the converters of `init_converters()` (by default "backbone"
-  from `backbone_module()`, "task" from `variables_from_weights` or the model's converter, and
-  "orbax"), filtered by `init_entries`; tasks add names or retarget entries there.
+  from `backbone_module()`, "task" through `variables_from_weights`, and "orbax"), filtered by
+  `init_entries`; tasks add names or retarget entries there.
+- Weight files: `variables_from_weights(path)` is the one route from a file or checkpoint directory
+  to the model's variables (`dinoseg eval --weights`, `dinoseg predict`, `dinoseg.load`, config.init
+  "task"); a task supplies the state-dict converter (`weights_converter()`: by default the converter
+  registered under `config.model.name`).
 """
 import abc
-import importlib
+import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import ml_collections
 
 from dinoseg.errors import UserValueError
+from dinoseg.registry import Registry
 
 
 class Evaluator(Protocol):
@@ -106,17 +112,45 @@ class Task(abc.ABC):
     """A fresh Evaluator, or None when the task has no evaluation."""
     return None
 
-  def variables_from_weights(self, path: str) -> Mapping[str, Any]:
-    """Flax variables ({"params": ..., other collections}) read from a weights file or directory
-    (e.g. a released PyTorch checkpoint, converted), for `dinoseg eval --weights`. Must have the
-    tree structure of `init_variables`."""
-    raise UserValueError(f"task {type(self).__name__} cannot read weights files; evaluate a training workdir instead "
-                         "(dinoseg eval --workdir=DIR)")
+  def variables_from_weights(self, path: str | os.PathLike, *, check: bool = True) -> dict[str, Any]:
+    """Flax variables {"params": ..., <other collections>} of a weights file or directory: the one route from
+    weights to variables (`dinoseg eval --weights`, `dinoseg predict`, `dinoseg.load`, the `config.init`
+    converter "task"). Tasks customise the converter (`weights_converter`), not this method.
+
+    - a directory: a dinoseg checkpoint (`<workdir>/checkpoints/<step>`, a training workdir (its newest
+      step), or `dinoseg convert --to DIR` output): "params" (the EMA params when the run kept them) and
+      the model's other collections (e.g. "frozen_bn"); optimizer state is not read;
+    - `.msgpack`: Flax variables or params (flax.serialization);
+    - any other file (.pth/.pt/.bin/.ckpt, .pkl, .safetensors, .npz): a state dict (`{"model": ...}` /
+      `{"state_dict": ...}` unwrapped) converted by `weights_converter()` (strict about keys).
+
+    Args:
+      check: compare every converted shape with the model's (`abstract_variables`).
+    Raises:
+      UserError: a missing, unreadable or unsafe file, a task without a converter, weights that do not
+        fit the model (keymap.KeyMismatchError / ConversionError naming the keys and shapes).
+    """
+    from dinoseg.convert import init as init_lib, keymap  # noqa: PLC0415
+    variables = init_lib.read_variables(path, self.weights_converter, what=f"task {type(self).__name__}")
+    if check:
+      keymap.check_shapes(variables, self.abstract_variables(), what=f"the weights in {path}")
+    return variables
+
+  def abstract_variables(self) -> dict[str, Any]:
+    """The model's variables as `jax.ShapeDtypeStruct` leaves (`init_variables` traced, unboxed; cached)."""
+    if getattr(self, "_abstract_variables", None) is None:
+      import flax.linen as nn  # noqa: PLC0415
+      import jax  # noqa: PLC0415
+      self._abstract_variables = dict(nn.meta.unbox(jax.eval_shape(self.init_variables, jax.random.key(0))))
+    return self._abstract_variables
 
   def weights_converter(self) -> Any:
-    """The `dinoseg.convert.ModelConverter` for this config's model (`dinoseg convert --config`), built
-    from the config when no registered converter name (`config.model.name`) fits it; None: none."""
-    return None
+    """The `dinoseg.convert.ModelConverter` of this config's model (`variables_from_weights`, `dinoseg convert
+    --config`): by default the one registered under `config.model.name`; a task whose model settings vary
+    (widths, depths) builds one from its config. None: the task reads no weight files (only checkpoints)."""
+    from dinoseg.convert import registry  # noqa: PLC0415
+    name = (self.config.get("model") or {}).get("name")
+    return registry.get(str(name)) if name else None
 
   def backbone_module(self) -> Any:
     """The Flax backbone module whose variables sit under "backbone" (the "backbone" init converter builds
@@ -127,18 +161,13 @@ class Task(abc.ABC):
 
   def init_converters(self) -> dict[str, Any]:
     """{name: converter} for `config.init` entries (dinoseg.convert.init.InitConverter): "backbone" (when
-    `backbone_module()` gives one), "task" (a full checkpoint of this model: `variables_from_weights` when
-    the task defines it, else the `dinoseg convert --config` converter) and "orbax". Registered converter
-    names work without being listed here."""
-    import os  # noqa: PLC0415
-
+    `backbone_module()` gives one), "task" (a full checkpoint of this model, read by `variables_from_weights`)
+    and "orbax" (a dinoseg checkpoint, partial ones too). Registered converter names work without being
+    listed here."""
     from dinoseg.convert import init as init_lib  # noqa: PLC0415
-    own_reader = type(self).variables_from_weights is not Task.variables_from_weights
 
-    def full_model(path, target):
-      if os.path.isdir(path) and not own_reader:
-        return init_lib.orbax_converter(path, target)
-      return init_lib.from_variables(self._full_variables(path), target)
+    def full_model(path, target):  # shapes and coverage are checked by init_lib.load, entry by entry
+      return init_lib.from_variables(self.variables_from_weights(path, check=False), target)
 
     out = {"task": full_model, "orbax": init_lib.orbax_converter}
     backbone = self.backbone_module()
@@ -152,21 +181,6 @@ class Task(abc.ABC):
     skips entries here (`dinoseg.convert.init.rebase`). Default: all of them, unchanged."""
     return list(entries)
 
-  def _full_variables(self, path: str) -> Mapping[str, Any]:
-    """Variables of a full checkpoint file of this model: `variables_from_weights` when the task defines it,
-    else the file through the model's converter (`config.model.name` in the registry, or
-    `weights_converter()`)."""
-    if type(self).variables_from_weights is not Task.variables_from_weights:
-      return self.variables_from_weights(path)
-    from dinoseg.convert import init as init_lib, registry  # noqa: PLC0415
-    name = (self.config.get("model") or {}).get("name")
-    converter = registry.get(str(name)) if name else self.weights_converter()
-    if converter is None:
-      raise UserValueError(f"task {type(self).__name__} has no full-model converter; use converter 'orbax' for a "
-                           "dinoseg checkpoint directory")
-    tree = converter.to_flax(init_lib.read_state_dict(path))
-    return tree if converter.variables else {"params": tree}
-
   def evaluate_weights(self, path: str | None, workdir: str | None) -> dict[str, Any] | None:
     """A task's own evaluation of a weights file (e.g. a benchmark suite that is not the trainer's
     eval loop); None (the default) means: use the trainer's evaluation with `variables_from_weights`."""
@@ -175,45 +189,18 @@ class Task(abc.ABC):
 
 
 TaskFactory = Callable[[ml_collections.ConfigDict], Task]
-TASKS: dict[str, TaskFactory] = {}
 
-# Modules that register tasks when imported. Each system appends its module here.
-BUILTIN_TASK_MODULES: list[str] = []
-BUILTIN_TASK_MODULES.append("dinoseg.models.toy.task")  # the worked example (tests, bench)
-BUILTIN_TASK_MODULES.append("dinoseg.models.talk2dino.task")  # Talk2DINO projection on cached features
-BUILTIN_TASK_MODULES.append("dinoseg.models.segnext.task")  # SegNext interactive segmentation
-BUILTIN_TASK_MODULES.append("dinoseg.models.maskdino.task")  # Mask DINO (instance / panoptic / semantic)
-
-
-def register(name: str) -> Callable[[TaskFactory], TaskFactory]:
-  """Class decorator registering a Task subclass (or any config -> Task callable) under `name`."""
-
-  def wrap(factory: TaskFactory) -> TaskFactory:
-    if name in TASKS and TASKS[name] is not factory:
-      raise ValueError(f"a task named {name!r} is already registered ({TASKS[name]})")
-    TASKS[name] = factory
-    return factory
-
-  return wrap
-
-
-def _import_builtin_tasks() -> None:
-  for module in BUILTIN_TASK_MODULES:
-    importlib.import_module(module)
-
-
-def names() -> list[str]:
-  _import_builtin_tasks()
-  return sorted(TASKS)
-
-
-def get(name: str) -> TaskFactory:
-  """The factory registered under `name` (UserValueError listing the known tasks otherwise)."""
-  if name not in TASKS:
-    _import_builtin_tasks()
-  if name not in TASKS:
-    raise UserValueError(f"unknown task {name!r} (config.task); known: {', '.join(sorted(TASKS)) or 'none'}")
-  return TASKS[name]
+# Modules that register tasks when imported (imported on the first lookup). Each system appends its module.
+BUILTIN_TASK_MODULES: list[str] = [
+    "dinoseg.models.toy.task",  # the worked example (tests, bench)
+    "dinoseg.models.talk2dino.task",  # Talk2DINO projection on cached features
+    "dinoseg.models.segnext.task",  # SegNext interactive segmentation
+    "dinoseg.models.maskdino.task",  # Mask DINO (instance / panoptic / semantic)
+]
+TASKS = Registry("task", hint=" (config.task)", modules=BUILTIN_TASK_MODULES)
+register = TASKS.register  # @register("name") on a Task subclass (or any config -> Task callable)
+get = TASKS.get
+names = TASKS.names
 
 
 def build(config: ml_collections.ConfigDict) -> Task:

@@ -22,6 +22,7 @@ evaluator's results; `evaluate_checkpoint(config, workdir)` does so for a saved 
 """
 import dataclasses
 import json
+import logging
 import pathlib
 import time
 from typing import Any, Callable
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinoseg import jsonio, parallel
+from dinoseg import compile_cache, jsonio, parallel
 from dinoseg.convert import init as init_lib
 from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.train import checkpointing, optimizer as optimizer_lib, state as state_lib, step as step_lib
@@ -38,6 +39,8 @@ from dinoseg.train import task as task_lib, workdir as workdir_lib
 from dinoseg.train.defaults import TRAIN_DEFAULTS, resolve
 from dinoseg.train.metrics import MetricWriter
 from dinoseg.train.preemption import PreemptionHandler, signal_name
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -234,17 +237,20 @@ def _log_rows(pending, elapsed: float, batch_size: int) -> list[dict]:
   return rows
 
 
-def initialise(run: Run, entries, say: Callable[[str], None]) -> tuple[state_lib.TrainState, list[dict]]:
+def initialise(run: Run, entries, say: Callable[[str], None], warn: Callable[[str], None] | None = None
+               ) -> tuple[state_lib.TrainState, list[dict]]:
   """A fresh state with the `config.init` entries applied (dinoseg.convert.init): the files are read and
   checked against the model's shapes before the state is created, then placed with each variable's
-  sharding. Returns (state, one report dict per entry); each report is also said as one line."""
+  sharding. Returns (state, one report dict per entry); each report is also said as one line (through
+  `warn`, when given, for an entry without a file)."""
   abstract = {"params": run.abstract.params, **run.abstract.model_state}
   arrays, reports = init_lib.load(entries, abstract, run.task.init_converters())
   state = run.create_state()
   if arrays:
     state = state_lib.with_variables(state, arrays, run.shardings, run.optimizer.tx, run.mesh, run.rules)
   for report in reports:
-    say(init_lib.describe(report))
+    tell = (warn or say) if report["status"] == "not given" else say
+    tell(init_lib.describe(report))
   return state, reports
 
 
@@ -256,7 +262,7 @@ def train(config, workdir, *, task: task_lib.Task | None = None, echo: Callable[
     config: the run config (config.task, config.train, config.optimizer, config.mesh, ...).
     workdir: run directory (checkpoints/, metrics.jsonl, tensorboard/, eval/, config.json).
     task: a Task instance to use instead of building config.task.
-    echo: where progress messages go (default: print on process 0).
+    echo: where progress messages go (default: this module's logger on process 0, warnings as warnings).
   Raises:
     TrainingDivergedError: `max_nonfinite_steps` consecutive non-finite steps; nothing is saved
       after the last good checkpoint.
@@ -265,17 +271,24 @@ def train(config, workdir, *, task: task_lib.Task | None = None, echo: Callable[
       (workdir.WorkdirInUseError), the checkpoints belong to another config
       (checkpointing.CheckpointMismatchError), the batch does not divide over the mesh, a bad setting.
   """
-  say = echo or (lambda text: print(text, flush=True) if jax.process_index() == 0 else None)
+  say, warn = _console(echo, logging.INFO), _console(echo, logging.WARNING)
   workdir = workdir_lib.prepare(workdir)
-  lock = workdir_lib.lock_for_run(workdir, say)
+  lock = workdir_lib.lock_for_run(workdir, warn)
   try:
     with PreemptionHandler() as preemption:
-      return _train(config, workdir, task, say, preemption)
+      return _train(config, workdir, task, say, warn, preemption)
   finally:
     lock.release()
 
 
-def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandler) -> TrainResult:
+def _console(echo: Callable[[str], None] | None, level: int) -> Callable[[str], None]:
+  """`echo`, or a function logging at `level` on process 0."""
+  if echo is not None:
+    return echo
+  return lambda text: logger.log(level, text) if jax.process_index() == 0 else None
+
+
+def _train(config, workdir: pathlib.Path, task, say, warn, preemption: PreemptionHandler) -> TrainResult:
   """The body of `train` once the workdir is locked and stop signals are watched."""
   run = build_run(config, task)
   check_batch_size(run)
@@ -288,7 +301,7 @@ def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandl
   checkpointer = checkpointing.Checkpointer(
       workdir / "checkpoints", keep_last=int(s["keep_last"]), keep_best=int(s["keep_best"]),
       best_metric=str(s["best_metric"]), best_mode=str(s["best_mode"]), async_save=bool(s["async_checkpointing"]),
-      echo=say)
+      echo=warn)
   try:
     train_iter = run.task.train_iterator(jax.process_index(), jax.process_count())
     with run.context():
@@ -302,7 +315,7 @@ def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandl
     else:
       say(f"starting a new run in {workdir} ({jax.process_count()} process(es), {jax.device_count()} devices, "
           f"mesh {dict(zip(run.mesh.axis_names, run.mesh.devices.shape))})")
-      state, init_reports = initialise(run, init_entries, say)
+      state, init_reports = initialise(run, init_entries, say, warn)
   except BaseException:
     checkpointer.close()
     raise
@@ -318,6 +331,7 @@ def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandl
   pending: list[tuple[int, dict]] = []
   step, batch_size = start, None
   window_start = time.perf_counter()
+  cache_dir, cache_before = compile_cache.directory(), compile_cache.stats()
 
   def flush() -> None:
     """Fetches the pending metrics (one host sync), writes them, stops a diverged run."""
@@ -325,7 +339,10 @@ def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandl
     now = time.perf_counter()
     rows = _log_rows(pending, now - window_start, batch_size)
     if rows[0]["step"] == start + 1:
-      writer.message(f"step {start + 1}: first step (with compilation) took {now - window_start:.1f}s")
+      said = f"step {start + 1}: first step (with compilation) took {now - window_start:.1f}s"
+      if cache_dir is not None:
+        said += f"; {compile_cache.describe(cache_before, compile_cache.stats())}"
+      say(said)
     window_start, pending = now, []
     writer.write_rows(rows)
     writer.progress(rows[-1]["step"], loss=rows[-1]["loss"], lr=rows[-1]["learning_rate"])
@@ -342,14 +359,17 @@ def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandl
   try:
     if preemption.signal_received is not None:  # asked to stop during start-up: no step to finish, nothing to save
       stopped_by = "preempted"
-      writer.message(f"received signal {preemption.signal_received} before step {start + 1}: stopped without "
-                     f"training ({signal_name(preemption.signal_received)}; nothing new to save)")
+      say(f"received signal {preemption.signal_received} before step {start + 1}: stopped without "
+          f"training ({signal_name(preemption.signal_received)}; nothing new to save)")
     while stopped_by == "completed" and step < num_steps:
       local_batch = next(train_iter)
       if batch_size is None:  # before the batch is sharded, whose error would not name the setting
         batch_size = int(np.shape(jax.tree.leaves(local_batch)[0])[0]) * jax.process_count()
         check_batch_size(run, batch_size)
       batch = run.global_batch(local_batch)
+      if step == start:
+        say(f"step {step + 1}: compiling the train step (the first step takes longest; compilation cache: "
+            f"{cache_dir if cache_dir is not None else 'none'})")
       with run.context():
         state, metrics = run.train_step(state, batch)
       step += 1
@@ -367,7 +387,7 @@ def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandl
           writer.write_scalars(step, {k: v for k, v in eval_results.items() if np.ndim(v) == 0}, prefix="eval/")
           shown = ", ".join(f"{k}={v:.4g}" for k, v in list(eval_results.items())[:6]
                             if isinstance(v, (int, float)))
-          writer.message(f"step {step}: eval {shown}")
+          say(f"step {step}: eval {shown}")
       if do_save and step != last_saved:
         checkpointer.save(step, state, _IteratorStateSnapshot(train_iter),
                           metrics=eval_results if do_eval else None)
@@ -375,9 +395,9 @@ def _train(config, workdir: pathlib.Path, task, say, preemption: PreemptionHandl
       if preempted:
         checkpointer.wait()
         stopped_by = "preempted"
-        writer.message(f"received signal {preemption.signal_received}: saved checkpoint "
-                       f"{checkpointer.step_dir(step)} and stopped at step {step} "
-                       f"({signal_name(preemption.signal_received)}; run the same command to resume)")
+        say(f"received signal {preemption.signal_received}: saved checkpoint "
+            f"{checkpointer.step_dir(step)} and stopped at step {step} "
+            f"({signal_name(preemption.signal_received)}; run the same command to resume)")
         break
     checkpointer.wait()
   finally:

@@ -15,6 +15,7 @@ A filesystem without flock support gets a warning and no lock.
 import datetime
 import errno
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -22,6 +23,8 @@ import sys
 from typing import Callable
 
 from dinoseg.errors import UserError, UserValueError
+
+logger = logging.getLogger(__name__)
 
 LOCK_FILE = "dinoseg.lock"
 
@@ -57,12 +60,13 @@ class WorkdirLock:
 
   Args:
     workdir: an existing directory.
-    echo: where the "took over a stale lock" and "cannot lock" messages go (default: stderr).
+    echo: where the "took over a stale lock" and "cannot lock" messages go (default: this module's
+      logger, as warnings).
   """
 
   def __init__(self, workdir, echo: Callable[[str], None] | None = None):
     self.path = pathlib.Path(workdir) / LOCK_FILE
-    self._echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
+    self._echo = echo or logger.warning
     self._fd: int | None = None
 
   def _read(self, fd: int) -> dict | None:
@@ -93,7 +97,7 @@ class WorkdirLock:
         os.close(fd)
         raise
       os.close(fd)
-      self._echo(f"WARNING cannot lock {self.path} ({e.strerror}): a second process writing to "
+      self._echo(f"cannot lock {self.path} ({e.strerror}): a second process writing to "
                  f"{self.path.parent} would not be detected")
       return self
     previous = self._read(fd)

@@ -1,5 +1,6 @@
 """CLIP BPE tokenizer against openai/CLIP's `clip.tokenize` (fixture from scripts/make_dinov2_clip_fixtures.py)."""
 import gzip
+import hashlib
 import json
 import pathlib
 
@@ -8,6 +9,7 @@ import pytest
 
 from dinoseg.backbones import clip_tokenizer
 from dinoseg.backbones.clip_tokenizer import EOT_ID, SOT_ID, ClipTokenizer, load_bpe_merges, tokenize
+from dinoseg.errors import UserError
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "backbones" / "tokenizer_ids.json"
 CASES = json.loads(FIXTURE.read_text())["cases"]
@@ -76,9 +78,18 @@ def test_wrong_merges_are_rejected(tmp_path):
     ClipTokenizer(bpe_path=tmp_path / "missing.txt.gz")
 
 
-def test_default_source_is_an_installed_package():
-  source = clip_tokenizer.find_bpe_source()
-  assert source.endswith(clip_tokenizer.BPE_FILE_NAME) or source.endswith(":embedded")
+def test_merges_are_shipped_package_data_checked_by_sha256(monkeypatch):
+  data = clip_tokenizer.shipped_bpe_bytes()
+  assert hashlib.sha256(data).hexdigest() == clip_tokenizer.BPE_FILE_SHA256
+  assert gzip.decompress(data).startswith(b'"bpe_simple_vocab_16e6.txt#version: 0.2\n')
+  assert len(load_bpe_merges()) == clip_tokenizer.NUM_MERGES
+  monkeypatch.setattr(clip_tokenizer, "BPE_FILE_SHA256", "0" * 64)
+  load_bpe_merges.cache_clear()
+  try:
+    with pytest.raises(UserError, match="is damaged: sha256 924691ac.*reinstall dinoseg"):
+      load_bpe_merges()
+  finally:
+    load_bpe_merges.cache_clear()
 
 
 def test_bad_arguments_raise(tokenizer):

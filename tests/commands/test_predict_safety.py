@@ -15,6 +15,7 @@ from dinoseg.config import load_config
 from dinoseg.convert.pth_writer import write_pth
 from dinoseg.models.maskdino import convert
 from dinoseg.models.maskdino.model import build_model
+from dinoseg.structures import Segmentation, segments_from_label_map
 
 CONFIG = "configs/maskdino/quickstart.py:tiny"
 
@@ -71,10 +72,10 @@ def test_results_of_the_images_done_are_kept_when_one_fails(weights, tmp_path, m
   _images(images, {"a.png": (32, 48), "b.png": (40, 48)})
   original = predict.MaskDINOPredictor.predict
 
-  def failing(self, image):
+  def failing(self, image, **prompts):
     if image.shape[0] == 40:
       raise RuntimeError("a bug in the predictor")
-    return original(self, image)
+    return original(self, image, **prompts)
 
   monkeypatch.setattr(predict.MaskDINOPredictor, "predict", failing)
   with pytest.raises(RuntimeError, match="a bug in the predictor"):  # a bug keeps its traceback
@@ -84,8 +85,12 @@ def test_results_of_the_images_done_are_kept_when_one_fails(weights, tmp_path, m
 
 
 def test_summary_when_nothing_is_drawn():
-  result = {"instances": {"scores": np.array([0.2, 0.1])}}
+  names = ("sky", "cat", "dog")
+  result = Segmentation(masks=np.zeros((2, 1, 2), bool), scores=np.array([0.2, 0.1], np.float32),
+                        labels=np.array([1, 2], np.int32), names=("cat", "dog"), class_names=names,
+                        boxes=np.zeros((2, 4), np.float32))
   assert predict.summarize(result, 0.5) == ("0 of 2 instances drawn: the best score 0.200 is below "
                                             "--score-threshold 0.5")
   assert predict.summarize(result, 0.15) == "1 of 2 instances drawn (score >= 0.15)"
-  assert predict.summarize({"semantic": np.array([[0, 2]]), "names": ["sky", "cat", "dog"]}) == "2 classes: sky, dog"
+  semantic = Segmentation(**segments_from_label_map(np.array([[0, 2]]), names), label_map=np.array([[0, 2]]))
+  assert predict.summarize(semantic) == "2 classes: sky, dog"

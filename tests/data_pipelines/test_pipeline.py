@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from dinoseg.data_pipelines import batch as batch_lib
 from dinoseg.data_pipelines import dataset as dataset_lib
 from dinoseg.data_pipelines import pipeline
 
@@ -218,21 +217,6 @@ def test_eval_sharding_covers_every_example_exactly_once(datasets, processes):
   for bs in per_process:
     for b in bs:
       assert b["image"].shape == (2, 96, 96, 3)
-
-
-def test_to_padded_normalizes_and_zeroes_padding(datasets):
-  cfg = _config(datasets.prepared("coco"))
-  b = next(pipeline.build_eval_iterator({**cfg.to_dict(), "eval_targets": True}))
-  images, instances = batch_lib.to_padded(b)
-  x = np.asarray(images.images)
-  h, w = b["valid_hw"][0]
-  expected = (b["image"][0, :h, :w].astype(np.float32) - np.asarray(batch_lib.PIXEL_MEAN)) / np.asarray(
-      batch_lib.PIXEL_STD)
-  np.testing.assert_allclose(x[0, :h, :w], expected, rtol=1e-6, atol=1e-5)
-  assert (x[0, h:] == 0).all() and (x[0, :, w:] == 0).all()
-  np.testing.assert_array_equal(np.asarray(images.pixel_mask[0]).sum(), h * w)
-  np.testing.assert_array_equal(instances.labels, b["labels"])
-  assert batch_lib.to_padded({k: v for k, v in b.items() if k not in ("labels",)})[1] is None
 
 
 def test_config_errors(datasets):

@@ -51,3 +51,17 @@ def test_cli_synth_prepare_inspect(tmp_path, capsys):
   assert cli.main(["data", "prepare", "--dataset", "nope", "--raw", str(raw), "--out", str(out)]) == 2
   assert cli.main(["data", "synth", "--layout", "nope", "--out", str(raw)]) == 2
   assert "strict" in capsys.readouterr().err
+
+
+def test_tfds_format_without_tensorflow_datasets_is_a_user_error(tmp_path, monkeypatch, capsys):
+  import sys  # noqa: PLC0415
+
+  from dinoseg import data_pipelines  # noqa: PLC0415
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import tensorflow_datasets` fails
+  monkeypatch.delitem(sys.modules, "dinoseg.data_pipelines.tfds_builders", raising=False)
+  monkeypatch.delattr(data_pipelines, "tfds_builders", raising=False)
+  raw = tmp_path / "raw"
+  assert cli.main(["data", "synth", "--layout", "coco", "--out", str(raw), "--num-images", "1", "--splits", "val"]) == 0
+  assert cli.main(["data", "prepare", "--dataset", "coco_instances", "--raw", str(raw), "--out", str(tmp_path / "o"),
+                   "--format", "tfds"]) == 2
+  assert "needs tensorflow-datasets: pip install 'dinoseg[tfds]'" in capsys.readouterr().err

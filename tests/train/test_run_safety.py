@@ -96,7 +96,7 @@ def test_ctrl_c_saves_stops_with_130_and_the_rerun_resumes(env, tmp_path):
   resumed = subprocess.run(_cmd("train", run.workdir, f"--config.train.num_steps={saved[0] + 1}"), env=env,
                            capture_output=True, text=True, timeout=120)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-  assert f"resumed from {run.workdir / 'checkpoints' / str(saved[0])} at step {saved[0]}" in resumed.stdout
+  assert f"resumed from {run.workdir / 'checkpoints' / str(saved[0])} at step {saved[0]}" in resumed.stderr
   assert [r["step"] for r in read_jsonl(run.workdir / "metrics.jsonl") if "loss" in r] == list(range(1, saved[0] + 2))
 
 

@@ -65,7 +65,7 @@ class Wrapped:
 
 make = task.train_iterator
 task.train_iterator = lambda pi, pc: Wrapped(make(pi, pc))
-trainer.train(config, workdir, task=task)
+trainer.train(config, workdir, task=task, echo=print)  # the trainer's messages on stdout
 """
 
 
@@ -130,7 +130,7 @@ def test_kill_minus_9_then_resume_is_bit_exact(reference, cache_dir, tmp_path):
   assert saved and saved[-1] <= kill_after, (kill_after, saved)
   resumed = _run(_train_cmd(workdir), env)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-  assert "resumed from" in resumed.stdout, resumed.stdout
+  assert "resumed from" in resumed.stderr, resumed.stderr
   ours, ref = _state(workdir), _state(reference)
   mismatched = [jax.tree_util.keystr(path) for path, a in jax.tree_util.tree_leaves_with_path(ours)
                 if not np.array_equal(a, _lookup(ref, path))]
@@ -195,7 +195,7 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(reference, cac
         p.kill()
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, out + err
-  assert "2 process(es), 8 devices" in outputs[0][0]
+  assert "2 process(es), 8 devices" in outputs[0][1]  # a log record (stderr)
   ours, ref = _state(workdir), _state(reference)
   for path, a in jax.tree_util.tree_leaves_with_path(ours["params"]):
     np.testing.assert_allclose(a, _lookup(ref["params"], path), rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))

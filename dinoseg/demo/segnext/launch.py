@@ -3,7 +3,11 @@
 `dinoseg demo segnext` binds the port before the model loads (loading takes a while), so a busy port
 fails at once, then loads SegNext and serves the demo page.
 """
+import logging
+
 from dinoseg.errors import UserValueError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/segnext/vitb_sax2.py"
 
@@ -26,14 +30,11 @@ def check_arguments(args) -> None:
 
 
 def build_predictor(args, overrides=()):
-  """(SegNextPredictor, model name) from the parsed arguments."""
-  from dinoseg.config import load_config  # noqa: PLC0415
-  from dinoseg.models.segnext.predictor import SegNextPredictor  # noqa: PLC0415
-  from dinoseg.models.segnext.weights import load_model  # noqa: PLC0415
+  """(SegNextPredictor, model name) from the parsed arguments: the session of `dinoseg.load`'s predictor."""
+  from dinoseg.predict import load  # noqa: PLC0415
   check_arguments(args)
-  config = load_config(args.config, overrides)
-  model, params = load_model(config.model, args.weights, random_init=args.random_init, seed=config.seed)
-  return SegNextPredictor(model, params), str(config.model.name)
+  predictor = load(args.config, args.weights, overrides=overrides, allow_random=args.random_init)
+  return predictor.session, str(predictor.config.model.name)
 
 
 def main(args, overrides) -> int:
@@ -44,7 +45,7 @@ def main(args, overrides) -> int:
     server.app.predictor, server.app.model_name = build_predictor(args, overrides)
     host, port = server.server_address[:2]
     label = " (RANDOM WEIGHTS)" if args.random_init else ""
-    print(f"SegNext demo{label}: open http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
+    logger.info("SegNext demo%s: open http://%s:%s/ (Ctrl-C stops it)", label, host, port)
     server.serve_forever()
   except KeyboardInterrupt:
     pass

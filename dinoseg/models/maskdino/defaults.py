@@ -26,7 +26,8 @@ test                               TEST.* (INSTANCE_ON, PANOPTIC_ON, SEMANTIC_ON
 """
 import ml_collections
 
-# detectron2 / Mask DINO RGB statistics on the 0-255 scale.
+# detectron2 / Mask DINO RGB statistics on the 0-255 scale (the config defaults; equal to
+# dinoseg.ops.pixels.IMAGENET_MEAN_255 / _STD_255, which the model applies with pixels.normalize).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 

@@ -18,6 +18,7 @@ from dinoseg.models.maskdino.defaults import PIXEL_MEAN, PIXEL_STD
 from dinoseg.models.maskdino.denoising import DNNoise
 from dinoseg.models.maskdino.pixel_decoder import MaskDINOEncoder
 from dinoseg.models.query_groups import QueryGroup
+from dinoseg.ops import pixels
 
 
 class MaskDINO(nn.Module):
@@ -37,14 +38,7 @@ class MaskDINO(nn.Module):
 
   def normalize(self, images: jax.Array, valid_hw: jax.Array | None) -> jax.Array:
     """(B, H, W, 3) 0-255 RGB -> normalized, padding (outside valid_hw) set to 0."""
-    x = (images.astype(jnp.float32) - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(self.pixel_std,
-                                                                                              jnp.float32)
-    if valid_hw is not None:
-      h, w = images.shape[1:3]
-      inside = ((jnp.arange(h)[None, :, None] < valid_hw[:, 0, None, None]) &
-                (jnp.arange(w)[None, None, :] < valid_hw[:, 1, None, None]))
-      x = jnp.where(inside[..., None], x, 0.0)
-    return x
+    return pixels.normalize(images, self.pixel_mean, self.pixel_std, valid_hw)
 
   def __call__(self, images: jax.Array, valid_hw: jax.Array | None = None, *, train: bool = False, targets=None,
                dn_noise: DNNoise | None = None, extra_groups: Sequence[QueryGroup] = ()) -> DecoderOutputs:

@@ -191,15 +191,9 @@ class MaskDINOTask(task_lib.Task):
     h, w = _hw(self.config.data.image_size)
     return self.model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32))
 
-  def variables_from_weights(self, path):
-    """Variables from a released checkpoint (.pth / .pkl / .safetensors; every layout of
-    convert.py, strict) or from a dinoseg Orbax directory, for `dinoseg eval --weights`."""
-    from dinoseg.predict import load_variables  # noqa: PLC0415
-    return load_variables(self.config, path)
-
   def weights_converter(self):
-    """Reference state dict <-> Flax variables for this config's model (any widths, not only the
-    released ones), for `dinoseg convert --config`."""
+    """Reference state dict <-> Flax variables for this config's model (any widths, not only the released
+    ones; every layout of convert.py, strict): `variables_from_weights` and `dinoseg convert --config`."""
     from dinoseg.convert.registry import ModelConverter  # noqa: PLC0415
     from dinoseg.models.maskdino import convert  # noqa: PLC0415
     model, no_object_weight = self.config.model, float(self.config.loss.no_object_weight)

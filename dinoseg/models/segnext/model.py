@@ -35,10 +35,8 @@ from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext import resize
 from dinoseg.models.segnext.head import SegmentationHead
 from dinoseg.models.segnext.neck import SimpleFPN
-from dinoseg.ops import interpolate
+from dinoseg.ops import interpolate, pixels
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FUSION_NORM_EPS = 1e-5  # torch's LayerNorm default in the fusion blocks (the backbone uses 1e-6)
 
 
@@ -75,8 +73,8 @@ class SegNext(nn.Module):
   norm_radius: float = 5.0
   extra_prompts: bool = True
   scribble_radius: float = 3.0
-  pixel_mean: Sequence[float] = IMAGENET_MEAN
-  pixel_std: Sequence[float] = IMAGENET_STD
+  pixel_mean: Sequence[float] = pixels.IMAGENET_MEAN
+  pixel_std: Sequence[float] = pixels.IMAGENET_STD
   dtype: Any = jnp.float32
 
   @property
@@ -114,9 +112,7 @@ class SegNext(nn.Module):
       raise ValueError(f"images must have shape (B, H, W, 3), got {images.shape}")
     if image_hw.shape != (images.shape[0], 2):
       raise ValueError(f"image_hw must have shape ({images.shape[0]}, 2), got {image_hw.shape}")
-    mean = jnp.asarray(self.pixel_mean, jnp.float32)
-    std = jnp.asarray(self.pixel_std, jnp.float32)
-    x = (images.astype(jnp.float32) - mean) / std
+    x = pixels.normalize(images, self.pixel_mean, self.pixel_std)
     return resize.to_model_frame(x, image_hw, self.image_size)
 
   def embed_image(self, images: jax.Array, image_hw: jax.Array) -> jax.Array:

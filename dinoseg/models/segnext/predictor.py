@@ -27,6 +27,8 @@ import numpy as np
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext.clicker import Click, clicks_to_points
 from dinoseg.models.segnext.model import SegNext
+from dinoseg.ops import pixels
+from dinoseg.structures import pad_image
 
 
 # XLA CPU options that cut compile time about 3-5x for SegNext (LLVM optimization level 0, the
@@ -45,7 +47,7 @@ def jitted_functions(model: SegNext, compiler_options: tuple = ()) -> tuple:
   options = dict(compiler_options) or None
 
   def embed(params, images_u8, image_hw):
-    images = images_u8.astype(jnp.float32) / jnp.float32(255)  # torchvision ToTensor
+    images = pixels.to_unit_range(images_u8)  # torchvision ToTensor
     return model.apply({"params": params}, images, image_hw, method=SegNext.embed_image)
 
   def predict(params, features, prompts, prev_mask, original_hw):
@@ -101,8 +103,7 @@ class SegNextPredictor:
       raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
     h, w = image.shape[:2]
     canvas = (canvas_bucket(h), canvas_bucket(w))
-    padded = np.zeros(canvas + (3,), np.uint8)
-    padded[:h, :w] = image
+    padded = pad_image(image, canvas)
     features = self._embed(self.params, jnp.asarray(padded)[None], jnp.asarray([[h, w]], jnp.int32))
     return ImageState(features=features, image_hw=(h, w), canvas_hw=canvas)
 

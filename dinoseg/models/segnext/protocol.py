@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext.iterative import squared_edt
 from dinoseg.models.segnext.model import SegNext
+from dinoseg.ops import pixels
 
 
 def _valid_region(image_hw: jax.Array, hw: tuple[int, int]) -> jax.Array:
@@ -50,7 +51,7 @@ def click_protocol(model: SegNext, params, images: jax.Array, image_hw: jax.Arra
     {"ious": (B, max_clicks) float32, "clicks": (B, max_clicks, 3) int32 (y, x, is_positive)}.
   """
   b, hc, wc = gt.shape
-  features = model.apply({"params": params}, images.astype(jnp.float32) / jnp.float32(255), image_hw,
+  features = model.apply({"params": params}, pixels.to_unit_range(images), image_hw,
                          method=SegNext.embed_image)
   region = _valid_region(image_hw, (hc, wc))
   gt = jnp.where(region, gt.astype(jnp.int32), -1)
@@ -91,7 +92,7 @@ def one_round(model: SegNext, params, images: jax.Array, image_hw: jax.Array, gt
               prompts: prompt_lib.Prompts, threshold: float = 0.49) -> jax.Array:
   """(B,) IoU of one prediction from `prompts` (no previous mask), e.g. a GT box or a scribble."""
   b, hc, wc = gt.shape
-  features = model.apply({"params": params}, images.astype(jnp.float32) / jnp.float32(255), image_hw,
+  features = model.apply({"params": params}, pixels.to_unit_range(images), image_hw,
                          method=SegNext.embed_image)
   region = _valid_region(image_hw, (hc, wc))
   logits = model.apply({"params": params}, features, prompts, jnp.zeros((b, hc, wc)), image_hw,

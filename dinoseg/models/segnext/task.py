@@ -6,7 +6,8 @@ the "segnext" prompt sampler), `segnext` (iterative training: max_rounds, loss_a
 edt_row_chunk), `train` / `optimizer` (trainer groups), `eval` (datasets, protocol settings).
 
 - `init_variables(rng)`: random init. The trainer then applies `config.init` (dinoseg.convert.init):
-  `init.checkpoint` a full SegNext checkpoint (converter "task": `variables_from_weights`, e.g. the
+  `init.checkpoint` a full SegNext checkpoint (converter "task": `variables_from_weights` through
+  `weights_converter`, e.g. the
   COCO+LVIS sax2 for the HQSeg fine-tune), `init.backbone` MAE ViT weights (converter "backbone" on
   `backbone_module()`: the position grid resized bicubically as the reference's
   `interpolate_pos_embed`; partial as the reference's `strict=False`: cls_token / norm unused,
@@ -18,8 +19,8 @@ edt_row_chunk), `train` / `optimizer` (trainer groups), `eval` (datasets, protoc
   (`protocol.click_protocol`, the same clicks as the host simulator) plus the one-round box and
   scribble evaluations; `SegNextEvaluator` computes NoC@85/90/95, NoF, mIoU@k per dataset and writes
   the per-click IoU curves (JSON + PNG) to `config.eval.output_dir` when set.
-- `variables_from_weights(path)`: params from a reference .pth / Orbax directory (for tools that
-  evaluate released weights instead of a trainer checkpoint).
+- Weights (`dinoseg eval --weights`, `dinoseg.load`): `weights_converter` reads the released .pth
+  (`Task.variables_from_weights` checks it against the configured architecture).
 """
 import pathlib
 from typing import Any, Mapping
@@ -34,6 +35,7 @@ from dinoseg.models.segnext import protocol
 from dinoseg.models.segnext.iterative import iterative_loss
 from dinoseg.models.segnext.model import SegNext, build_segnext
 from dinoseg.models.segnext.sampler import PromptSampler, PromptSamplerConfig
+from dinoseg.ops import pixels
 from dinoseg.train import task as task_lib
 
 
@@ -105,18 +107,15 @@ class SegNextTask(task_lib.Task):
     its key map, the position grid resized to the model's (14 -> 64 for MAE ViT-B at 1024 px)."""
     return self.model.make_backbone(parent=None)  # a standalone module (not a child of the unbound model)
 
-  def variables_from_weights(self, path: str) -> dict:
-    """{"params": ...} from a released .pth or an Orbax directory (architecture checked against the config)."""
-    from dinoseg.models.segnext.weights import load_model  # noqa: PLC0415
-    model, params = load_model(self.config.model, path)
-    if model.fusion_depth != self.model.fusion_depth or model.embed_dim != self.model.embed_dim:
-      raise UserValueError(f"{path} holds a SegNext with fusion_depth={model.fusion_depth}, embed_dim="
-                       f"{model.embed_dim}; the config has {self.model.fusion_depth}, {self.model.embed_dim}")
-    if self.model.extra_prompts and "extra_prompts_encoder" not in params:
-      params = dict(params)
-      p, d = self.model.patch_size, self.model.embed_dim
-      params["extra_prompts_encoder"] = {"kernel": jnp.zeros((p, p, 3, d), jnp.float32)}
-    return {"params": params}
+  def weights_converter(self):
+    """The released layout (.pth `{"state_dict", "config"}`, strict; architecture read from the shapes)
+    with the extra prompt kernel (zeros) when the configured model has one."""
+    from dinoseg.convert.registry import ModelConverter  # noqa: PLC0415
+    from dinoseg.models.segnext import convert  # noqa: PLC0415
+    extra = bool(self.model.extra_prompts)
+    return ModelConverter(name=f"{self.config.model.name} (from the config)",
+                          to_flax=lambda state: convert.segnext_to_flax(state, extra_prompts=extra),
+                          to_torch=convert.segnext_to_torch, description="SegNext with the config's model settings")
 
   # -------------------------------------------------------------- training
   def _prompts(self, batch) -> prompt_lib.Prompts:
@@ -126,7 +125,7 @@ class SegNextTask(task_lib.Task):
 
   def loss_fn(self, params, model_state, batch, rng, *, train=True):
     c = self.config.segnext
-    images = batch["image"].astype(jnp.float32) / jnp.float32(255)
+    images = pixels.to_unit_range(batch["image"])
     gt = batch["gt_mask"].astype(jnp.float32)
     loss, aux = iterative_loss(self.model, params, images, gt, self._prompts(batch), rng,
                                max_rounds=int(c.max_rounds) if train else 0, loss_alpha=float(c.loss_alpha),

@@ -5,7 +5,8 @@ max-score head selection), `loss` (the reference's symmetric InfoNCE), `model` (
 text + projection), `text` (class embeddings from prompt templates), `templates`, `classnames`
 (benchmark class lists and settings), `background` (background cleaning), `pamr` (mask
 refinement), `inference` (sliding-window segmentation), `convert` (projection weights),
-`features` (feature pre-extraction), `task` (trainer plug-in). See docs/talk2dino.md.
+`features` (feature pre-extraction), `task` (trainer plug-in: projection training), `predict`
+(`dinoseg.load`'s predictor), `weights` (the `config.init` parts). See docs/talk2dino.md.
 
 The names below are imported lazily, so importing a light sub-module (e.g. `convert`,
 `classnames`) does not import JAX models.

@@ -11,6 +11,7 @@ one in the table.
 Ground truth: (H, W) integer maps in the benchmark's label order (`classnames.Benchmark.classes`,
 background = 0 for the with-background sets), 255 = ignore, at the image's original size.
 """
+import logging
 import math
 import os
 import pathlib
@@ -22,6 +23,8 @@ import numpy as np
 from dinoseg import jsonio
 from dinoseg.evaluation.semantic import SemanticEvaluator, semantic_metrics
 from dinoseg.models.talk2dino.classnames import BENCHMARKS, PAPER_COLUMNS, Benchmark
+
+logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = 255
 
@@ -126,7 +129,7 @@ def inference_settings(config, benchmark):
 
 def run_evaluation(config, weights: str | None = None, benchmarks=None, progress: bool = True) -> dict[str, dict]:
   """Evaluates every benchmark of `config.eval.benchmarks` (or `benchmarks`); writes
-  `config.eval.output` (JSON) and prints the paper-layout table. Returns {key: metrics}."""
+  `config.eval.output` (JSON) and logs the paper-layout table (`paper_table`). Returns {key: metrics}."""
   from dinoseg.models.talk2dino.inference import Talk2DinoSegmenter  # noqa: PLC0415
   from dinoseg.models.talk2dino.classnames import get_benchmark  # noqa: PLC0415
   from dinoseg.models.talk2dino.sources import semantic_samples  # noqa: PLC0415
@@ -144,7 +147,7 @@ def run_evaluation(config, weights: str | None = None, benchmarks=None, progress
                                                 int(config.eval.max_images), progress)
   if config.eval.output:
     write_results(results, config.eval.output)
-  print(paper_table({k: v["mIoU"] for k, v in results.items()}))
+  logger.info("%s", paper_table({k: v["mIoU"] for k, v in results.items()}))
   return results
 
 

@@ -30,13 +30,12 @@ import jax
 import numpy as np
 
 from dinoseg.errors import UserFileNotFoundError, UserValueError
+from dinoseg.ops import pixels
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "features-{index:05d}-of-{count:05d}.array_record"
 IMAGE_FEATURES = ("avg_self_attn_out", "disentangled_self_attn")
 TEXT_FEATURES = "ann_feats"
-IMAGENET_MEAN = np.asarray((0.485, 0.456, 0.406), np.float32)
-IMAGENET_STD = np.asarray((0.229, 0.224, 0.225), np.float32)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -72,8 +71,7 @@ def preprocess_image(image: Any, size: int = 448) -> np.ndarray:
     image = image.convert("RGB")
   new_h, new_w, top, left = resize_crop_size(image.height, image.width, size)
   image = image.resize((new_w, new_h), Image.BICUBIC)
-  array = np.asarray(image, np.float32)[top:top + size, left:left + size] / 255.0
-  return (array - IMAGENET_MEAN) / IMAGENET_STD
+  return pixels.normalize_pixels(np.asarray(image)[top:top + size, left:left + size])
 
 
 # --------------------------------------------------------------------------- records

@@ -24,9 +24,7 @@ from dinoseg.backbones.clip_text import ClipTextTransformer, clip_text
 from dinoseg.backbones.dinov2 import DinoV2, dinov2
 from dinoseg.models.talk2dino.pooling import REFERENCE_ATTENTION_SCALE, cls_patch_logits
 from dinoseg.models.talk2dino.projection import TextProjection
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dinoseg.ops import pixels
 
 
 @flax.struct.dataclass
@@ -42,10 +40,8 @@ class ImageFeatures:
 
 
 def normalize_images(images: jax.Array) -> jax.Array:
-  """RGB in [0, 255] (..., 3) -> ImageNet-normalized float32 (x / 255 - mean) / std."""
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(IMAGENET_STD, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
+  """RGB in [0, 255] (..., 3) -> ImageNet-normalized float32 (x / 255 - mean) / std (`ops.pixels`)."""
+  return pixels.normalize_pixels(images)
 
 
 class Talk2Dino(nn.Module):
@@ -117,5 +113,4 @@ def init_params(model: Talk2Dino, rng: jax.Array, image_size: int = 28, text_len
   return _init(model, rng, image_size, text_length)
 
 
-__all__ = ["Talk2Dino", "ImageFeatures", "build_model", "init_params", "normalize_images", "IMAGENET_MEAN",
-           "IMAGENET_STD"]
+__all__ = ["Talk2Dino", "ImageFeatures", "build_model", "init_params", "normalize_images"]

@@ -1,4 +1,7 @@
-"""Talk2DINO prediction for `dinoseg predict`: free-form class names in, a colour-coded PNG out.
+"""Talk2DINO prediction for `dinoseg.load` / `dinoseg predict`: free-form class names in, a label map out.
+
+    predictor = dinoseg.load("configs/talk2dino/vitb_mlp_infonce.py", "vitb_mlp_infonce.pth")
+    result = predictor.predict("cat.jpg", class_names=["cat", "dog", "grass"], with_background=True)
 
 The image goes through the evaluation pipeline (short side 448, 448/224 sliding windows,
 PAMR); `with_background` adds the background-cleaning step and the constant background
@@ -6,18 +9,21 @@ channel (`config.predict.bg_thresh`, 0.55 for ViT-B), as the reference demo's
 `--with_background`. (The reference demo instead resizes the whole image to 448 x 448 and,
 through a channel flip of an RGB input, feeds BGR pixels to DINOv2; neither is reproduced.)
 
-Outputs: the label map (H, W) int32 (0 = background when `with_background`, else class i),
-a colour rendering blended over the image with a legend, and the raw map as a 16-bit PNG.
+Outputs (`write`): a colour rendering blended over the image with a legend (`<name>.png`) and the raw
+label map as a 16-bit PNG (`<name>_labels.png`).
 """
 import dataclasses
 import pathlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from PIL import Image
 
-from dinoseg.errors import UserFileNotFoundError, UserValueError
+from dinoseg.errors import UserValueError
 from dinoseg.models.talk2dino.classnames import BACKGROUND, Benchmark
+from dinoseg.predict import Predictor, as_image, output_paths
+from dinoseg.structures import Segmentation, segments_from_label_map
 
 # Fixed, distinguishable colours (background black); more classes cycle with a hue shift.
 _PALETTE = np.asarray([
@@ -67,109 +73,83 @@ def render(image: np.ndarray, labels: np.ndarray, names: Sequence[str], colours:
   return canvas
 
 
-@dataclasses.dataclass
-class Prediction:
-  labels: np.ndarray          # (H, W) int32
-  names: list[str]            # class name of each label value
-  colours: np.ndarray         # (C, 3) uint8
+def check_classes(names: Sequence[str]) -> list[str]:
+  """The class names as a list (at least one, no duplicates); UserValueError otherwise."""
+  names = [str(n).strip() for n in ([names] if isinstance(names, str) else names)]
+  if not names or not all(names):
+    raise UserValueError(f"class_names must be at least one non-empty name, got {names!r}")
+  if len(set(names)) != len(names):
+    raise UserValueError(f"class_names has duplicates: {names}")
+  return names
 
 
-class Talk2DinoPredictor:
-  """Open-vocabulary prediction with a loaded Talk2DINO model (see the module doc).
+class Talk2DinoPredictor(Predictor):
+  """Open-vocabulary prediction with Talk2DINO (see the module doc).
 
   Args:
-    config: a Talk2DINO config.
-    weights: projection weights (file or training workdir) overriding `config.init.projection.file`.
-    projection_params: already loaded projection params (then `weights` is not read).
-  `predictor(image, classes, with_background)` -> Prediction. For `dinoseg predict` (the shared
-  command) `predict(image)` / `write(...)` use `config.predict.classes` / `with_background`.
+    config: a Talk2DINO config; DINOv2 and CLIP text come from its `init` entries.
+    variables: {"params": projection params} (the task's variables: `Task.variables_from_weights`), or a
+      whole Talk2Dino tree holding "projection".
+  `predict(image, class_names=None, with_background=None)` -> Segmentation; the defaults are
+  `config.predict.classes` ("cat,dog") and `config.predict.with_background` (what `dinoseg predict
+  --classes / --with-background` set). Weights stay on the device; text embeddings are cached per class list.
   """
 
-  def __init__(self, config, weights: str | None = None, projection_params=None):
+  def __init__(self, config, variables: Mapping):
     from dinoseg.models.talk2dino.evaluate import load_for_inference  # noqa: PLC0415
-    self.config = config
-    if projection_params is not None:  # the backbones from config.init, the projection given here
-      self.model, self.params = load_for_inference(config, None, without=("projection",))
-      from dinoseg.models.talk2dino.weights import check_tree  # noqa: PLC0415
-      projection_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), dict(projection_params))
-      check_tree("projection", projection_params, self.params["projection"])
-      self.params = dict(self.params, projection=projection_params)
-    else:
-      self.model, self.params = load_for_inference(config, weights)
+    from dinoseg.models.talk2dino.weights import check_tree  # noqa: PLC0415
+    super().__init__(config, 0)
+    params = dict(variables).get("params", variables)
+    projection = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
+                                        dict(params["projection"] if "projection" in params else params))
+    self.model, backbones = load_for_inference(config, None, without=("projection",))
+    check_tree("projection", projection, backbones["projection"])
+    self.params = jax.device_put(dict(backbones, projection=projection))
+    self._text_embeddings = {}
 
-  def __call__(self, image: np.ndarray, classes: Sequence[str], with_background: bool = False) -> Prediction:
-    from dinoseg.models.talk2dino.evaluate import inference_settings  # noqa: PLC0415
-    from dinoseg.models.talk2dino.inference import Talk2DinoSegmenter  # noqa: PLC0415
+  def text_embeddings(self, classes: Sequence[str]) -> jax.Array:
+    """(N, D) normalized class embeddings of `classes` (config.predict.template_set), cached."""
     from dinoseg.models.talk2dino.templates import get_templates  # noqa: PLC0415
     from dinoseg.models.talk2dino.text import class_embeddings  # noqa: PLC0415
-    classes = list(classes)
+    key = tuple(classes)
+    if key not in self._text_embeddings:
+      self._text_embeddings[key] = class_embeddings(self.model, self.params, list(key),
+                                                    get_templates(self.config.predict.template_set))
+    return self._text_embeddings[key]
+
+  def predict(self, image, class_names: Sequence[str] | None = None,
+              with_background: bool | None = None) -> Segmentation:
+    """Segmentation of `image` (a path, a PIL image or (H, W, 3) uint8) into `class_names`.
+
+    Returns:
+      Segmentation: `label_map` (H, W) int32 (0 = background when `with_background`, else class i), one
+      segment per class present (background excluded), its score the mean winning score over the segment;
+      `class_names` = ("background",) + the classes with a background.
+    """
+    from dinoseg.models.talk2dino.evaluate import inference_settings  # noqa: PLC0415
+    from dinoseg.models.talk2dino.inference import Talk2DinoSegmenter  # noqa: PLC0415
+    p = self.config.predict
+    if class_names is None and not p.get("classes", ""):
+      raise UserValueError("Talk2DINO needs class names: predict(image, class_names=[...]) (dinoseg predict: --classes)")
+    classes = check_classes(class_names) if class_names is not None else parse_classes(p.classes)
+    with_background = bool(p.get("with_background", False) if with_background is None else with_background)
     names = ([BACKGROUND] if with_background else []) + classes
-    benchmark = Benchmark("predict", "predict", tuple(names), with_background, "")
-    settings = inference_settings(self.config, benchmark)
-    settings = dataclasses.replace(settings, bg_thresh=float(self.config.predict.bg_thresh))
+    settings = inference_settings(self.config, Benchmark("predict", "predict", tuple(names), with_background, ""))
+    settings = dataclasses.replace(settings, bg_thresh=float(p.bg_thresh))
     segmenter = Talk2DinoSegmenter(self.model, self.params, settings)
-    segmenter.set_text_embeddings(class_embeddings(self.model, self.params, classes,
-                                                   get_templates(self.config.predict.template_set)))
-    labels = segmenter(np.asarray(image))
-    return Prediction(labels=labels, names=names, colours=palette(len(names), with_background))
+    segmenter.set_text_embeddings(self.text_embeddings(classes))
+    labels, best = segmenter.segment(as_image(image), return_scores=True)
+    fields = segments_from_label_map(labels, names, best, ignore=(0,) if with_background else ())
+    return Segmentation(**fields, label_map=labels.astype(np.int32))
 
-  # --- the `dinoseg predict` predictor protocol (dinoseg/predict.py) ---
-
-  def predict(self, image: np.ndarray) -> dict:
-    """Uses config.predict.classes ("cat,dog") and config.predict.with_background."""
-    classes = parse_classes(self.config.predict.get("classes", ""))
-    p = self(image, classes, bool(self.config.predict.get("with_background", False)))
-    return {"semantic": p.labels, "names": p.names, "colours": p.colours}
-
-  def write(self, result: dict, image: np.ndarray, out_dir, stem: str, **unused) -> list[pathlib.Path]:
-    paths = save_prediction(image, Prediction(result["semantic"], result["names"], result["colours"]),
-                            pathlib.Path(out_dir) / f"{stem}.png")
-    return [pathlib.Path(paths["visualization"]), pathlib.Path(paths["labels"])]
+  def write(self, result: Segmentation, image: np.ndarray, out_dir, name: str, **unused) -> list[pathlib.Path]:
+    """`<name>.png` (colours blended over the image, with a legend) and `<name>_labels.png` (uint16 label map)."""
+    out = output_paths(out_dir, name)
+    out["overlay"].parent.mkdir(parents=True, exist_ok=True)
+    colours = palette(len(result.class_names), result.class_names[:1] == (BACKGROUND,))
+    render(image, result.label_map, result.class_names, colours).save(out["overlay"])
+    Image.fromarray(result.label_map.astype(np.uint16)).save(out["labels"])
+    return [out["overlay"], out["labels"]]
 
 
-def make_predictor(config, variables) -> Talk2DinoPredictor:
-  """`dinoseg predict` factory: `variables["params"]` is the projection (a `dinoseg train` checkpoint
-  or a `dinoseg convert --model talk2dino_vit*_mlp_infonce --to DIR` output), or a full Talk2Dino
-  tree with "projection"; the backbones come from config.init."""
-  params = dict(variables.get("params", variables))
-  if "projection" in params:
-    params = params["projection"]
-  return Talk2DinoPredictor(config, projection_params=params)
-
-
-def load_variables(config, weights) -> dict:
-  """`dinoseg predict --weights`: {"params": projection params} from a projection file (.pth /
-  .safetensors / .npz / .msgpack) or a training workdir; the backbones come from config.init."""
-  from dinoseg.models.talk2dino.convert import projection_to_flax  # noqa: PLC0415
-  from dinoseg.models.talk2dino.weights import load_flax_params, read_state_dict, resolve_projection_path  # noqa: PLC0415
-  path = resolve_projection_path(weights)
-  if path.endswith(".msgpack"):
-    return {"params": load_flax_params(path)}
-  from dinoseg.models.talk2dino.task import _text_dim, build_projection  # noqa: PLC0415
-  projection = build_projection(config)
-  return {"params": projection_to_flax(read_state_dict(path), int(projection.embed_dim), _text_dim(config))}
-
-
-def read_image(path: str | pathlib.Path) -> np.ndarray:
-  """RGB uint8 (H, W, 3) from an image file (dinoseg.predict.read_image: EXIF orientation applied;
-  UnreadableImageError for a corrupt file)."""
-  from dinoseg import predict  # noqa: PLC0415
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise UserFileNotFoundError(f"input image {path} not found")
-  return predict.read_image(path)
-
-
-def save_prediction(image: np.ndarray, prediction: Prediction, output: str | pathlib.Path) -> dict[str, str]:
-  """Writes `output` (colour PNG with legend) and `<stem>_labels.png` (uint16 raw label map)."""
-  from PIL import Image  # noqa: PLC0415
-  output = pathlib.Path(output)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  render(image, prediction.labels, prediction.names, prediction.colours).save(output)
-  raw = output.with_name(output.stem + "_labels.png")
-  Image.fromarray(prediction.labels.astype(np.uint16)).save(raw)
-  return {"visualization": str(output), "labels": str(raw)}
-
-
-__all__ = ["Talk2DinoPredictor", "Prediction", "make_predictor", "parse_classes", "palette", "render", "read_image",
-           "save_prediction"]
+__all__ = ["Talk2DinoPredictor", "parse_classes", "check_classes", "palette", "render"]

@@ -9,8 +9,8 @@ configured model (so tiny widths work too):
 | CLIP text | `init.clip_text` | "clip_text": text keys of a CLIP state dict (`visual.*` ignored) | the state dict of OpenAI `ViT-B-16.pt` (see below) |
 | projection | `init.projection` | "projection": `linear_layer.*`, `hidden_layers.{i}.*` | `weights/vitb_mlp_infonce.pth` |
 
-`init.projection.file` may also be a training workdir (its `projection.msgpack`); `--weights` of
-`dinoseg eval / predict` sets it. Accepted files: `.safetensors`, `.npz` (torch key names),
+`init.projection.file` is read by the task's weights route (`Talk2DinoTask.variables_from_weights`): also a
+training workdir or one of its checkpoints; `--weights` of `dinoseg eval / predict` sets it. Accepted files: `.safetensors`, `.npz` (torch key names),
 `.pth`/`.pt`/`.bin` (read safely by `dinoseg.convert.readers`, with or without PyTorch; OpenAI's
 TorchScript `ViT-B-16.pt` must first be re-saved as `torch.jit.load(path).state_dict()`), and `.msgpack`
 (Flax parameters of that part as written by `save_flax_params`). Everything is cast to float32. An
@@ -31,7 +31,7 @@ import numpy as np
 from dinoseg.convert.keymap import ConversionError
 from dinoseg.errors import UserError, UserFileNotFoundError, UserValueError
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -99,24 +99,13 @@ def check_tree(part: str, loaded: Mapping, expected: Mapping) -> None:
                      f"shape mismatches {bad[:10]}")
 
 
-def resolve_projection_path(path: str | os.PathLike) -> str:
-  """A projection weights file, or a training workdir holding `projection.msgpack` / `.safetensors`."""
-  path = pathlib.Path(path)
-  if path.is_dir():
-    for name in ("projection.msgpack", "projection.safetensors"):
-      if (path / name).is_file():
-        return str(path / name)
-    raise UserFileNotFoundError(f"{path} holds no projection.msgpack or projection.safetensors")
-  return str(path)
-
-
-def init_converters(model) -> dict:
+def init_converters(model, task) -> dict:
   """The "dinov2", "clip_text" and "projection" converters of `config.init` for this Talk2Dino model
-  (dinoseg.convert.init.InitConverter; key maps at the model's depths, partial loading reported)."""
+  (dinoseg.convert.init.InitConverter): key maps at the model's depths (partial loading reported) for the
+  backbones, the task's weights route (`Talk2DinoTask.variables_from_weights`) for the projection."""
   from dinoseg.convert import init as init_lib  # noqa: PLC0415
   from dinoseg.convert.dinov2_clip import (CLIP_IGNORED_KEYS, CLIP_IGNORED_PREFIXES, clip_text_key_table,  # noqa: PLC0415
                                            dinov2_key_table)
-  from dinoseg.models.talk2dino.convert import projection_to_flax  # noqa: PLC0415
   d = model.dinov2
   dinov2_map = init_lib.keytable_keymap(dinov2_key_table(d.depth, d.ffn, d.num_register_tokens))
   clip_map = init_lib.keytable_keymap(
@@ -130,10 +119,8 @@ def init_converters(model) -> dict:
       return init_lib.from_keymap(keymap, read_state_dict(path), target)
     return convert
 
-  def projection(path, target):
-    path = resolve_projection_path(path)
-    params = load_flax_params(path) if path.endswith(".msgpack") else projection_to_flax(read_state_dict(path))
-    return init_lib.from_variables({"params": params}, target)
+  def projection(path, target):  # shapes are checked by init_lib.load against the target
+    return init_lib.from_variables(task.variables_from_weights(path, check=False), target)
 
   return {"dinov2": part(dinov2_map), "clip_text": part(clip_map), "projection": projection}
 
@@ -155,13 +142,14 @@ def load_model_params(model, config, rng: jax.Array | None = None, image_size: i
   from dinoseg.convert import init as init_lib  # noqa: PLC0415
   from dinoseg.convert.keymap import flatten_variables  # noqa: PLC0415
   from dinoseg.models.talk2dino.model import init_params  # noqa: PLC0415
+  from dinoseg.models.talk2dino.task import Talk2DinoTask  # noqa: PLC0415
   rng = jax.random.key(int(config.get("seed", 0))) if rng is None else rng
   abstract = {"params": jax.eval_shape(lambda: init_params(model, rng, image_size=image_size))}
   entries = [dataclasses.replace(e, skipped="not needed here") if e.target[:1] in {(p,) for p in without} else e
              for e in init_lib.entries(config.get("init"))]
-  arrays, reports = init_lib.load(entries, abstract, init_converters(model))
+  arrays, reports = init_lib.load(entries, abstract, init_converters(model, Talk2DinoTask(config)))
   for report in reports:
-    (_log.warning if report["status"] == "not given" else _log.info)(init_lib.describe(report))
+    (logger.warning if report["status"] == "not given" else logger.info)(init_lib.describe(report))
   variables = {}
   if any(path not in arrays for path in flatten_variables(abstract)):
     variables = {"params": jax.tree_util.tree_map(np.asarray, init_params(model, rng, image_size=image_size))}
@@ -169,4 +157,4 @@ def load_model_params(model, config, rng: jax.Array | None = None, image_size: i
 
 
 __all__ = ["read_state_dict", "save_flax_params", "load_flax_params", "check_tree", "init_converters",
-           "load_model_params", "resolve_projection_path"]
+           "load_model_params"]

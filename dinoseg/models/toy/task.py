@@ -1,13 +1,11 @@
 """The toy segmentation task: the smallest complete implementation of `dinoseg.train.task.Task`.
 
 Config keys it reads (configs/toy/toy_segmentation.py):
-  model: name ("toy_segmenter", for `dinoseg convert`), num_classes, width, image_size, dropout_rate
+  model: name ("toy_segmenter": the converter of `dinoseg convert` and weight files), num_classes, width, image_size, dropout_rate
   data: batch_size (global), num_train_examples, num_eval_examples, seed
   loss: ce_weight, dice_weight
   train.compute_dtype: the model's compute dtype
 """
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,15 +81,6 @@ class ToySegmentationTask(task_lib.Task):
 
   def evaluator(self):
     return ToyEvaluator(self.num_classes)
-
-  def variables_from_weights(self, path):
-    """Variables from a PyTorch export (.pth / .safetensors, converter "toy_segmenter") or an Orbax directory."""
-    from dinoseg.convert import get, readers  # noqa: PLC0415
-    tree = readers.read_checkpoint(path)
-    if pathlib.Path(path).is_dir():
-      tree = tree.get("state", tree)
-      return {k: v for k, v in tree.items() if k in ("params", "frozen_bn")}
-    return get("toy_segmenter").to_flax(tree)
 
 
 __all__ = ["ToySegmentationTask", "ToyEvaluator", "soft_dice_loss"]

@@ -111,9 +111,9 @@ def test_pth_round_trip_predicts_as_the_original_weights(setup):
   image = predict.read_image(images / "wide.png")
   from_file = predict.build_predictor(config, weights).predict(image)
   in_memory = predict.build_predictor(config, None, variables=variables).predict(image)
-  np.testing.assert_allclose(from_file["instances"]["scores"], in_memory["instances"]["scores"], rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(from_file["instances"]["labels"], in_memory["instances"]["labels"])
-  np.testing.assert_allclose(from_file["semantic"], in_memory["semantic"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(from_file.scores, in_memory.scores, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(from_file.labels, in_memory.labels)
+  np.testing.assert_allclose(from_file.semantic, in_memory.semantic, rtol=1e-5, atol=1e-6)
 
 
 def test_dataset_category_ids_in_both_json_outputs(setup, tmp_path):
@@ -126,6 +126,6 @@ def test_dataset_category_ids_in_both_json_outputs(setup, tmp_path):
   predictor.write(result, image, tmp_path, "wide")
   predictor.finish(tmp_path)
   info = json.loads((tmp_path / "panoptic" / "wide.json").read_text())
-  assert [s["category_id"] for s in info] == [ids[s["category_id"]] for s in result["panoptic"][1]]
+  assert [s["category_id"] for s in info] == [ids[s["category_id"]] for s in result.segments]
   coco = json.loads((tmp_path / "predictions.json").read_text())
-  assert [r["category_id"] for r in coco] == [ids[k] for k in result["instances"]["labels"]]
+  assert [r["category_id"] for r in coco] == [ids[k] for k in result.labels]

@@ -89,11 +89,11 @@ def test_eval_json(run):
 
 
 def test_export_is_the_converter_export_of_the_checkpoint(run, torch):
-  from dinoseg import predict
   from dinoseg.models.maskdino import convert
+  from dinoseg.train import task as task_lib
   workdir, config, _ = run
   state = torch.load(workdir / "export" / "maskdino.pth", weights_only=True)
-  variables = predict.load_variables(config, workdir / "train" / "checkpoints" / str(config.train.num_steps))
+  variables = task_lib.build(config).variables_from_weights(workdir / "train" / "checkpoints" / str(config.train.num_steps))
   expected = convert.to_torch(variables, config.model, no_object_weight=config.loss.no_object_weight)
   assert list(state) == list(expected)
   assert set(state) == set(convert.maskdino_keymap(config.model).to_torch(variables))

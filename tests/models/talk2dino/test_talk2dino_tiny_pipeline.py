@@ -1,10 +1,12 @@
 """The tiny Talk2DINO config end to end on CPU, on data_pipelines' synthetic COCO-captions / VOC data:
-extraction command -> training (self-contained loop and the shared-trainer plug-in) -> evaluation -> prediction."""
+extraction command -> training (`dinoseg talk2dino train`: the shared trainer in epochs, and `dinoseg train`)
+-> evaluation -> prediction (`dinoseg.load`, `dinoseg predict`, `dinoseg talk2dino predict`)."""
 import json
 
 import numpy as np
 import pytest
 
+import dinoseg
 from dinoseg import cli
 from dinoseg.config import load_config
 from dinoseg.models.talk2dino import evaluate as ev
@@ -35,14 +37,39 @@ def test_tiny_training_reduces_the_loss(trained):
   manifest = json.loads((root / "features" / "train" / "manifest.json").read_text())
   assert manifest["complete"] and manifest["settings"]["num_images"] == 32
   assert sum(map(sum, manifest["shards"].values())) == 160  # 5 synthetic captions per image
-  epochs = [r for r in map(json.loads, (root / "run" / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
-  assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
-  assert epochs[-1]["train_loss"] < 0.9 * epochs[0]["train_loss"], epochs
-  assert all(np.isfinite(r["val_loss"]) for r in epochs)  # (random tiny backbones: no generalization expected)
-  # The export reads back through the reference-layout converter.
+  # 4 epochs of 10 batches (160 captions / 16) on the shared trainer; validation and a checkpoint every epoch.
+  rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+  losses = [r["infonce"] for r in rows if "infonce" in r]
+  assert len(losses) == 40 and all(np.isfinite(losses))
+  assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10]), losses
+  for step in (10, 20, 30, 40):
+    assert (root / "run" / "checkpoints" / str(step)).is_dir() or step < 30  # keep_last=2
+    result = json.loads((root / "run" / "eval" / f"step_{step}.json").read_text())
+    assert np.isfinite(result["results"]["val_loss"])  # (random tiny backbones: no generalization expected)
+  # The export reads back through the reference-layout converter and equals the last checkpoint.
   state = wt.read_state_dict(root / "run" / "projection.safetensors")
   assert sorted(state) == ["hidden_layers.0.bias", "hidden_layers.0.weight", "linear_layer.bias",
                            "linear_layer.weight"]
+  from dinoseg.models.talk2dino.task import Talk2DinoTask
+  task = Talk2DinoTask(config)
+  exported = task.variables_from_weights(root / "run" / "projection.safetensors")["params"]
+  last = task.variables_from_weights(root / "run" / "checkpoints" / "40")["params"]
+  np.testing.assert_array_equal(exported["linear_layer"]["kernel"], last["linear_layer"]["kernel"])
+
+
+def test_tiny_training_resumes_and_init_projection_applies(trained, tmp_path):
+  """A finished run is complete (resumed, nothing retrained); a fresh run starts from `init.projection`."""
+  config, root = trained
+  metrics = (root / "run" / "metrics.jsonl").read_text()
+  overrides = [f"--config.features.out_dir={root / 'features'}", "--config.data.num_epochs=4"]
+  assert cli.main(["talk2dino", "train", f"--config={CONFIG}", f"--workdir={root / 'run'}", "--no-progress"]
+                  + overrides) == 0
+  assert (root / "run" / "metrics.jsonl").read_text() == metrics
+  assert cli.main(["talk2dino", "train", f"--config={CONFIG}", f"--workdir={tmp_path / 'run'}", "--no-progress",
+                   f"--config.features.out_dir={root / 'features'}", "--config.data.num_epochs=1",
+                   f"--config.init.projection.file={root / 'run' / 'projection.safetensors'}"]) == 0
+  report = json.loads((tmp_path / "run" / "init_report.json").read_text())["entries"]
+  assert {r["name"]: r["status"] for r in report}["projection"] == "loaded"
 
 
 def test_tiny_evaluation_writes_json_and_the_table(trained, tmp_path, capsys):
@@ -55,7 +82,8 @@ def test_tiny_evaluation_writes_json_and_the_table(trained, tmp_path, capsys):
   assert set(payload["results"]) == {"voc"}
   r = payload["results"]["voc"]
   assert r["num_images"] == 2 and 0 <= r["mIoU"] <= 100 and len(r["per_class_iou"]) == 21
-  assert "| V20 | C59 | Stuff | City | ADE | V21 | C60 | Obj | Avg |" in capsys.readouterr().out
+  captured = capsys.readouterr()
+  assert "| V20 | C59 | Stuff | City | ADE | V21 | C60 | Obj | Avg |" in captured.out + captured.err
   assert cli.main(["talk2dino", "eval", f"--config={CONFIG}", "--benchmarks=nope"]) == 2
 
 
@@ -73,10 +101,10 @@ def test_tiny_prediction_writes_the_png_and_the_label_map(trained, tmp_path):
     labels = np.asarray(raw)
   assert labels.shape == image.shape[:2] and labels.max() < 4
   # The Python API gives the same map.
-  predictor = pr.Talk2DinoPredictor(config, str(root / "run"))
-  prediction = predictor(pr.read_image(tmp_path / "in.jpg"), pr.parse_classes("red,green_square,sky"), True)
-  assert prediction.names == ["background", "red", "green square", "sky"]
-  np.testing.assert_array_equal(prediction.labels, labels)
+  predictor = dinoseg.load(config, root / "run")
+  result = predictor.predict(tmp_path / "in.jpg", class_names=["red", "green square", "sky"], with_background=True)
+  assert result.class_names == ("background", "red", "green square", "sky")
+  np.testing.assert_array_equal(result.label_map, labels)
   with pytest.raises(SystemExit) as e:  # --input and --output are required
     cli.main(["talk2dino", "predict", f"--config={CONFIG}", "--classes=cat"])
   assert e.value.code == 2
@@ -179,7 +207,7 @@ def test_shared_predict_command_registry(trained, tmp_path):
   predictor = shared.build_predictor(config, None, {"params": load_flax_params(root / "run" / "projection.msgpack")})
   image = sources.CaptionRecords(root / "captions", "val")[1].image
   result = predictor.predict(image)
-  assert result["semantic"].shape == image.shape[:2] and result["names"] == ["background", "red", "sky"]
+  assert result.label_map.shape == image.shape[:2] and result.class_names == ("background", "red", "sky")
   paths = predictor.write(result, image, tmp_path, "x")
   assert [p.name for p in paths] == ["x.png", "x_labels.png"] and all(p.exists() for p in paths)
 
@@ -207,8 +235,9 @@ def test_generic_predict_and_eval_commands(trained, tmp_path):
                    f"--output={out}", "--classes=red,sky", "--with-background"]) == 0
   with Image.open(out / "in.png_labels.png") as raw:  # outputs start with the input's file name
     labels = np.asarray(raw)
-  predictor = pr.Talk2DinoPredictor(config, str(root / "run"))
-  np.testing.assert_array_equal(predictor(image, ["red", "sky"], True).labels, labels)
+  predictor = dinoseg.load(config, root / "run")
+  np.testing.assert_array_equal(predictor.predict(image, class_names=["red", "sky"], with_background=True).label_map,
+                                labels)
   data_dir = f"--config.eval.data_dir={root / 'benchmarks'}"
   output = tmp_path / "eval.json"
   assert cli.main(["eval", f"--config={CONFIG}", f"--weights={root / 'run'}", data_dir,

@@ -1,0 +1,82 @@
+"""DINOv, Swin-T, trained on SA-1B (referring task) + COCO panoptic (generic task): the released Swin-T model.
+
+Reference config: UX-Decoder/DINOv configs/dinov_sam_coco_train.yaml (shared/reference/dinov.md section 7).
+Released checkpoint: the README's Swin-T model (COCO PQ 49.0); keys under `model.`.
+
+What works now: the model (dinoseg.models.dinov: both tasks, prompt encoder), reading and writing the
+released checkpoint, parity with the reference (tests/models/dinov). Once the converter module is
+registered (dinoseg.convert.registry), convert the released weights (and back):
+
+  dinoseg convert --model=dinov_swint_sam_coco --from=weights/dinov_swint.pth --to=/tmp/dinov_swint_orbax
+  dinoseg convert --model=dinov_swint_sam_coco --from=/tmp/dinov_swint_orbax --to=/tmp/dinov_swint_again.pth
+
+Not implemented yet (later slices of issue 16): the trainer task "dinov" (so `dinoseg train / eval / predict`
+refuse this config), the SA-1B + COCO data mixing, scribble sampling and class-prompt sampling, the
+criteria (open-set Hungarian, many-to-many referring with the match-score loss), the inference prompt
+bank, evaluation, the CLI, the demo. The `data`, `prompts`, `loss`, `test`, `train` and `optimizer` groups
+hold the reference's values for them.
+
+Tiny CPU variant (same structure at tiny widths; for the tests and a quick look at the model settings):
+
+  dinoseg config show --config=configs/dinov/swint_sam_coco.py:tiny
+"""
+import ml_collections
+
+from dinoseg.data_pipelines import categories, pipeline
+from dinoseg.models.dinov import defaults
+from dinoseg.train import defaults as train_defaults
+
+validate = defaults.validate
+
+
+def get_config(variant=None):
+  c = ml_collections.ConfigDict()
+  c.task = "dinov"
+  c.seed = 0
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  # The reference's common values (hidden 256, projection 512, 300 queries, 9 layers, DN; defaults.py), then this model.
+  m = defaults.model_config()
+  m.backbone.name = "swin_tiny"  # embed 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24), window 7, drop path 0.3
+  m.pixel_decoder.transformer_in_features = ("res3", "res4", "res5")
+  m.pixel_decoder.total_num_feature_levels = 4  # + one stride-2 level made from res5
+  m.pixel_decoder.feature_order = "low2high"
+  m.pixel_decoder.dim_feedforward = 2048  # DECODER.DIM_FEEDFORWARD (the encoder reads the decoder's value)
+  c.model = m
+  c.prompts = defaults.prompt_config()
+  c.prompts.match_softmax = True  # `softmax: True`: the match-score loss is a softmax CE
+  c.loss = defaults.loss_config()
+  c.test = defaults.test_config()
+
+  # Per GPU one SA-1B image (referring task) and one COCO image (generic task); 64 GPUs in the reference recipe.
+  c.dataset = ml_collections.ConfigDict(dict(class_names=categories.COCO_PANOPTIC_NAMES,
+                                             category_ids=categories.COCO_PANOPTIC_IDS))
+  c.data = ml_collections.ConfigDict()
+  c.data.coco = pipeline.default_config()
+  c.data.coco.update(dict(
+      task="panoptic", name="coco_panoptic", batch_size=64, augment="lsj", image_size=(1024, 1024), min_scale=0.1,
+      max_scale=2.0, max_instances=100, filter_empty=False, eval_image_size=(1344, 1344), eval_short_edge=800,
+      eval_max_size=1333, eval_batch_size=8))
+  c.data.sam = pipeline.default_config()
+  c.data.sam.update(dict(
+      task="interactive", name="sa1b", batch_size=64, augment="lsj", image_size=(1024, 1024), min_scale=0.99,
+      max_scale=1.01, max_instances=100, filter_empty=False))
+
+  # 168,750 steps, lr x0.1 at steps 67,778 and 105,092 (the released yaml; see dinov.md section 7 on "50 epochs").
+  c.train = train_defaults.train_config(num_steps=168_750, checkpoint_every_steps=5000, eval_every_steps=0)
+  c.optimizer = train_defaults.optimizer_config(
+      name="adamw", learning_rate=1e-4, weight_decay=0.05, lr_multipliers=((r"^backbone/", 0.1),),
+      no_weight_decay=defaults.NO_WEIGHT_DECAY, clip_grad_norm=0.01, schedule="step", decay_steps=(67_778, 105_092))
+
+  # ImageNet-1k Swin-T at 224: swin_tiny_patch4_window7_224.pth (microsoft/Swin-Transformer release).
+  c.init = ml_collections.ConfigDict()
+  c.init.backbone = ml_collections.ConfigDict(dict(file="", converter="backbone", target="backbone", strict=True))
+  # The released DINOv Swin-T checkpoint (the whole model) to fine-tune from.
+  c.init.checkpoint = ml_collections.ConfigDict(dict(file="", converter="dinov_swint_sam_coco", target="",
+                                                     strict=True))
+
+  if variant == "tiny":
+    return defaults.tiny(c)
+  if variant is not None:
+    raise ValueError(f"unknown variant {variant!r} (known: tiny)")
+  return c

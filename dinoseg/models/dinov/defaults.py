@@ -1,0 +1,167 @@
+"""Default DINOv settings: the values of the reference's `configs/dinov_sam_coco_train.yaml` (Swin-T) that the
+Swin-L file shares (shared/reference/dinov.md section 7).
+
+Each configs/dinov/*.py file starts from these groups and sets what its model changes (backbone, encoder
+levels, the match-score loss), as configs/maskdino/*.py do. Field names are lower-case versions of the
+reference keys:
+
+model (used by dinoseg.models.dinov.model.build_model and convert.py)
+  backbone.name / .kwargs         MODEL.BACKBONE (a dinoseg.backbones name and constructor overrides)
+  pixel_decoder.*                 MODEL.ENCODER: DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
+                                  TOTAL_NUM_FEATURE_LEVELS, FEATURE_ORDER, CONVS_DIM, MASK_DIM,
+                                  TRANSFORMER_ENC_LAYERS, COMMON_STRIDE; dim_feedforward and nheads are
+                                  the reference's DECODER.DIM_FEEDFORWARD / NHEADS (the encoder reads them)
+  decoder.*                       MODEL.DECODER: HIDDEN_DIM, MODEL.DIM_PROJ, NUM_OBJECT_QUERIES, NHEADS,
+                                  DIM_FEEDFORWARD, DEC_LAYERS, DN, DN_NUM, DN_NOISE_SCALE,
+                                  NUM_INTERACTIVE_TOKENS, NUM_CONTENT_TOKENS, CONTENT_INDEPENDENT
+  num_classes                     ENCODER.NUM_CLASSES (133; classes come from prompts, the count is data)
+prompts, loss, test               recorded for the training / data / evaluation slices (not used yet):
+                                  prompt sampling (MAX_NUM_INSTANCE, MAX_NUM_INSTANCE_CONTENT,
+                                  MAX_TRAIN_EXAMPLE, INFERENCE_EXAMPLE, STROKE_SAMPLER, NMS_THRESHOLD,
+                                  MAX_MEMORY_SIZE, point_per_side, MANY2MANY, softmax), loss and cost
+                                  weights, point sampling, test thresholds.
+"""
+import ml_collections
+
+from dinoseg.models.maskdino.defaults import NO_WEIGHT_DECAY, PIXEL_MEAN, PIXEL_STD  # noqa: F401
+
+
+def model_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      num_classes=133,
+      pixel_mean=PIXEL_MEAN,
+      pixel_std=PIXEL_STD,
+      msda_impl="auto",
+      dtype="float32",
+      backbone=dict(name="swin_tiny", kwargs=dict()),
+      pixel_decoder=dict(
+          transformer_in_features=("res3", "res4", "res5"),
+          total_num_feature_levels=4,
+          feature_order="low2high",
+          conv_dim=256,
+          mask_dim=256,
+          dim_feedforward=2048,
+          num_encoder_layers=6,
+          nheads=8,
+          common_stride=4,
+      ),
+      decoder=dict(
+          hidden_dim=256,
+          dim_proj=512,
+          num_queries=300,
+          nheads=8,
+          dim_feedforward=2048,
+          dec_layers=9,
+          dn="seg",
+          dn_num=100,  # DN slot budget; groups = dn_num // (largest GT count) per chunk (maskdino/denoising.py)
+          dn_noise_scale=0.4,
+          dn_group_images=1,  # the reference counts GTs per GPU, which holds 1 COCO image
+          num_mask_tokens=6,
+          num_content_tokens=1,
+          content_independent=True,
+          query_pad_multiple=8,
+      ),
+  ))
+
+
+def prompt_config() -> ml_collections.ConfigDict:
+  """Prompt sampling and inference protocols (shared/reference/dinov.md sections 4-6)."""
+  return ml_collections.ConfigDict(dict(
+      max_clicks=50,  # MAX_NUM_INSTANCE: clicks per SA-1B image (x num_mask_tokens queries)
+      click_half_size=3,  # a click is a +-3 px box
+      max_content=8,  # MAX_NUM_INSTANCE_CONTENT: scribble prompts per SA-1B image
+      max_train_example=4,  # MAX_TRAIN_EXAMPLE: examples averaged into a class prompt (1..4)
+      inference_example=4,  # INFERENCE_EXAMPLE (the README's evaluation command uses 16)
+      cross_gpu_batch=True,  # class prompts from the whole global batch
+      use_shape_sampler=True,  # SA-1B content prompts are scribbles
+      openset_use_shape_sampler=False,  # COCO class prompts are the full GT masks
+      stroke_num_strokes=5,
+      stroke_presets=("rand_curve", "rand_curve_small"),
+      stroke_probs=(0.5, 0.5),
+      stroke_dilation=3,
+      stroke_max_candidate=50,
+      nms_threshold=0.7,
+      max_memory_size=9,  # video object segmentation: prompt memory per object
+      point_per_side=20,  # referring inference: click grid
+      many2many=True,
+      match_softmax=True,  # `softmax`: match-score loss as softmax CE (False: sigmoid focal)
+  ))
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      class_weight=4.0, mask_weight=5.0, dice_weight=5.0, box_weight=5.0, giou_weight=2.0,
+      iou_weight=1.0, match_class_weight=2.0,
+      cost_class_weight=4.0, cost_mask_weight=5.0, cost_dice_weight=5.0, cost_box_weight=5.0, cost_giou_weight=2.0,
+      no_object_weight=0.1,
+      focal_alpha=0.25,
+      num_points=112 * 112,
+      oversample_ratio=3.0,
+      importance_sample_ratio=0.75,
+      deep_supervision=True,
+  ))
+
+
+def test_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      semantic_on=True,
+      instance_on=True,
+      panoptic_on=True,
+      detections_per_image=100,  # the reference's instance inference hard-codes top-300
+      object_mask_threshold=0.25,
+      overlap_threshold=0.8,
+      pano_temperature=0.06,
+      transform_eval=True,
+      sem_seg_postprocess_before_inference=False,
+      min_size=800,
+      max_size=1333,
+      davis_min_size=640,  # video object segmentation (DAVIS.INPUT.MIN_SIZE_TEST; Swin-L: 800)
+  ))
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The CPU variant of a released config: the same structure (levels, order, tokens, DN, prompt layout)
+  at tiny widths (a 1-block-per-stage Swin of width 32, 64-wide head, 2 decoder layers, 10 generic
+  queries), small data settings, no backbone file."""
+  m = c.model
+  m.backbone.name = "swin_tiny"
+  m.backbone.kwargs = ml_collections.ConfigDict(dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
+                                                     window_size=4, drop_path_rate=0.0))
+  p = m.pixel_decoder
+  p.conv_dim = p.mask_dim = 64
+  p.dim_feedforward, p.num_encoder_layers, p.nheads = 64, 1, 4
+  d = m.decoder
+  d.hidden_dim, d.dim_proj, d.dim_feedforward, d.dec_layers, d.nheads = 64, 32, 64, 2, 4
+  d.num_queries, d.dn_num = 10, 8
+  c.prompts.max_clicks, c.prompts.max_content, c.prompts.point_per_side = 4, 2, 4
+  c.loss.num_points = 64
+  c.test.detections_per_image = 10
+  c.test.min_size = c.test.max_size = 64
+  for name, source in c.data.items():
+    source.path = f"/tmp/dinoseg_dinov_tiny_{name}"
+    source.image_size = source.eval_image_size = (64, 64)
+    source.eval_short_edge = source.eval_max_size = 64
+    source.batch_size, source.eval_batch_size = 2, 2
+    source.max_instances = 8
+    source.num_workers = 0
+  c.train.num_steps = 4
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 0
+  c.train.eval_every_steps = 0
+  c.optimizer.decay_steps = ()
+  c.optimizer.schedule = "constant"
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks what the model supports (raised as a ConfigError by dinoseg.config)."""
+  d = c.model.decoder
+  if d.num_content_tokens != 1:
+    raise ValueError(f"model.decoder.num_content_tokens must be 1 (the released models), got {d.num_content_tokens}")
+  if d.dn not in ("seg", "no"):
+    raise ValueError(f"model.decoder.dn must be 'seg' or 'no', got {d.dn!r}")
+  if c.model.pixel_decoder.conv_dim != d.hidden_dim:
+    raise ValueError("model.pixel_decoder.conv_dim must equal model.decoder.hidden_dim (no input projection)")
+
+
+__all__ = ["model_config", "prompt_config", "loss_config", "test_config", "tiny", "validate", "NO_WEIGHT_DECAY"]
