@@ -30,6 +30,7 @@ COMMANDS = Registry("command", entries={
     "config": "dinoseg.commands.config",
     "convert": "dinoseg.commands.convert",
     "talk2dino": "dinoseg.commands.talk2dino",
+    "dinov": "dinoseg.commands.dinov",
     "demo": "dinoseg.commands.demo",
     "data": "dinoseg.commands.data",
     "train": "dinoseg.commands.train",

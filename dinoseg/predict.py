@@ -42,6 +42,7 @@ PREDICTORS = Registry("predictor", hint=" (config.task)", entries={
     "maskdino": "dinoseg.predict:MaskDINOPredictor",
     "segnext": "dinoseg.models.segnext.predict:SegNextImagePredictor",
     "talk2dino": "dinoseg.models.talk2dino.predict:Talk2DinoPredictor",
+    "dinov": "dinoseg.models.dinov.predict:DINOvPredictor",
 })
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PREDICTIONS_FILE = "predictions.json"
@@ -334,8 +335,8 @@ def _round_up(x: int, m: int) -> int:
 
 class MaskDINOPredictor(Predictor):
   """Single-image Mask DINO inference: resize (shortest edge), pad to 32, model, postprocess at the
-  original size. Weights live on the device; compiles once per padded input shape and output-size bucket
-  (multiples of 64).
+  original size. Weights live on the device; the model compiles once per padded input shape, the (small)
+  postprocessing once per padded input shape and output-size bucket (multiples of 64).
 
   `predict(image, score_threshold=None)` -> Segmentation: the instances (test.instance_on; boxes xyxy, the
   top `test.detections_per_image`, those >= `score_threshold` when given), else the panoptic segments, else
@@ -352,23 +353,34 @@ class MaskDINOPredictor(Predictor):
     self.model = build_model(config.model)
     self.variables = jax.device_put(dict(variables))
     self.category_ids = list(config.get("dataset", {}).get("category_ids", ()) or ()) or None
-    self._fns = {}
+    self._forwards = {}  # padded input shape -> jitted model
+    self._postprocessors = {}  # (padded shape, output bucket) -> jitted postprocessing
     self._results = []
     self._num_images = 0
 
-  def _fn(self, padded_hw, canvas_hw):
+  def _forward(self, padded_hw):
+    """The jitted model on a (1, *padded_hw, 3) canvas -> (last logits, boxes, masks): compiled once per padded
+    input shape, whatever the output size."""
+    import jax  # noqa: PLC0415
+    if padded_hw not in self._forwards:
+      def forward(variables, images, valid_hw):
+        out = self.model.apply(variables, images, valid_hw)
+        return out.logits[-1], out.boxes[-1], out.masks[-1]
+      self._forwards[padded_hw] = jax.jit(forward)
+    return self._forwards[padded_hw]
+
+  def _postprocess(self, padded_hw, canvas_hw):
+    """The jitted postprocessing of one forward's outputs at an output-size bucket (multiples of 64)."""
     import jax  # noqa: PLC0415
 
     from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
     key = (padded_hw, canvas_hw)
-    if key in self._fns:
-      return self._fns[key]
+    if key in self._postprocessors:
+      return self._postprocessors[key]
     t, m = self.test, self.config.model
     things = tuple(t.thing_classes) or tuple(range(m.num_classes))
 
-    def run(variables, images, valid_hw, output_hw):
-      out = self.model.apply(variables, images, valid_hw)
-      logits, boxes, masks = out.logits[-1], out.boxes[-1], out.masks[-1]
+    def run(logits, boxes, masks, valid_hw, output_hw):
       res = {}
       if t.instance_on:
         res["instances"] = pp.instance_inference(
@@ -387,8 +399,8 @@ class MaskDINOPredictor(Predictor):
             postprocess_before_inference=t.sem_seg_postprocess_before_inference or t.instance_on or t.panoptic_on)
       return res
 
-    self._fns[key] = jax.jit(run)
-    return self._fns[key]
+    self._postprocessors[key] = jax.jit(run)
+    return self._postprocessors[key]
 
   def predict(self, image, score_threshold: float | None = None) -> Segmentation:
     """Segmentation of `image` (a path, a PIL image or (H, W, 3) uint8); see the class docstring."""
@@ -402,8 +414,9 @@ class MaskDINOPredictor(Predictor):
     padded_hw = (_round_up(nh, 32), _round_up(nw, 32))
     canvas = pad_image(resized, padded_hw)[None]
     canvas_hw = (_round_up(h, 64), _round_up(w, 64))
-    res = self._fn(padded_hw, canvas_hw)(self.variables, canvas, np.asarray([[nh, nw]], np.int32),
-                                         np.asarray([[h, w]], np.int32))
+    valid_hw = np.asarray([[nh, nw]], np.int32)
+    outputs = self._forward(padded_hw)(self.variables, canvas, valid_hw)
+    res = self._postprocess(padded_hw, canvas_hw)(*outputs, valid_hw, np.asarray([[h, w]], np.int32))
     extras: dict[str, Any] = {}
     if "panoptic" in res:
       extras["panoptic"] = np.asarray(res["panoptic"].segmentation[0])[:h, :w].astype(np.int32)
@@ -473,6 +486,66 @@ class MaskDINOPredictor(Predictor):
     return path
 
 
+def image_ids_from_annotations(annotations: str | os.PathLike, images: Sequence[str | os.PathLike]
+                               ) -> tuple[dict[str, int], set[int]]:
+  """The dataset's image id of every input image, from a COCO-format annotation JSON.
+
+  Images are matched by file name (the base name of each `images[*].file_name` entry), so the results
+  of `dinoseg predict --annotations=instances_val2017.json` score directly against that file.
+
+  Returns:
+    ({input file name: image id}, {the JSON's category ids}).
+  Raises:
+    UserFileNotFoundError / UserValueError: no such file, not JSON, no `images` list, a base name held by two
+      entries, or an input image the JSON does not list (the first few are named).
+  """
+  from dinoseg.errors import UserFileNotFoundError  # noqa: PLC0415
+  path = pathlib.Path(annotations)
+  if not path.is_file():
+    raise UserFileNotFoundError(f"--annotations {path}: no such file")
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserValueError(f"--annotations {path}: not a readable JSON file ({type(e).__name__}: {e})") from None
+  entries = data.get("images") if isinstance(data, dict) else None
+  if not isinstance(entries, list) or not all(isinstance(e, dict) and "file_name" in e and "id" in e
+                                              for e in entries):
+    raise UserValueError(f"--annotations {path}: not a COCO-format file (needs an 'images' list of entries "
+                         "with 'file_name' and 'id')")
+  by_name: dict[str, int] = {}
+  for entry in entries:
+    name = pathlib.PurePosixPath(str(entry["file_name"]).replace("\\", "/")).name
+    if name in by_name and by_name[name] != entry["id"]:
+      raise UserValueError(f"--annotations {path}: the file name {name!r} belongs to two images "
+                           f"(ids {by_name[name]} and {entry['id']})")
+    by_name[name] = entry["id"]
+  missing = [pathlib.Path(i).name for i in images if pathlib.Path(i).name not in by_name]
+  if missing:
+    raise UserValueError(f"--annotations {path}: {len(missing)} input image(s) are not in its 'images' list "
+                         f"(e.g. {', '.join(missing[:3])})")
+  categories = {c["id"] for c in data.get("categories", []) if isinstance(c, dict) and "id" in c}
+  return {pathlib.Path(i).name: by_name[pathlib.Path(i).name] for i in images}, categories
+
+
+def set_image_ids(results_path: str | os.PathLike, image_ids: Mapping[str, int],
+                  categories: set[int] | None = None) -> int:
+  """Rewrites a predictions.json written by `dinoseg predict` with the dataset's image ids (by each entry's
+  "file_name"); returns the number of entries whose category id is not among `categories` (0 when not given)."""
+  path = pathlib.Path(results_path)
+  with open(path, encoding="utf-8") as f:
+    entries = json.load(f)
+  unknown = 0
+  for entry in entries:
+    entry["image_id"] = image_ids[entry["file_name"]]
+    unknown += bool(categories) and entry.get("category_id") not in categories
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(entries, f)
+  os.replace(tmp, path)
+  return int(unknown)
+
+
 def summarize(result: Segmentation, score_threshold: float = 0.5) -> str:
   """What an image's outputs show, for the console: instances drawn (and why none), segments, classes."""
   parts = []
@@ -499,4 +572,4 @@ def summarize(result: Segmentation, score_threshold: float = 0.5) -> str:
 __all__ = ["PREDICTORS", "PREDICTIONS_FILE", "Predictor", "MaskDINOPredictor", "UnreadableImageError", "load",
            "build_predictor", "initial_variables", "resolve_config", "as_image", "class_names", "draw_instances",
            "draw_semantic", "draw_panoptic", "list_images", "read_image", "resize_shortest_edge", "color",
-           "output_name", "output_paths", "check_outputs", "summarize"]
+           "output_name", "output_paths", "check_outputs", "summarize", "image_ids_from_annotations", "set_image_ids"]

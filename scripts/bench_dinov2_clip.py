@@ -54,6 +54,58 @@ def _random_state(model, torch, seed):
   return {k: v.numpy() for k, v in state.items()}
 
 
+def bench_dinov2(dinov2_dir, *, batch: int, repeats: int, query_chunk: int, size: int = 448,
+                 torch_device: str = "cpu") -> list[tuple]:
+  """DINOv2-B/14-reg forward throughput, dinoseg (full attention and `query_chunk_size=query_chunk`) beside
+  the reference `dinov2_vitb14_reg` from the checkout `dinov2_dir` (None: dinoseg only, random weights).
+
+  Inputs: (batch, size, size, 3) float32 standard-normal images. The reference runs on `torch_device`
+  (synchronized after each call on CUDA); JAX on its default backend.
+  Returns rows (model, input description, dinoseg images/s, reference images/s or nan, max |diff| or nan).
+  """
+  os.environ["XFORMERS_DISABLED"] = "1"
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from dinoseg.backbones.dinov2 import dinov2  # noqa: PLC0415
+  from dinoseg.convert import get  # noqa: PLC0415
+
+  images = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
+  model = dinov2("dinov2_vitb14_reg")
+  x_jax = jnp.asarray(images)
+  theirs, t_ref = None, float("nan")
+  if dinov2_dir is not None:
+    import torch  # noqa: PLC0415
+    torch.set_grad_enabled(False)
+    sys.path.insert(0, str(dinov2_dir))
+    from dinov2.hub.backbones import dinov2_vitb14_reg  # noqa: PLC0415
+    ref = dinov2_vitb14_reg(pretrained=False).eval()
+    state = _random_state(ref, torch, 0)
+    params = get("dinov2_vitb14_reg").to_flax(state)
+    ref = ref.to(torch_device)
+    x_torch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(torch_device)
+    sync = torch.cuda.synchronize if torch_device.startswith("cuda") else (lambda: None)
+    theirs = ref.forward_features(x_torch)["x_norm_patchtokens"].float().cpu().numpy()
+
+    def run_ref():
+      ref.forward_features(x_torch)
+      sync()
+
+    t_ref = _median_time(run_ref, repeats)
+  else:
+    params = jax.jit(model.init)(jax.random.key(0), x_jax[:1])["params"]
+  params = jax.device_put(params)
+  rows = []
+  for what, chunk in ((f"batch {batch}", None), (f"b{batch}, q-chunk {query_chunk}", query_chunk)):
+    net = model if chunk is None else dinov2("dinov2_vitb14_reg", query_chunk_size=chunk)
+    fwd = jax.jit(lambda p, x, net=net: net.apply({"params": p}, x).patch_tokens)
+    ours = np.asarray(fwd(params, x_jax)).reshape(batch, -1, 768)
+    diff = float(np.abs(ours - theirs).max()) if theirs is not None else float("nan")
+    t_jax = _median_time(lambda fwd=fwd: fwd(params, x_jax).block_until_ready(), repeats)
+    rows.append((f"dinov2_vitb14_reg {size}px", what, batch / t_jax, batch / t_ref, diff))
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dinov2", required=True, type=pathlib.Path)
@@ -70,35 +122,12 @@ def main():
 
   from dinoseg.backbones.clip_text import clip_text  # noqa: PLC0415
   from dinoseg.backbones.clip_tokenizer import tokenize  # noqa: PLC0415
-  from dinoseg.backbones.dinov2 import dinov2  # noqa: PLC0415
   from dinoseg.convert import get  # noqa: PLC0415
 
-  rows = []
   torch.set_grad_enabled(False)
 
   # DINOv2-B/14-reg at 448.
-  sys.path.insert(0, str(args.dinov2))
-  from dinov2.hub.backbones import dinov2_vitb14_reg  # noqa: PLC0415
-  ref = dinov2_vitb14_reg(pretrained=False).eval()
-  state = _random_state(ref, torch, 0)
-  params = get("dinov2_vitb14_reg").to_flax(state)
-  model = dinov2("dinov2_vitb14_reg")
-  images = np.random.default_rng(0).standard_normal((args.dino_batch, 448, 448, 3)).astype(np.float32)
-  fwd = jax.jit(lambda p, x: model.apply({"params": p}, x).patch_tokens)
-  x_jax, x_torch = jnp.asarray(images), torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-  ours = np.asarray(fwd(params, x_jax)).reshape(args.dino_batch, -1, 768)
-  theirs = ref.forward_features(x_torch)["x_norm_patchtokens"].numpy()
-  diff = float(np.abs(ours - theirs).max())
-  t_jax = _median_time(lambda: fwd(params, x_jax).block_until_ready(), args.repeats)
-  t_ref = _median_time(lambda: ref.forward_features(x_torch), args.repeats)
-  rows.append(("dinov2_vitb14_reg 448px", f"batch {args.dino_batch}", args.dino_batch / t_jax,
-               args.dino_batch / t_ref, diff))
-  chunked = dinov2("dinov2_vitb14_reg", query_chunk_size=args.query_chunk)
-  fwd_c = jax.jit(lambda p, x: chunked.apply({"params": p}, x).patch_tokens)
-  diff = float(np.abs(np.asarray(fwd_c(params, x_jax)).reshape(args.dino_batch, -1, 768) - theirs).max())
-  t_c = _median_time(lambda: fwd_c(params, x_jax).block_until_ready(), args.repeats)
-  rows.append(("dinov2_vitb14_reg 448px", f"b{args.dino_batch}, q-chunk {args.query_chunk}",
-               args.dino_batch / t_c, args.dino_batch / t_ref, diff))
+  rows = bench_dinov2(args.dinov2, batch=args.dino_batch, repeats=args.repeats, query_chunk=args.query_chunk)
 
   # CLIP ViT-B/16 text tower, 80 prompts.
   for module in ("torchvision", "torchvision.transforms"):  # clip/__init__ imports image transforms only

@@ -84,58 +84,111 @@ def torch_msda(torch, value, shapes, loc, weights):
   return (stacked * a).sum(-1).reshape(n, m * d, lq).transpose(1, 2)
 
 
-def bench_msda(args, rng):
+def _bytes_accessed(compiled):
+  """XLA's "bytes accessed" estimate of a compiled program (None where the backend gives none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost["bytes accessed"]) if cost and "bytes accessed" in cost else None
+
+
+def msda_floor_bytes(batch, num_tokens, num_queries, heads, levels, points, channels, itemsize=4):
+  """Least bytes a fused MSDA forward and forward + backward must move through device memory.
+
+  forward:  read value (N, S, M, D), locations (N, Lq, M, L, P, 2), weights (N, Lq, M, L, P) once,
+            write the output (N, Lq, M * D) once.
+  backward: read the same three inputs and the output's gradient once more, write the gradients of
+            value, locations and weights once.
+  Returns {"fwd": bytes, "all": bytes (forward + backward)}.
+  """
+  value = batch * num_tokens * heads * channels
+  loc = batch * num_queries * heads * levels * points * 2
+  weights = batch * num_queries * heads * levels * points
+  out = batch * num_queries * heads * channels
+  fwd = (value + loc + weights + out) * itemsize
+  bwd = (value + loc + weights + out + value + loc + weights) * itemsize
+  return {"fwd": fwd, "all": fwd + bwd}
+
+
+def measure_msda(args, rng, torch_device: str = "cpu") -> list[dict]:
+  """Times MSDA forward and forward + backward at Mask DINO's decoder and encoder sizes.
+
+  Args:
+    args: image_size, batch, decoder_queries, pallas_max_queries, repeats (see main's flags).
+    rng: numpy Generator for the inputs (msda_inputs).
+    torch_device: where the PyTorch grid_sample formulation runs ("cpu" or "cuda"); None skips it.
+  Returns:
+    One dict per (side, implementation): side, queries, name, fwd_s, all_s (medians), scratch_mib
+    (the backward's temporary memory, "-" for PyTorch), sampled_mib, cost_bytes_fwd / cost_bytes_all
+    (XLA's "bytes accessed" of the compiled programs, None for PyTorch), floor_bytes_fwd /
+    floor_bytes_all (msda_floor_bytes).
+  """
   import jax
   import jax.numpy as jnp
-  import torch
 
   from dinoseg.kernels import ms_deform_attn
 
   shapes = tuple((args.image_size // s, args.image_size // s) for s in (8, 16, 32, 64))
+  num_tokens = sum(h * w for h, w in shapes)
   rows = []
-  for side, num_queries in (("decoder", args.decoder_queries),
-                            ("encoder", sum(h * w for h, w in shapes))):
+  for side, num_queries in (("decoder", args.decoder_queries), ("encoder", num_tokens)):
     inputs = msda_inputs(rng, args.batch, shapes, num_queries, 8, 4, 32, side)
     sampled_mb = args.batch * num_queries * 8 * 4 * 4 * 32 * 4 / 2 ** 20
+    floor = msda_floor_bytes(args.batch, num_tokens, num_queries, 8, 4, 4, 32)
     jax_inputs = [jnp.asarray(x) for x in inputs]
-    fns, scratch = {}, {}
+    fns, info = {}, {}
     impls = ["xla"] + (["pallas"] if num_queries <= args.pallas_max_queries else [])
     for impl in impls:
       name = "dinoseg XLA" if impl == "xla" else (
           "dinoseg Pallas (interpret)" if jax.default_backend() == "cpu" else "dinoseg Pallas")
-      fwd = jax.jit(lambda v, l, w, impl=impl: ms_deform_attn(v, shapes, l, w, impl=impl))
+      fwd = jax.jit(lambda v, l, w, impl=impl: ms_deform_attn(v, shapes, l, w, impl=impl)).lower(
+          *jax_inputs).compile()
       loss = lambda v, l, w, impl=impl: jnp.sum(ms_deform_attn(v, shapes, l, w, impl=impl) ** 2)
       fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*jax_inputs).compile()
-      scratch[name] = f"{fwd_bwd.memory_analysis().temp_size_in_bytes / 2 ** 20:.0f}"
+      info[name] = {"scratch_mib": f"{fwd_bwd.memory_analysis().temp_size_in_bytes / 2 ** 20:.0f}",
+                    "cost_bytes_fwd": _bytes_accessed(fwd), "cost_bytes_all": _bytes_accessed(fwd_bwd)}
       fns[(name, "fwd")] = lambda fwd=fwd: jax.block_until_ready(fwd(*jax_inputs))
       fns[(name, "all")] = lambda fwd_bwd=fwd_bwd: jax.block_until_ready(fwd_bwd(*jax_inputs))
-    tensors = [torch.tensor(x) for x in inputs]
-    grads = [t.clone().requires_grad_() for t in tensors]
+    if torch_device is not None:
+      import torch
+      sync = torch.cuda.synchronize if torch_device.startswith("cuda") else (lambda: None)
+      tensors = [torch.tensor(x, device=torch_device) for x in inputs]
+      grads = [t.clone().requires_grad_() for t in tensors]
 
-    def torch_fwd():
-      with torch.no_grad():
-        torch_msda(torch, tensors[0], shapes, tensors[1], tensors[2])
+      def torch_fwd():
+        with torch.no_grad():
+          torch_msda(torch, tensors[0], shapes, tensors[1], tensors[2])
+        sync()
 
-    def torch_fwd_bwd():
-      out = torch_msda(torch, grads[0], shapes, grads[1], grads[2])
-      (out ** 2).sum().backward()
+      def torch_fwd_bwd():
+        out = torch_msda(torch, grads[0], shapes, grads[1], grads[2])
+        (out ** 2).sum().backward()
+        sync()
 
-    fns[("PyTorch grid_sample", "fwd")] = torch_fwd
-    fns[("PyTorch grid_sample", "all")] = torch_fwd_bwd
-    scratch["PyTorch grid_sample"] = "-"
+      fns[("PyTorch grid_sample", "fwd")] = torch_fwd
+      fns[("PyTorch grid_sample", "all")] = torch_fwd_bwd
+      info["PyTorch grid_sample"] = {"scratch_mib": "-", "cost_bytes_fwd": None, "cost_bytes_all": None}
     medians = _interleaved_medians(fns, args.repeats)
-    for name in scratch:
-      rows.append((side, num_queries, name, medians[(name, "fwd")], medians[(name, "all")], scratch[name],
-                   sampled_mb))
+    for name, extra in info.items():
+      rows.append({"side": side, "queries": num_queries, "name": name, "fwd_s": medians[(name, "fwd")],
+                   "all_s": medians[(name, "all")], "sampled_mib": sampled_mb, "floor_bytes_fwd": floor["fwd"],
+                   "floor_bytes_all": floor["all"], **extra})
+  return rows
+
+
+def bench_msda(args, rng):
+  shapes = tuple((args.image_size // s, args.image_size // s) for s in (8, 16, 32, 64))
+  rows = measure_msda(args, rng)
   print(f"\n### Deformable attention (batch {args.batch}, {args.image_size}x{args.image_size}, "
         f"levels {shapes}, 8 heads, 4 points, 32 channels)\n")
   print("| side | queries | implementation | forward ms | fwd+bwd ms | PyTorch / this (fwd) "
         "| PyTorch / this (fwd+bwd) | bwd scratch MiB | sampled values MiB |")
   print("|---|---|---|---|---|---|---|---|---|")
-  for side, nq, name, t_fwd, t_all, temp, sampled in rows:
-    ref = next(r for r in rows if r[0] == side and r[2] == "PyTorch grid_sample")
-    print(f"| {side} | {nq} | {name} | {t_fwd * 1e3:.1f} | {t_all * 1e3:.1f} | {ref[3] / t_fwd:.2f}x "
-          f"| {ref[4] / t_all:.2f}x | {temp} | {sampled:.0f} |")
+  for r in rows:
+    ref = next(x for x in rows if x["side"] == r["side"] and x["name"] == "PyTorch grid_sample")
+    print(f"| {r['side']} | {r['queries']} | {r['name']} | {r['fwd_s'] * 1e3:.1f} | {r['all_s'] * 1e3:.1f} | "
+          f"{ref['fwd_s'] / r['fwd_s']:.2f}x | {ref['all_s'] / r['all_s']:.2f}x | {r['scratch_mib']} | "
+          f"{r['sampled_mib']:.0f} |")
 
 
 # ----------------------------------------------------------------------------------------- matching

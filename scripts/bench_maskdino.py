@@ -160,6 +160,9 @@ def reference_settings(config) -> dict:
 
 
 def run_reference(args, overrides, workdir: pathlib.Path) -> dict:
+  """The reference side (module docstring). Beyond the CLI's flags, `args` may carry `device` ("cpu" or
+  "cuda"), `amp` (bfloat16 autocast of the forward, as detectron2's AMP trainer; CUDA only) and
+  `train_only` (skip the inference phase); scripts/bench_gpu.py sets them."""
   del overrides  # already applied by the driver (reference.json)
   import torch  # noqa: PLC0415
   sys.path.insert(0, str(SCRIPTS))
@@ -187,13 +190,20 @@ def run_reference(args, overrides, workdir: pathlib.Path) -> dict:
   build_s = time.perf_counter() - t0
   state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
   np.savez(workdir / "weights.npz", **state)
+  device = getattr(args, "device", "cpu")
+  cuda = device.startswith("cuda")
+  amp = bool(getattr(args, "amp", False))
+  model.to(device)
 
   images, per_image, _ = make_inputs(args.size, args.batch, args.num_gt, settings["num_classes"],
                                      settings["max_instances"], args.seed)
   train_inputs = []
   for image, gt in zip(images, per_image):
-    inst = standin.Instances((args.size, args.size), gt_classes=torch.as_tensor(gt["labels"], dtype=torch.int64),
-                             gt_boxes=standin.Boxes(torch.as_tensor(gt["xyxy"])), gt_masks=torch.as_tensor(gt["masks"]))
+    # The stand-in's Instances.to() keeps tensors where they are: create them on the device.
+    inst = standin.Instances((args.size, args.size),
+                             gt_classes=torch.as_tensor(gt["labels"], dtype=torch.int64, device=device),
+                             gt_boxes=standin.Boxes(torch.as_tensor(gt["xyxy"], device=device)),
+                             gt_masks=torch.as_tensor(gt["masks"], device=device))
     train_inputs.append({"image": torch.from_numpy(image).permute(2, 0, 1).float(), "instances": inst})
   eval_inputs = [{"image": x["image"], "height": args.size, "width": args.size} for x in train_inputs]
 
@@ -208,33 +218,48 @@ def run_reference(args, overrides, workdir: pathlib.Path) -> dict:
   def train_step():
     model.train()
     opt.zero_grad(set_to_none=True)
-    losses = model(train_inputs)
+    with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=amp):
+      losses = model(train_inputs)
     total = sum(losses.values())
     total.backward()
     torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
-    return float(total)
+    return float(total)  # synchronizes with the device
 
   def infer():
     model.eval()
     with torch.no_grad():
-      return model(eval_inputs)
+      out = model(eval_inputs)
+    if cuda:
+      torch.cuda.synchronize()
+    return out
 
   # Inference first (the weights saved above are the ones evaluated), then training.
-  first_eval, eval_s, eval_rss = time_calls(infer, args.iters)
-  results = infer()
-  scores = [np.sort(r["instances"].scores.numpy())[::-1].tolist() for r in results]
+  first_eval = eval_s = eval_rss = float("nan")
+  scores = []
+  if not getattr(args, "train_only", False):
+    first_eval, eval_s, eval_rss = time_calls(infer, args.iters)
+    results = infer()
+    scores = [np.sort(r["instances"].scores.float().cpu().numpy())[::-1].tolist() for r in results]
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
   first_train, train_s, train_rss = time_calls(train_step, args.iters)
+  device_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
   return {"side": "reference", "build_s": build_s, "train_s": train_s, "train_first_s": first_train,
           "train_rss_mb": train_rss, "eval_s": eval_s, "eval_first_s": first_eval, "eval_rss_mb": eval_rss,
           "process_rss_mb": process_peak_mb(), "scores": scores, "threads": torch.get_num_threads(),
-          "torch": torch.__version__, "num_params": int(sum(p.numel() for p in params))}
+          "torch": torch.__version__, "num_params": int(sum(p.numel() for p in params)), "device": device,
+          "amp": amp, "train_device_peak_mb": device_peak}
 
 
 # ----------------------------------------------------------------------------- dinoseg side
 
 
 def run_dinoseg(args, overrides, workdir: pathlib.Path) -> dict:
+  """The dinoseg side (module docstring). Without `workdir/weights.npz` the state is the trainer's random
+  initialisation (`Run.create_state`). `args.train_only` (optional) skips the inference phase; the
+  result's `device_peak_mb` is the device allocator's peak (`memory_stats()["peak_bytes_in_use"]`, over
+  the whole process: state, compilation scratch and the timed steps; None where the backend has no stats)."""
   import absl.flags  # noqa: PLC0415  (grain reads absl flags)
   if not absl.flags.FLAGS.is_parsed():
     absl.flags.FLAGS.mark_as_parsed()
@@ -247,19 +272,24 @@ def run_dinoseg(args, overrides, workdir: pathlib.Path) -> dict:
   config = load_dinoseg_config(args, overrides)
   t0 = time.perf_counter()
   run = trainer.build_run(config)
-  with np.load(workdir / "weights.npz") as f:
-    torch_state = {k: f[k] for k in f.files}
-  variables = convert.to_flax(torch_state, config.model)
-  params = variables["params"]
-  model_state = {k: v for k, v in variables.items() if k != "params"}
-  state = state_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, opt_state=run.optimizer.tx.init(params),
-      rng=jax.random.key_data(jax.random.key(args.seed)), model_state=model_state, ema_params=None,
-      nonfinite_total=jnp.zeros((), jnp.int32), nonfinite_streak=jnp.zeros((), jnp.int32))
-  state = jax.device_put(state, run.shardings)
+  if (workdir / "weights.npz").is_file():
+    with np.load(workdir / "weights.npz") as f:
+      torch_state = {k: f[k] for k in f.files}
+    variables = convert.to_flax(torch_state, config.model)
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    state = state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=run.optimizer.tx.init(params),
+        rng=jax.random.key_data(jax.random.key(args.seed)), model_state=model_state, ema_params=None,
+        nonfinite_total=jnp.zeros((), jnp.int32), nonfinite_streak=jnp.zeros((), jnp.int32))
+    state = jax.device_put(state, run.shardings)
+    del torch_state, variables
+  else:
+    state = run.create_state()
+    params = state.params
   jax.block_until_ready(state)
   build_s = time.perf_counter() - t0
-  del torch_state, variables
+  train_only = bool(getattr(args, "train_only", False))
 
   images, _, padded = make_inputs(args.size, args.batch, args.num_gt, config.model.num_classes,
                                   config.data.max_instances, args.seed)
@@ -270,22 +300,25 @@ def run_dinoseg(args, overrides, workdir: pathlib.Path) -> dict:
                                  "image_id": np.arange(args.batch, dtype=np.int64)})
 
   with run.context():
-    t0 = time.perf_counter()
-    predict = run.predict.lower(state.params, state.model_state, eval_batch).compile()
-    eval_compile = time.perf_counter() - t0
+    eval_compile = eval_s = eval_rss = float("nan")
+    scores = []
+    if not train_only:
+      t0 = time.perf_counter()
+      predict = run.predict.lower(state.params, state.model_state, eval_batch).compile()
+      eval_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
     step = run.train_step.lower(state, train_batch).compile()
     train_compile = time.perf_counter() - t0
 
-    def infer():
-      return jax.block_until_ready(predict(state.params, state.model_state, eval_batch))
+    if not train_only:
+      def infer():
+        return jax.block_until_ready(predict(state.params, state.model_state, eval_batch))
 
-    _, eval_s, eval_rss = time_calls(infer, args.iters)
-    out = jax.device_get(infer())
-    scores = []
-    for b in range(args.batch):
-      s = np.asarray(out["inst_scores"][b])[np.asarray(out["inst_valid"][b])]
-      scores.append(np.sort(s)[::-1].tolist())
+      _, eval_s, eval_rss = time_calls(infer, args.iters)
+      out = jax.device_get(infer())
+      for b in range(args.batch):
+        s = np.asarray(out["inst_scores"][b])[np.asarray(out["inst_valid"][b])]
+        scores.append(np.sort(s)[::-1].tolist())
 
     holder = {"state": state}
 
@@ -294,7 +327,9 @@ def run_dinoseg(args, overrides, workdir: pathlib.Path) -> dict:
       return float(jax.block_until_ready(metrics["loss"]))
 
     _, train_s, train_rss = time_calls(train_step, args.iters)
-  return {"side": "dinoseg", "build_s": build_s, "train_s": train_s, "train_first_s": train_compile,
+  stats = jax.devices()[0].memory_stats() or {}
+  device_peak = stats["peak_bytes_in_use"] / 2 ** 20 if "peak_bytes_in_use" in stats else None
+  return {"side": "dinoseg", "device_peak_mb": device_peak, "compute_dtype": run.settings["compute_dtype"], "build_s": build_s, "train_s": train_s, "train_first_s": train_compile,
           "train_rss_mb": train_rss, "eval_s": eval_s, "eval_first_s": eval_compile, "eval_rss_mb": eval_rss,
           "process_rss_mb": process_peak_mb(), "scores": scores, "backend": jax.default_backend(),
           "jax": jax.__version__, "devices": jax.device_count(),

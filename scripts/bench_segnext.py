@@ -100,12 +100,16 @@ def bench_dinoseg(arch, heads, freq, image, args, state_dict):
 
 
 def bench_reference(reference, arch, heads, freq, image, args, state_dict):
+  """The reference BasePredictor's timings; on `args.torch_device` ("cpu" unless set, e.g. "cuda" by
+  scripts/bench_gpu.py), synchronized after each timed call."""
   import torch  # noqa: PLC0415
   fixtures = _fixture_script()
   torch.set_num_threads(args.torch_threads or torch.get_num_threads())
+  device = getattr(args, "torch_device", "cpu")
   model = fixtures.build_reference_model(pathlib.Path(reference), arch, heads, freq)
   model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
-  model.eval()
+  model.eval().to(device)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
   from isegm.inference.clicker import Clicker  # noqa: PLC0415
   from isegm.inference.predictor import BasePredictor  # noqa: PLC0415
   predictor = BasePredictor(model)
@@ -119,7 +123,7 @@ def bench_reference(reference, arch, heads, freq, image, args, state_dict):
     predictor.set_image(image)
     predictor.predict_sat(points_per_side=args.sat_side)
     out["sat_serial_ms"] = 1000 * (time.perf_counter() - start)
-    out["embed_ms"] = _median_ms(lambda: predictor.set_image(image), args.repeats)
+    out["embed_ms"] = _median_ms(lambda: (predictor.set_image(image), sync()), args.repeats)
     clicker = Clicker(gt_mask=gt)
     clicker.make_next_click(np.zeros((h, w), bool))
     predictor.set_image(image)

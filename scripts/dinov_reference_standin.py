@@ -59,6 +59,61 @@ def install(dinov_root: str) -> None:
       "dinov.modules.position_encoding").PositionEmbeddingSine
 
 
+def nms(boxes, scores, iou_threshold):
+  """torchvision.ops.nms on the CPU: indices of the kept xyxy boxes, by decreasing score (greedy; a box is
+  dropped when its IoU with a kept one exceeds the threshold)."""
+  import torch  # noqa: PLC0415
+  order = torch.argsort(scores, descending=True)
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  keep, suppressed = [], torch.zeros(len(order), dtype=torch.bool)
+  for a, i in enumerate(order.tolist()):
+    if suppressed[a]:
+      continue
+    keep.append(i)
+    for b in range(a + 1, len(order)):
+      j = int(order[b])
+      lt = torch.maximum(boxes[i, :2], boxes[j, :2])
+      rb = torch.minimum(boxes[i, 2:], boxes[j, 2:])
+      wh = (rb - lt).clamp(min=0)
+      inter = wh[0] * wh[1]
+      if inter / (area[i] + area[j] - inter) > iou_threshold:
+        suppressed[b] = True
+  return torch.as_tensor(keep, dtype=torch.int64)
+
+
+def install_criteria(dinov_root: str) -> None:
+  """Additionally makes the reference criteria and matchers importable (`dinov/modules/criterion_*.py`,
+  `matcher*.py`, `dinov/utils/misc.py`, `box_ops.py`): detectron2's `utils.comm` and `point_rend` (Mask DINO's
+  stand-ins, which record the point draws in `maskdino_reference_standin.RECORDER`), torchvision's `nms`
+  (`nms` above) and `box_area`, `timm.loss`, and the DINOv repository's top-level `utils` package without its
+  `__init__` (misc.py reads `utils.constants`)."""
+  install(dinov_root)
+  if "dinov.modules.criterion_visual_openset" in sys.modules:
+    return
+  md._package("detectron2.utils")
+  md._module("detectron2.utils.comm", get_world_size=lambda: 1)
+  md._package("detectron2.projects")
+  md._package("detectron2.projects.point_rend")
+  md._module("detectron2.projects.point_rend.point_features", point_sample=md.point_sample,
+             get_uncertain_point_coords_with_randomness=md.get_uncertain_point_coords_with_randomness)
+  md._package("torchvision", _is_tracing=lambda: False)
+  md._package("torchvision.ops")
+  md._module("torchvision.ops.boxes", box_area=md.box_area, nms=nms)
+  md._module("timm.loss", SoftTargetCrossEntropy=object)
+  md._package("utils", os.path.join(os.path.abspath(dinov_root), "utils"))
+
+
+def import_criteria():
+  """Imports the reference criteria and matchers (after `install_criteria`); returns them in a namespace."""
+  names = {
+      "openset": "dinov.modules.criterion_visual_openset",
+      "refer_many": "dinov.modules.criterion_visual_refer_many2many",
+      "matcher": "dinov.modules.matcher",
+      "matcher_many": "dinov.modules.matcher_many2many",
+  }
+  return types.SimpleNamespace(**{k: importlib.import_module(v) for k, v in names.items()})
+
+
 def import_reference():
   """Imports the reference modules (after `install`); returns them in a namespace."""
   names = {
@@ -71,4 +126,4 @@ def import_reference():
   return types.SimpleNamespace(**{k: importlib.import_module(v) for k, v in names.items()})
 
 
-__all__ = ["install", "import_reference"]
+__all__ = ["install", "import_reference", "install_criteria", "import_criteria", "nms"]

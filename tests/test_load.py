@@ -65,7 +65,12 @@ def test_maskdino_load_and_predict(maskdino_weights, tmp_path):
     np.testing.assert_array_equal(same.masks, result.masks)
   top = float(np.sort(result.scores)[-2])
   assert len(predictor.predict(image, score_threshold=top)) == 2
-  assert len(predictor._fns) == 1  # one compilation for the one input size bucket
+  assert len(predictor._forwards) == len(predictor._postprocessors) == 1  # one input size bucket: one compilation
+  # Another output size with the same padded input (both resize to the 64 x 64 test size): the model is not
+  # compiled again, only the postprocessing for the new output bucket.
+  _check(predictor.predict(_image(144, 216)), (144, 216), boxes=True)
+  (forward,) = predictor._forwards.values()
+  assert forward._cache_size() == 1 and len(predictor._forwards) == 1 and len(predictor._postprocessors) == 2
   with pytest.raises(UserError, match=r"\(H, W, 3\) uint8"):
     predictor.predict(image.astype(np.float32))
 

@@ -12,15 +12,22 @@ registered (dinoseg.convert.registry), convert the released weights (and back):
   dinoseg convert --model=dinov_swinl_sam_coco --from=weights/dinov_swinl.pth --to=/tmp/dinov_swinl_orbax
   dinoseg convert --model=dinov_swinl_sam_coco --from=/tmp/dinov_swinl_orbax --to=/tmp/dinov_swinl_again.pth
 
-Not implemented yet (later slices of issue 16): the trainer task "dinov" (so `dinoseg train / eval / predict`
-refuse this config), the SA-1B + COCO data mixing, scribble sampling and class-prompt sampling, the
-criteria (open-set Hungarian, many-to-many referring with the match-score loss), the inference prompt
-bank, evaluation, the CLI, the demo. The `data`, `prompts`, `loss`, `test`, `train` and `optimizer` groups
-hold the reference's values for them.
+Training (`config.task = "dinov"`, dinoseg.models.dinov.task; docs/dinov.md "Training"): every step one COCO
+panoptic batch (generic task, class prompts averaged over the global batch) and one SA-1B batch (referring task:
+clicks, level targets, scribble content prompts), the reference's criteria. With prepared datasets:
 
-Tiny CPU variant (same structure at tiny widths; for the tests and a quick look at the model settings):
+  dinoseg train --config=configs/dinov/swinl_sam_coco.py --workdir=runs/dinov_swinl \\
+      --config.data.coco.path=/data/coco_panoptic --config.data.sam.path=/data/sa1b \\
+      --config.init.backbone.file=weights/swin_large_patch4_window12_384_22k.pth
+
+Inference protocols (prompt bank, generic evaluation, video object segmentation) and what is not implemented
+yet: docs/dinov.md.
+
+Tiny CPU variant (same structure at tiny widths, 64 px images, batches of 2 + 2; data under
+/tmp/dinoseg_dinov_tiny_{coco,sam}, see docs/dinov.md "Training" for making them with `dinoseg data synth`):
 
   dinoseg config show --config=configs/dinov/swinl_sam_coco.py:tiny
+  dinoseg train --config=configs/dinov/swinl_sam_coco.py:tiny --workdir=/tmp/dinov_swinl_tiny
 """
 import ml_collections
 
@@ -62,7 +69,7 @@ def get_config(variant=None):
       eval_max_size=1333, eval_batch_size=8))
   c.data.sam = pipeline.default_config()
   c.data.sam.update(dict(
-      task="interactive", name="sa1b", batch_size=64, augment="lsj", image_size=(1024, 1024), min_scale=0.99,
+      task="instance", name="sa1b", batch_size=64, augment="lsj", image_size=(1024, 1024), min_scale=0.99,
       max_scale=1.01, max_instances=100, filter_empty=False))
 
   # 168,750 steps, lr x0.1 at steps 67,778 and 105,092 (the released yaml; see dinov.md section 7 on "50 epochs").

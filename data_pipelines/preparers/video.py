@@ -1,4 +1,4 @@
-"""Video instance segmentation: YouTube-VIS 2019 / 2021 and LV-VIS (YouTube-VIS JSON format).
+"""Video instance segmentation: YouTube-VIS 2019 / 2021, LV-VIS and OVIS (YouTube-VIS JSON format).
 
 JSON: videos [{id, file_names, height, width, length}], annotations [{id, video_id, category_id,
 segmentations (per frame: RLE, polygons or null), bboxes, areas, iscrowd}], categories [{id, name,
@@ -7,6 +7,7 @@ segmentations (per frame: RLE, polygons or null), bboxes, areas, iscrowd}], cate
   ytvis_2019   {train,valid}/JPEGImages/<video>/<frame>.jpg, {train,valid}.json
   ytvis_2021   {train,valid}/JPEGImages/<video>/<frame>.jpg, {train,valid}/instances.json
   lvvis        {train,val}/JPEGImages/<video>/<frame>.jpg, {train,val}_instances.json
+  ovis         {train,valid}/<video>/<frame>.jpg, annotations/annotations_{train,valid}.json
 
 A record holds every frame's bytes and one row per track (object) with a per-frame RLE (None where
 the object is absent). Windows path separators in file_names are normalized (LV-VIS has some).
@@ -120,4 +121,16 @@ class LvVis(VideoInstances):
              "split_dirs": {}}
 
 
-__all__ = ["VideoInstances", "YouTubeVis2019", "YouTubeVis2021", "LvVis"]
+@base.register("ovis")
+class Ovis(VideoInstances):
+  """OVIS, Occluded Video Instance Segmentation (25 categories; valid / test annotations stay on its server).
+
+  Frames sit directly in the split folder (no JPEGImages). OV2Seg's configuration names the file
+  `annotation_valid.json` at the dataset root: pass `--option annotations=annotation_valid.json` for that layout.
+  """
+  description = "OVIS ({train,valid}/<video>/<frame>.jpg + annotations/annotations_{train,valid}.json)"
+  options = {**VideoInstances.options, "annotations": "annotations/annotations_{split_dir}.json",
+             "images": "{split_dir}"}
+
+
+__all__ = ["VideoInstances", "YouTubeVis2019", "YouTubeVis2021", "LvVis", "Ovis"]

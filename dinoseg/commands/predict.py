@@ -13,7 +13,9 @@ for models with those outputs `x.jpg_panoptic.png` / `x.jpg_semantic.png` (overl
 `semantic/x.jpg.png` (label map), for Talk2DINO `x.jpg_labels.png` (label map); and
 `predictions.json` (COCO results, one entry per instance, plus `"file_name": "x.jpg"`). Category
 ids are the config's dataset ids (`config.dataset.category_ids`, e.g. COCO's) when it has them,
-else contiguous labels. The predictor comes from the registry in dinoseg/predict.py (by
+else contiguous labels. Image ids count the inputs from 0, or, with `--annotations=instances_val2017.json`
+(a COCO-format file listing the inputs), are that file's ids matched by file name, so predictions.json
+scores directly against it (an input it does not list is refused before anything runs). The predictor comes from the registry in dinoseg/predict.py (by
 `config.task`).
 
 Inputs are never overwritten: an --output where an output would land on an input image (e.g.
@@ -45,10 +47,16 @@ def add_arguments(parser):
   parser.add_argument("--output", required=True, help="output directory (created)")
   parser.add_argument("--score-threshold", type=float, default=0.5, help="instances drawn on the overlays")
   parser.add_argument("--max-images", type=int, default=0, help="stop after N images (0: all)")
+  parser.add_argument("--annotations", default=None, metavar="JSON",
+                      help="a COCO-format annotation file listing the input images (e.g. instances_val2017.json): "
+                           "predictions.json then uses its image ids (matched by file name) and scores against it")
   parser.add_argument("--classes", default=None,
                       help="open-vocabulary models (Talk2DINO): comma-separated class names, e.g. 'cat,dog,grass'")
   parser.add_argument("--with-background", action="store_true",
                       help="open-vocabulary models: add a background class (Talk2DINO's background threshold)")
+  parser.add_argument("--examples", default=None,
+                      help="visual-prompt models (DINOv): a directory of example images with mask PNGs named "
+                           "<image file name>__<category>[__<n>].png, a COCO JSON, or a prompt bank directory")
   compile_cache.add_argument(parser, workdir_default=False)
 
 
@@ -67,9 +75,16 @@ def main(args, config_overrides) -> int:
   if args.max_images > 0:
     images = images[:args.max_images]
   predict.check_outputs(images, args.output)
+  image_ids, categories = (predict.image_ids_from_annotations(args.annotations, images) if args.annotations
+                           else (None, None))
   out_dir = prepare(args.output, what="--output")
   with compile_cache.use(args.compile_cache):
     results, skipped, seconds = _predict_images(config, args, images, out_dir)
+  if results and image_ids is not None:
+    unknown = predict.set_image_ids(results, image_ids, categories)
+    if unknown:
+      logger.warning("%d result(s) have a category id that %s does not list: check config.dataset.category_ids",
+                     unknown, args.annotations)
   done = len(images) - len(skipped)
   print(f"{done} image(s) in {seconds:.1f} s; outputs in {out_dir}"
         + (f"; results: {results}" if results else ""))
@@ -83,7 +98,8 @@ def _predict_images(config, args, images, out_dir) -> tuple:
   """Writes the outputs of every readable image. Returns the predictor's results file (or None), the
   skipped paths and the seconds taken after the model was loaded."""
   from dinoseg import predict  # noqa: PLC0415
-  predictor = predict.build_predictor(config, args.weights)
+  options = {"examples": args.examples} if getattr(args, "examples", None) else {}
+  predictor = predict.build_predictor(config, args.weights, **options)
   start = time.time()
   skipped = []
   finish = getattr(predictor, "finish", None)

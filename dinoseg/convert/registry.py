@@ -59,6 +59,7 @@ BUILTIN_CONVERTER_MODULES: list[str] = [
     "dinoseg.models.toy.convert",  # the trainer's toy example
     "dinoseg.models.maskdino.convert",  # Mask DINO (all released layouts)
     "dinoseg.models.dinov.convert",  # DINOv Swin-T / Swin-L
+    "dinoseg.models.ov2seg.convert",  # OV2Seg R50 / Swin-B
 ]
 CONVERTERS = Registry("model", hint=" for conversion", modules=BUILTIN_CONVERTER_MODULES)
 get = CONVERTERS.get  # the converter registered under a name (UserValueError naming the known ones)

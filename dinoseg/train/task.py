@@ -196,6 +196,7 @@ BUILTIN_TASK_MODULES: list[str] = [
     "dinoseg.models.talk2dino.task",  # Talk2DINO projection on cached features
     "dinoseg.models.segnext.task",  # SegNext interactive segmentation
     "dinoseg.models.maskdino.task",  # Mask DINO (instance / panoptic / semantic)
+    "dinoseg.models.dinov.task",  # DINOv (COCO generic + SA-1B referring)
 ]
 TASKS = Registry("task", hint=" (config.task)", modules=BUILTIN_TASK_MODULES)
 register = TASKS.register  # @register("name") on a Task subclass (or any config -> Task callable)

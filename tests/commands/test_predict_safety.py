@@ -94,3 +94,36 @@ def test_summary_when_nothing_is_drawn():
   assert predict.summarize(result, 0.15) == "1 of 2 instances drawn (score >= 0.15)"
   semantic = Segmentation(**segments_from_label_map(np.array([[0, 2]]), names), label_map=np.array([[0, 2]]))
   assert predict.summarize(semantic) == "2 classes: sky, dog"
+
+
+def test_annotations_give_the_dataset_image_ids_and_the_results_score_against_it(weights, tmp_path, capsys):
+  from pycocotools.coco import COCO
+  from pycocotools.cocoeval import COCOeval
+  images = tmp_path / "imgs"
+  _images(images, {"a.jpg": (32, 48), "b.png": (40, 48)})
+  config = load_config(CONFIG)
+  category_ids = list(config.get("dataset", {}).get("category_ids", ()) or ()) or list(range(config.model.num_classes))
+  gt = {"images": [{"id": 139, "file_name": "val/a.jpg", "height": 32, "width": 48},
+                   {"id": 785, "file_name": "b.png", "height": 40, "width": 48},
+                   {"id": 7, "file_name": "not_an_input.png", "height": 8, "width": 8}],
+        "annotations": [{"id": 1, "image_id": 139, "category_id": category_ids[0], "bbox": [4, 4, 20, 10],
+                         "area": 200, "iscrowd": 0, "segmentation": [[4, 4, 24, 4, 24, 14, 4, 14]]}],
+        "categories": [{"id": c, "name": str(c)} for c in category_ids]}
+  annotations = tmp_path / "instances.json"
+  annotations.write_text(json.dumps(gt))
+  assert _predict(weights, images, tmp_path / "out", f"--annotations={annotations}", "--score-threshold=0") == 0
+  results = json.loads((tmp_path / "out" / predict.PREDICTIONS_FILE).read_text())
+  assert results and {(r["file_name"], r["image_id"]) for r in results} == {("a.jpg", 139), ("b.png", 785)}
+  coco = COCO(str(annotations))
+  evaluator = COCOeval(coco, coco.loadRes([{k: v for k, v in r.items() if k != "file_name"} for r in results]), "bbox")
+  evaluator.evaluate()  # pycocotools accepts them: every image id and category id exists in the dataset
+  capsys.readouterr()
+  # an input the file does not list is refused before anything runs
+  _images(images, {"c.png": (32, 32)})
+  assert _predict(weights, images, tmp_path / "out2", f"--annotations={annotations}") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "1 input image(s) are not in its 'images' list (e.g. c.png)" in err[0], err
+  assert not (tmp_path / "out2").exists()
+  (tmp_path / "bad.json").write_text("{not json")
+  assert _predict(weights, images, tmp_path / "out3", f"--annotations={tmp_path / 'bad.json'}") == 2
+  assert "not a readable JSON file" in capsys.readouterr().err

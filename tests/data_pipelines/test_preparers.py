@@ -269,3 +269,80 @@ def test_ground_truth_helpers(datasets):
   image, labels = next(sem.semantic_pairs("val", "voc20"))
   raw_labels = _png(sorted((datasets.raw("voc") / "SegmentationClass").glob("*val*.png"))[0])
   np.testing.assert_array_equal(labels, np.where((raw_labels == 0) | (raw_labels == 255), 255, raw_labels - 1))
+
+
+def _ovis_raw(root):
+  """A tiny OVIS layout ({train,valid}/<video>/<frame>.jpg, annotations/annotations_{train,valid}.json),
+  rearranged from the synthetic YouTube-VIS 2019 layout (same JSON format, no JPEGImages folder)."""
+  import shutil  # noqa: PLC0415
+  from dinoseg.data_pipelines import synth  # noqa: PLC0415
+  src = root / "ytvis"
+  synth.synthesize("ytvis_2019", str(src), num_images=2, image_size=(40, 56), num_frames=3, max_objects=3)
+  raw = root / "ovis"
+  (raw / "annotations").mkdir(parents=True)
+  for split_dir in ("train", "valid"):
+    shutil.copytree(src / split_dir / "JPEGImages", raw / split_dir)
+    data = json.loads((src / f"{split_dir}.json").read_text())
+    for c in data["categories"]:
+      c["name"] = c["name"].capitalize()  # OVIS spells its names capitalized; no partition
+    (raw / "annotations" / f"annotations_{split_dir}.json").write_text(json.dumps(data))
+  return raw
+
+
+def test_ovis_round_trip(tmp_path):
+  raw = _ovis_raw(tmp_path)
+  out = tmp_path / "prepared"
+  writer.prepare("ovis", str(raw), str(out), num_shards=1, progress=False)
+  for split, split_dir in (("train", "train"), ("val", "valid")):
+    data = json.loads((raw / "annotations" / f"annotations_{split_dir}.json").read_text())
+    videos = {v["id"]: v for v in data["videos"]}
+    records = _records(out, split)
+    assert [r["id"] for r, _ in records] == sorted(videos)
+    for record, ex in records:
+      v = videos[record["id"]]
+      assert [bytes(b) for b in record["frames"]["image"]] == [(raw / split_dir / n).read_bytes()
+                                                               for n in v["file_names"]]
+      anns = [a for a in data["annotations"] if a["video_id"] == v["id"]]
+      assert ex["tracks"]["id"].tolist() == [a["id"] for a in anns]
+      assert ex["tracks"]["category_id"].tolist() == [a["category_id"] for a in anns]
+      for t, a in enumerate(anns):
+        for f, seg in enumerate(a["segmentations"]):
+          assert ex["tracks"]["present"][t, f] == (seg is not None)
+          if seg is not None:
+            np.testing.assert_array_equal(ex["tracks"]["masks"][t, f],
+                                          coco_mask.decode(coco_mask.frPyObjects(seg, *seg["size"])))
+  cats = dataset_lib.open_dataset(out).categories
+  assert [c["name"] for c in cats] == [c["name"] for c in data["categories"]]
+  # OV2Seg's layout names the file annotation_valid.json at the root: an option.
+  (raw / "annotation_valid.json").write_text((raw / "annotations" / "annotations_valid.json").read_text())
+  other = tmp_path / "prepared_ov2seg"
+  writer.prepare("ovis", str(raw), str(other), splits=["val"], options={"annotations": "annotation_valid.json"},
+                 num_shards=1, progress=False)
+  assert [r["id"] for r, _ in _records(other, "val")] == sorted(videos)
+
+
+@pytest.mark.parametrize("layout,ann_path", [("lvvis", "val_instances.json"), ("ytvis_2019", "valid.json")])
+def test_video_records_keep_what_video_ap_needs(datasets, layout, ann_path):
+  """Ground truth rebuilt from prepared records evaluates like the original JSON (ids, categories, partitions)."""
+  from dinoseg.evaluation import video_ap  # noqa: PLC0415
+  from dinoseg.ops.masks import rle_encode  # noqa: PLC0415
+  raw, out = datasets.raw(layout), datasets.prepared(layout)
+  original = json.loads((raw / ann_path).read_text())
+  ds = dataset_lib.open_dataset(out)
+  rebuilt = video_ap.ground_truth_from_records([r for r, _ in _records(out, "val")], ds.categories)
+  # Predictions: every track, shifted by one pixel in odd frames, with scores that tie in pairs.
+  results = []
+  for n, a in enumerate(original["annotations"]):
+    segs = []
+    for f, seg in enumerate(a["segmentations"]):
+      if seg is None:
+        segs.append(None)
+        continue
+      m = coco_mask.decode(coco_mask.frPyObjects(seg, *seg["size"]))
+      segs.append(rle_encode(np.roll(m, f % 2, axis=1)))
+    results.append({"video_id": a["video_id"], "category_id": a["category_id"], "score": 1.0 - (n // 2) * 0.1,
+                    "segmentations": segs})
+  want = video_ap.evaluate_video_ap(original, results)["metrics"]
+  got = video_ap.evaluate_video_ap(rebuilt, results)["metrics"]
+  assert got == want
+  assert ("APb" in got) == (layout == "lvvis") and want["AP"] > 0

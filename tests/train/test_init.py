@@ -126,6 +126,7 @@ def test_swin_imagenet_classification_checkpoint_loads_into_the_backbone(tmp_pat
   assert "classification layout" in report["notes"][0]
 
 
+@pytest.mark.slow  # 2 min: a Mask DINO train step; the default run checks the same entries without training
 def test_maskdino_train_starts_from_the_converted_backbone_and_trains(maskdino_backbone, maskdino_data, tmp_path):
   """The issue's test: `dinoseg train ... --config.init.backbone.file=<converted R50>`; the backbone is frozen
   (lr multiplier 0), so the checkpoint after the first step holds exactly the initial backbone, which must be

@@ -153,7 +153,8 @@ def _refer_arrays(out):
   return [jnp.swapaxes(c.logits, 2, 3), c.boxes, out.iou, c.masks]  # logits in the reference's (K, C*T) layout
 
 
-@pytest.mark.parametrize("name,train", [("swint_4lvl", False), ("swinl_5lvl", False), ("swint_4lvl", True),
+@pytest.mark.parametrize("name,train", [pytest.param("swint_4lvl", False, marks=pytest.mark.slow), ("swinl_5lvl", False),
+                                        ("swint_4lvl", True),
                                         pytest.param("swinl_5lvl", True, marks=pytest.mark.slow)],
                          ids=["eval-swint_4lvl", "eval-swinl_5lvl", "train-swint_4lvl", "train-swinl_5lvl"])
 def test_refer(name, train):

@@ -161,7 +161,7 @@ def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8, max_instances
     assert_close(torch_grads[key], fx[f"grad/{key}"], RTOL, f"grad {key}")
 
 
-@pytest.mark.parametrize("mode,chunk", [("skip", 3), ("compute", 8)])
+@pytest.mark.parametrize("mode,chunk", [("skip", 3), pytest.param("compute", 8, marks=pytest.mark.slow)])
 def test_train_parity_r50(mode, chunk):
   """Both mask-loss paths: chunks of padded slots skipped under lax.cond (3 rows: chunks straddle
   images and the padding of the last chunk), and every row in one batch."""

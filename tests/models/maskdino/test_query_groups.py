@@ -126,6 +126,7 @@ def _dinov_reference_mask(num_dn, single_pad, num_generic, num_content, content_
   return mask
 
 
+@pytest.mark.slow  # DINOv's own model tests (tests/models/dinov) check its real layout in the default run
 def test_dinov_generic_layout_through_the_group_api():
   """[DN | generic | K prompts] with DINOv's visibility rules and a per-image prompt count, decoded by
   Mask DINO's decoder and scored by its criterion through the group API only."""

@@ -45,7 +45,7 @@ def prepared(tmp_path_factory):
   return get
 
 
-@pytest.mark.parametrize("layout", sorted(CASES))
+@pytest.mark.parametrize("layout", [pytest.param(c, marks=pytest.mark.slow) if c == "ade20k" else c for c in sorted(CASES)])
 def test_eval_command_with_reference_layout_weights(prepared, layout, tmp_path):
   data = prepared(layout)
   config = load_config(CASES[layout], [f"data.path={data}"])

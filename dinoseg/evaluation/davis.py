@@ -1,0 +1,159 @@
+"""DAVIS-2017 semi-supervised video object segmentation scores: region J, boundary F, J&F.
+
+The definitions of davisvideochallenge/davis2017-evaluation (the code DINOv's `--eval_track_prev`
+results are scored with), written with numpy / scipy:
+
+- J (region similarity): |pred & gt| / |pred | gt| per frame; 1 when both are empty.
+- F (boundary measure): the one-pixel boundary maps of both masks (a pixel whose right, lower or
+  lower-right neighbour differs; the last row / column compare along the border only; the corner pixel
+  is never a boundary), each dilated by a disk of radius ceil(bound_th * ||(H, W)||) (bound_th = 0.008 of
+  the image diagonal; >= 1 means pixels); precision = matched predicted boundary / predicted boundary,
+  recall = matched GT boundary / GT boundary (no predicted boundary: precision 1; no GT boundary: recall
+  1; neither: both 1), F = 2PR / (P + R) (0 when P + R = 0).
+- Per object over its frames (the first and last frames of a sequence are not scored): mean, recall =
+  fraction of frames > 0.5, decay = mean of the first quarter minus mean of the last quarter (4 bins at
+  round(linspace(1, T, 5)) - 1, each bin including its right edge).
+- Summary over every object of every sequence: J-Mean, J-Recall, J-Decay, F-..., J&F-Mean = (J-Mean +
+  F-Mean) / 2. Objects missing from a prediction count as empty masks.
+
+Differences: none in the numbers for sequences up to 255 scored frames; the official code indexes the decay
+bins with uint8, which wraps beyond that (longer than any DAVIS sequence); here the indices are int64.
+Checked number for number against a transcription of the official functions on fixture masks
+(scripts/make_davis_fixtures.py, tests/evaluation/test_davis.py).
+"""
+from typing import Mapping
+
+import numpy as np
+from scipy import ndimage
+
+BOUND_TH = 0.008  # the reference tolerance: 0.8 % of the image diagonal
+
+
+def region_similarity(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """J of (..., H, W) binary masks -> (...) float64 (1 where both masks are empty)."""
+  gt, pred = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool)
+  if gt.shape != pred.shape:
+    raise ValueError(f"gt {gt.shape} and pred {pred.shape} must have one shape")
+  inter = (gt & pred).sum((-2, -1)).astype(np.float64)
+  union = (gt | pred).sum((-2, -1)).astype(np.float64)
+  return np.where(union == 0, 1.0, inter / np.maximum(union, 1.0))
+
+
+def boundary_map(mask: np.ndarray) -> np.ndarray:
+  """(H, W) binary mask -> (H, W) bool one-pixel boundary (see the module docstring)."""
+  m = np.asarray(mask).astype(bool)
+  right = np.zeros_like(m)
+  right[:, :-1] = m[:, 1:]
+  down = np.zeros_like(m)
+  down[:-1, :] = m[1:, :]
+  diag = np.zeros_like(m)
+  diag[:-1, :-1] = m[1:, 1:]
+  edge = (m != right) | (m != down) | (m != diag)
+  edge[-1, :] = m[-1, :] != right[-1, :]
+  edge[:, -1] = m[:, -1] != down[:, -1]
+  edge[-1, -1] = False
+  return edge
+
+
+def disk_structure(radius: float) -> np.ndarray:
+  """Bool disk of radius r on the (2r + 1)^2 grid: x^2 + y^2 <= r^2."""
+  r = int(radius)
+  yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+  return (xx * xx + yy * yy) <= radius * radius
+
+
+def boundary_tolerance(hw: tuple[int, int], bound_th: float = BOUND_TH) -> float:
+  """Dilation radius in pixels: bound_th if >= 1, else ceil(bound_th * ||(H, W)||)."""
+  return float(bound_th) if bound_th >= 1 else float(np.ceil(bound_th * np.hypot(float(hw[0]), float(hw[1]))))
+
+
+def boundary_measure(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> float:
+  """F of one frame: (H, W) binary masks -> float."""
+  gt, pred = np.asarray(gt), np.asarray(pred)
+  if gt.shape != pred.shape or gt.ndim != 2:
+    raise ValueError(f"gt {gt.shape} and pred {pred.shape} must be one (H, W) shape")
+  b_pred, b_gt = boundary_map(pred), boundary_map(gt)
+  n_pred, n_gt = int(b_pred.sum()), int(b_gt.sum())
+  if n_pred == 0 or n_gt == 0:
+    precision = 1.0 if n_pred == 0 else 0.0
+    recall = 1.0 if n_gt == 0 else 0.0
+  else:
+    structure = disk_structure(boundary_tolerance(gt.shape, bound_th))
+    near_gt = ndimage.binary_dilation(b_gt, structure=structure)
+    near_pred = ndimage.binary_dilation(b_pred, structure=structure)
+    precision = float((b_pred & near_gt).sum()) / n_pred
+    recall = float((b_gt & near_pred).sum()) / n_gt
+  if precision + recall == 0:
+    return 0.0
+  return 2.0 * precision * recall / (precision + recall)
+
+
+def statistics(values: np.ndarray) -> tuple[float, float, float]:
+  """(mean, recall (> 0.5), decay) of per-frame values (T,) (NaN ignored as the official nanmean)."""
+  v = np.asarray(values, np.float64)
+  if v.ndim != 1 or len(v) == 0:
+    raise ValueError(f"per-frame values must be a non-empty (T,) array, got shape {v.shape}")
+  with np.errstate(invalid="ignore"):
+    import warnings  # noqa: PLC0415
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", category=RuntimeWarning)
+      mean = float(np.nanmean(v))
+      recall = float(np.nanmean(v > 0.5))
+      edges = (np.round(np.linspace(1, len(v), 5) + 1e-10) - 1).astype(np.int64)
+      decay = float(np.nanmean(v[edges[0]:edges[1] + 1]) - np.nanmean(v[edges[3]:edges[4] + 1]))
+  return mean, recall, decay
+
+
+def evaluate_sequence(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> tuple[np.ndarray, np.ndarray]:
+  """Per-frame J and F of one sequence, semi-supervised protocol.
+
+  Args:
+    gt: (O, T, H, W) binary masks per object; pred: (O', T, H, W), O' <= O (missing objects are empty).
+  Returns:
+    j, f: (O, T - 2) float64 (the first and the last frame are not scored).
+  """
+  gt, pred = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool)
+  if gt.ndim != 4 or pred.ndim != 4 or pred.shape[1:] != gt.shape[1:]:
+    raise ValueError(f"gt (O, T, H, W) and pred (O', T, H, W) must agree, got {gt.shape} and {pred.shape}")
+  if pred.shape[0] > gt.shape[0]:
+    raise ValueError(f"the prediction has {pred.shape[0]} objects, the ground truth {gt.shape[0]}")
+  if gt.shape[1] < 3:
+    raise ValueError(f"a sequence needs at least 3 frames (first and last are not scored), got {gt.shape[1]}")
+  pred = np.concatenate([pred, np.zeros((gt.shape[0] - pred.shape[0], *pred.shape[1:]), bool)], 0)
+  gt, pred = gt[:, 1:-1], pred[:, 1:-1]
+  j = region_similarity(gt, pred)
+  f = np.asarray([[boundary_measure(gt[o, t], pred[o, t], bound_th) for t in range(gt.shape[1])]
+                  for o in range(gt.shape[0])], np.float64).reshape(j.shape)
+  return j, f
+
+
+class DavisEvaluator:
+  """Accumulates sequences; `result()` -> the official global table (module docstring)."""
+
+  def __init__(self, bound_th: float = BOUND_TH):
+    self.bound_th = bound_th
+    self.j_stats: list[tuple[float, float, float]] = []
+    self.f_stats: list[tuple[float, float, float]] = []
+    self.per_object: dict[str, float] = {}
+
+  def process(self, name: str, gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores sequence `name`: gt (O, T, H, W), pred (O', T, H, W). Returns its per-frame (j, f)."""
+    j, f = evaluate_sequence(gt, pred, self.bound_th)
+    for o in range(j.shape[0]):
+      js, fs = statistics(j[o]), statistics(f[o])
+      self.j_stats.append(js)
+      self.f_stats.append(fs)
+      self.per_object[f"{name}_{o + 1}"] = (js[0] + fs[0]) / 2
+    return j, f
+
+  def result(self) -> Mapping[str, float]:
+    if not self.j_stats:
+      raise ValueError("no sequence was processed")
+    j, f = np.asarray(self.j_stats).mean(0), np.asarray(self.f_stats).mean(0)
+    return {"J&F-Mean": float((j[0] + f[0]) / 2), "J-Mean": float(j[0]), "J-Recall": float(j[1]),
+            "J-Decay": float(j[2]), "F-Mean": float(f[0]), "F-Recall": float(f[1]), "F-Decay": float(f[2]),
+            "num_objects": len(self.j_stats)}
+
+
+__all__ = ["BOUND_TH", "region_similarity", "boundary_map", "disk_structure", "boundary_tolerance",
+           "boundary_measure", "statistics", "evaluate_sequence", "DavisEvaluator"]

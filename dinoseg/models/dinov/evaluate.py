@@ -1,0 +1,163 @@
+"""DINOv generic (open-set) evaluation through a prompt bank: COCO panoptic PQ, mask AP, box AP.
+
+The reference protocol (`--eval_visual_openset`, `INFERENCE_EXAMPLE=16`; shared/reference/dinov.md section 6):
+per category, average 16 stored example embeddings drawn with replacement; decode every val image with the
+K class prompts (`[300 generic | K prompts]`, generic task); post-process the similarity logits as Mask
+DINO does (panoptic temperature 0.06, object-mask threshold 0.25, overlap 0.8; instance top-k; semantic).
+
+Here:
+- the draw is reproducible: category `c` draws its `num_examples` indices with
+  `numpy.random.default_rng([seed, c]).integers(0, n_c, num_examples)` (with replacement, as the reference;
+  the reference indexes into `os.listdir` order with an unseeded RNG, so its numbers vary run to run);
+  the same seed gives the same prompts whatever the category order or the other categories;
+- K = the dataset's categories in contiguous order (label i = the i-th sorted category id), one static
+  prompt budget; the reference uses K = largest id + 1 with zero vectors for ids without examples;
+- a category without examples: its prompt slot is invalid (`prompt_valid` False) and its logits are set
+  to `MISSING_LOGIT` (sigmoid 0) before post-processing, so it never scores in instance, panoptic or
+  semantic results (the reference zeroes such scores in instance inference only). `evaluate_generic`
+  reports these categories (`categories_without_examples`) and logs a warning;
+- post-processing is dinoseg.models.maskdino.postprocess (the same computation as the reference's
+  `instance_inference` / `panoptic_inference` / `semantic_inference` on the similarity logits), scoring by
+  Mask DINO's evaluator (dinoseg.models.maskdino.task.MaskDINOEvaluator: pycocotools AP, PQ, mIoU) against
+  the prepared dataset at original resolution. Instance top-k is `test.detections_per_image` (the reference
+  hard-codes 300).
+"""
+import logging
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dinoseg.errors import UserValueError
+from dinoseg.models.dinov.bank import Bank
+
+logger = logging.getLogger(__name__)
+
+MISSING_LOGIT = -1e4  # logits of prompt slots without examples (sigmoid -> 0)
+
+
+def class_prompts(bank: Bank, category_ids: Sequence[int], num_examples: int = 16, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Per category the mean of `num_examples` bank embeddings drawn with replacement (module docstring).
+
+  Returns: prompts (K, d) float32 (zeros for categories without examples), valid (K,) bool.
+  """
+  if num_examples < 1:
+    raise UserValueError(f"num_examples must be >= 1, got {num_examples}")
+  prompts = np.zeros((len(category_ids), bank.dim), np.float32)
+  valid = np.zeros(len(category_ids), bool)
+  for k, cat in enumerate(category_ids):
+    n = bank.count(int(cat))
+    if n == 0:
+      continue
+    draw = np.random.default_rng([int(seed), int(cat)]).integers(0, n, int(num_examples))
+    prompts[k] = bank.embeddings[int(cat)][draw].astype(np.float64).mean(0)
+    valid[k] = True
+  return prompts, valid
+
+
+def masked_logits(logits: jax.Array, prompt_valid: jax.Array) -> jax.Array:
+  """(B, Q, K) logits with the columns of invalid prompts set to MISSING_LOGIT; prompt_valid (B, K)."""
+  return jnp.where(prompt_valid[:, None, :], logits.astype(jnp.float32), MISSING_LOGIT)
+
+
+def generic_predict_fn(model, config, thing_classes: Sequence[int]):
+  """`predict(variables, batch, prompts (B, K, d), prompt_valid (B, K))` -> Mask DINO's evaluator dict
+  (inst_* / pano_* / sem_labels / output_hw) for eval batches of the data pipeline (jitted by the caller)."""
+  from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
+  from dinoseg.models.maskdino.task import fit_output_hw  # noqa: PLC0415
+  t = config.test
+
+  def predict(variables, batch, prompts, prompt_valid):
+    images = batch["image"].astype(jnp.float32)
+    padded_hw = tuple(images.shape[1:3])
+    canvas = tuple(t.get("eval_output_hw", padded_hw))
+    valid_hw = batch["valid_hw"].astype(jnp.int32)
+    out_hw = fit_output_hw(batch["original_hw"].astype(jnp.int32), canvas)
+    out = model.apply(variables, images, valid_hw, prompts=prompts, prompt_valid=prompt_valid)
+    logits = masked_logits(out.logits[-1], prompt_valid)
+    boxes, masks = out.boxes[-1], out.masks[-1]
+    pred = {"output_hw": out_hw}
+    if t.instance_on:
+      r = pp.instance_inference(logits, boxes, masks, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=out_hw,
+                                canvas_hw=canvas, top_k=min(int(t.detections_per_image),
+                                                            logits.shape[1] * logits.shape[2]),
+                                thing_classes=thing_classes if t.panoptic_on else None)
+      pred.update(inst_scores=r.scores, inst_labels=r.labels, inst_boxes=r.boxes, inst_masks=r.masks,
+                  inst_valid=r.valid & (r.scores > 0))
+    if t.panoptic_on:
+      r = pp.panoptic_inference(logits, masks, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=out_hw,
+                                canvas_hw=canvas, thing_classes=thing_classes,
+                                object_mask_threshold=t.object_mask_threshold, overlap_threshold=t.overlap_threshold,
+                                transform_eval=t.transform_eval, temperature=t.pano_temperature)
+      pred.update(pano_seg=r.segmentation, pano_segment_id=r.segment_id, pano_category=r.category,
+                  pano_is_new=r.is_new)
+    if t.semantic_on:
+      before = t.sem_seg_postprocess_before_inference or t.instance_on or t.panoptic_on
+
+      def one(args):
+        lg, mk, v, o = args
+        sem = pp.semantic_inference(lg[None], mk[None], padded_hw=padded_hw, valid_hw=v[None], output_hw=o[None],
+                                    canvas_hw=canvas, semantic_ce_loss=False, transform_eval=t.transform_eval,
+                                    temperature=t.pano_temperature, postprocess_before_inference=before)
+        return jnp.argmax(sem[0], axis=0).astype(jnp.int32)
+      pred["sem_labels"] = jax.lax.map(one, (logits, masks, valid_hw, out_hw))
+    return pred
+  return predict
+
+
+def evaluate_generic(model, variables: Mapping, config, bank: Bank, *, data: ml_collections.ConfigDict | None = None,
+                     num_examples: int | None = None, seed: int = 0, max_batches: int = 0,
+                     results_json: str | None = None) -> dict[str, Any]:
+  """Scores the generic task on `data` (default `config.data.coco`: a prepared panoptic / instance dataset,
+  its `eval_split`) with class prompts from `bank`.
+
+  Args:
+    num_examples: examples averaged per category (default `config.prompts.inference_example`).
+    max_batches: stop after this many eval batches (0: all).
+    results_json: also write the COCO instance results (with the dataset's category ids) there.
+  Returns:
+    the evaluator's metrics (PQ / segm/AP / bbox/AP / mIoU ...), plus `categories_without_examples`,
+    `num_examples` and `seed`.
+  """
+  from dinoseg.data_pipelines import build_eval_iterator, open_dataset  # noqa: PLC0415
+  from dinoseg.models.maskdino.task import MaskDINOEvaluator, thing_classes  # noqa: PLC0415
+  data = data if data is not None else config.data.coco
+  if not data.get("path"):
+    raise UserValueError("no evaluation data: set config.data.coco.path (or --data) to a prepared dataset")
+  dataset = open_dataset(data.path)
+  num_examples = int(num_examples or config.prompts.inference_example)
+  category_ids = dataset.category_ids
+  prompts, valid = class_prompts(bank, category_ids, num_examples, seed)
+  missing = [c for c, v in zip(category_ids, valid) if not v]
+  if missing:
+    logger.warning("%d of %d categories have no examples in the bank (their scores are zero): %s", len(missing),
+                   len(category_ids), ", ".join(str(c) for c in missing[:20]))
+  if not valid.any():
+    raise UserValueError("the bank has no examples of any category of the evaluation dataset")
+  shim = ml_collections.ConfigDict({"test": config.test.to_dict(), "data": data.to_dict(),
+                                    "model": {"num_classes": len(category_ids)}})
+  shim.test.thing_classes = ()
+  things = thing_classes(shim, dataset)
+  evaluator = MaskDINOEvaluator(shim, dataset, data.eval_split)
+  predict = jax.jit(generic_predict_fn(model, shim, things))
+  variables = jax.device_put(dict(variables))
+  for i, batch in enumerate(build_eval_iterator(data)):
+    if max_batches and i >= max_batches:
+      break
+    b = len(batch["image_id"])
+    p = jnp.broadcast_to(jnp.asarray(prompts)[None], (b, *prompts.shape))
+    v = jnp.broadcast_to(jnp.asarray(valid)[None], (b, len(valid)))
+    inputs = {k: batch[k] for k in ("image", "valid_hw", "original_hw")}
+    pred = jax.device_get(predict(variables, inputs, p, v))
+    evaluator.update(batch, pred)
+  if results_json is not None and evaluator.instance is not None:
+    evaluator.instance.write_results(results_json)
+  out = dict(evaluator.result())
+  out.update(categories_without_examples=[int(c) for c in missing], num_examples=num_examples, seed=int(seed))
+  return out
+
+
+__all__ = ["class_prompts", "masked_logits", "generic_predict_fn", "evaluate_generic", "MISSING_LOGIT"]

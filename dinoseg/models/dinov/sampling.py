@@ -1,0 +1,214 @@
+"""DINOv's training-prompt sampling on device, static shapes (shared/reference/dinov.md sections 4 and 5).
+
+Generic task (`class_prompts`): the instances of the **global** batch are grouped by category (inside the
+jitted, sharded step every device sees the whole batch, which is the reference's cross-GPU path); each
+category present gets one class-prompt slot (ascending category order, at most K slots), and 1..`max_examples`
+(uniform) of its instances, drawn without replacement from the whole batch, are averaged into its class prompt.
+Target labels become slot indices. With `openset_use_shape_sampler` False (the released configs) the prompt
+of an instance is its full ground-truth mask.
+
+Referring task (`refer_targets`, SA-1B): C clicks per image over a random permutation of the image's instances
+(repeated when there are fewer than C), each click a uniform random pixel of its instance's mask with a +-3 px
+box; the level targets of a click are the instances containing that pixel (a random T of them when more); the
+content prompts are the first K instances of the permutation (`scribbles` draws the reference's random strokes
+inside them).
+"""
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from dinoseg.models.dinov.criterion import ReferTargets
+
+
+@flax.struct.dataclass
+class ClassPrompts:
+  """members: (K, B * T) averaging weights of the instances (row k sums to 1 for a valid slot);
+  slot_valid: (K,) bool; labels: (B, T) int32 slot of each target; valid: (B, T) targets that take part."""
+  members: Any
+  slot_valid: Any
+  labels: Any
+  valid: Any
+
+
+def class_prompts(key: jax.Array, labels: jax.Array, valid: jax.Array, *, num_classes: int, num_slots: int,
+                  max_examples: int) -> ClassPrompts:
+  """Class-prompt sampling over the global batch.
+
+  Args:
+    key: PRNG key; labels (B, T) int category (contiguous, < num_classes); valid (B, T) bool.
+    num_slots: K, the class-prompt budget (categories beyond the first K present ones are dropped with
+      their targets); max_examples: MAX_TRAIN_EXAMPLE (4).
+  """
+  b, t = labels.shape
+  flat_l = labels.reshape(-1).astype(jnp.int32)
+  flat_v = valid.reshape(-1).astype(bool) & (flat_l >= 0) & (flat_l < num_classes)
+  safe_l = jnp.where(flat_v, flat_l, 0)
+  present = jnp.zeros((num_classes,), bool).at[safe_l].max(flat_v)
+  slot_of_class = jnp.where(present, jnp.cumsum(present) - 1, -1)
+  slot_of_class = jnp.where(slot_of_class < num_slots, slot_of_class, -1)
+  slot = jnp.where(flat_v, slot_of_class[safe_l], -1)
+  take = slot >= 0
+  k_rank, k_num = jax.random.split(key)
+  u = jax.random.uniform(k_rank, flat_l.shape)
+  same = (slot[:, None] == slot[None, :]) & take[:, None] & take[None, :]
+  rank = jnp.sum(same & (u[None, :] < u[:, None]), axis=1)
+  count = jnp.zeros((num_slots,), jnp.int32).at[jnp.where(take, slot, 0)].add(take.astype(jnp.int32))
+  limit = jnp.clip(jnp.minimum(count, max_examples), 1, None)
+  num = jnp.floor(jax.random.uniform(k_num, (num_slots,)) * limit).astype(jnp.int32) + 1  # randint(1, limit)
+  chosen = take & (rank < num[jnp.where(take, slot, 0)])
+  onehot = (jnp.arange(num_slots)[:, None] == slot[None, :]) & chosen[None, :]
+  members = onehot.astype(jnp.float32) / num[:, None].astype(jnp.float32)
+  return ClassPrompts(members=members, slot_valid=count > 0, labels=jnp.where(take, slot, 0).reshape(b, t),
+                      valid=take.reshape(b, t))
+
+
+@flax.struct.dataclass
+class ReferSample:
+  """clicks: (B, C, 4) cxcywh click boxes normalized by each image's valid size; click_valid: (B, C);
+  refer: ReferTargets (level targets and content instances)."""
+  clicks: Any
+  click_valid: Any
+  refer: Any
+
+
+def refer_targets(key: jax.Array, masks: jax.Array, valid: jax.Array, valid_hw: jax.Array, *, num_clicks: int,
+                  num_tokens: int, num_content: int, half_size: int = 3) -> ReferSample:
+  """Click, level-target and content sampling of the referring task.
+
+  Args:
+    masks: (B, N, H, W) instance masks on the canvas; valid (B, N); valid_hw (B, 2) image size in pixels.
+    num_clicks: C (MAX_NUM_INSTANCE); num_tokens: T level targets kept per click; num_content: K
+      (MAX_NUM_INSTANCE_CONTENT).
+  """
+  b, n, h, w = masks.shape
+  if num_content > num_clicks:
+    raise ValueError(f"num_content ({num_content}) must not exceed num_clicks ({num_clicks})")
+  k_perm, k_pix, k_lvl = jax.random.split(key, 3)
+  valid = valid.astype(bool)
+  order = jnp.argsort(jnp.where(valid, jax.random.uniform(k_perm, (b, n)), 2.0), axis=1)
+  count = jnp.sum(valid, axis=1)
+  index = jnp.take_along_axis(order, jnp.arange(num_clicks)[None, :] % jnp.maximum(count, 1)[:, None], axis=1)
+  click_valid = jnp.broadcast_to((count > 0)[:, None], (b, num_clicks))
+  chosen = jnp.take_along_axis(masks, index[:, :, None, None], axis=1) > 0  # (B, C, H, W)
+  score = jnp.where(chosen, jax.random.uniform(k_pix, chosen.shape), -1.0).reshape(b, num_clicks, h * w)
+  pixel = jnp.argmax(score, axis=-1)
+  y, x = pixel // w, pixel % w
+  hw = valid_hw.astype(jnp.float32)
+  size = 2.0 * half_size
+  clicks = jnp.stack([x / hw[:, 1:2], y / hw[:, 0:1], jnp.broadcast_to(size / hw[:, 1:2], x.shape),
+                      jnp.broadcast_to(size / hw[:, 0:1], y.shape)], -1).astype(jnp.float32)
+  flat = (masks > 0).reshape(b, n, h * w)
+  contains = jnp.take_along_axis(flat[:, None], pixel[:, :, None, None], axis=-1)[..., 0] & valid[:, None]
+  keys = jnp.where(contains, jax.random.uniform(k_lvl, contains.shape), 2.0)
+  level_index = jnp.argsort(keys, axis=-1)[..., :num_tokens].astype(jnp.int32)
+  if n < num_tokens:  # fewer instances than tokens: pad (those slots are never valid)
+    level_index = jnp.pad(level_index, ((0, 0), (0, 0), (0, num_tokens - n)))
+  level_valid = (jnp.arange(num_tokens)[None, None] < jnp.sum(contains, -1)[..., None]) & click_valid[..., None]
+  content_index = index[:, :num_content].astype(jnp.int32)
+  refer = ReferTargets(level_index=level_index, level_valid=level_valid, content_index=content_index,
+                       content_valid=click_valid[:, :num_content])
+  return ReferSample(clicks=clicks, click_valid=click_valid, refer=refer)
+
+
+# The reference's two stroke presets (`datasets/shapes/scribble.py`): vertex count bounds [lo, hi), maximum head
+# speed, head acceleration (speed, angle), brush width bounds [lo, hi) (NumPy randint truncates them to ints),
+# share of control points moved, their largest move, largest initial line speed.
+STROKE_PRESETS = {
+    "rand_curve": dict(vertices=(20, 50), head_speed=30.0, head_accel=(30.0, 0.5), brush=(3, 15), move_ratio=0.5,
+                       point_move=6.0, init_speed=10.0),
+    "rand_curve_small": dict(vertices=(6, 22), head_speed=12.0, head_accel=(8.0, 0.5), brush=(2.5, 5), move_ratio=0.5,
+                             point_move=1.5, init_speed=3.0),
+}
+
+
+def _preset_table(names):
+  """Per-preset parameters as arrays (len(names),) for a traced choice."""
+  rows = [STROKE_PRESETS[n] for n in names]
+  col = lambda f: jnp.asarray([f(r) for r in rows], jnp.float32)  # noqa: E731
+  return dict(v_lo=col(lambda r: r["vertices"][0]), v_hi=col(lambda r: r["vertices"][1]),
+              head_speed=col(lambda r: r["head_speed"]), accel_speed=col(lambda r: r["head_accel"][0]),
+              accel_angle=col(lambda r: r["head_accel"][1]), b_lo=col(lambda r: int(r["brush"][0])),
+              b_hi=col(lambda r: int(r["brush"][1])), move_ratio=col(lambda r: r["move_ratio"]),
+              move_lo=col(lambda r: int(-r["point_move"])), move_hi=col(lambda r: int(r["point_move"])),
+              init_speed=col(lambda r: r["init_speed"]))
+
+
+def scribbles(key: jax.Array, masks: jax.Array, *, num_strokes: int = 5,
+              presets=("rand_curve", "rand_curve_small"), probs=(0.5, 0.5)) -> jax.Array:
+  """Random scribbles inside masks (the reference's training `Scribble` sampler), static shapes.
+
+  Per mask: a preset drawn with `probs`; 1..min(num_strokes, area) strokes, each starting at a distinct random
+  pixel of the mask and walking a random number of vertices (speed and heading randomly accelerated, speed
+  clipped to the preset's maximum); then every stroke is shifted by one random line velocity and half of its
+  control points jitter, as the reference's second (returned) drawing; strokes are drawn with a random brush
+  width (pixels within width / 2 of a segment) and cut to the mask. An empty mask gives an empty scribble.
+  PIL's line rasterisation is not reproduced pixel for pixel.
+
+  Args:
+    masks: (B, K, H, W) binary masks. Returns (B, K, H, W) float32 scribble masks.
+  """
+  b, k, h, w = masks.shape
+  table = _preset_table(presets)
+  v_max = int(max(STROKE_PRESETS[n]["vertices"][1] for n in presets)) - 1  # randint's upper bound is exclusive
+  s = num_strokes
+  keys = jax.random.split(key, 12)
+  m = masks > 0
+  area = jnp.sum(m, axis=(2, 3))
+  preset = jax.random.categorical(keys[0], jnp.log(jnp.asarray(probs, jnp.float32)), shape=(b, k))
+  p = {name: col[preset] for name, col in table.items()}  # each (B, K)
+  n_stroke = jnp.floor(jax.random.uniform(keys[1], (b, k)) * jnp.clip(jnp.minimum(area, s), 1, None)).astype(
+      jnp.int32) + 1
+  score = jnp.where(m.reshape(b, k, h * w), jax.random.uniform(keys[2], (b, k, h * w)), -1.0)
+  _, start = jax.lax.top_k(score, s)  # distinct random mask pixels (B, K, S)
+  x0, y0 = (start % w).astype(jnp.float32), (start // w).astype(jnp.float32)
+  shape = (b, k, s)
+  n_vert = (p["v_lo"][..., None] + jnp.floor(jax.random.uniform(keys[3], shape) * (p["v_hi"] - p["v_lo"])[..., None]))
+  angle0 = jax.random.uniform(keys[4], shape) * 2 * jnp.pi
+  speed0 = jax.random.uniform(keys[5], shape) * p["head_speed"][..., None]
+  d_speed = (jax.random.uniform(keys[6], (v_max,) + shape) * 2 - 1) * p["accel_speed"][..., None]
+  d_angle = (jax.random.uniform(keys[7], (v_max,) + shape) * 2 - 1) * p["accel_angle"][..., None]
+
+  def walk(carry, d):
+    x, y, speed, angle = carry
+    speed = jnp.clip(speed + d[0], 0.0, p["head_speed"][..., None])
+    angle = angle + d[1]
+    x, y = x + speed * jnp.sin(angle), y + speed * jnp.cos(angle)
+    return (x, y, speed, angle), (x, y)
+
+  _, (xs, ys) = jax.lax.scan(walk, (x0, y0, speed0, angle0), (d_speed, d_angle))
+  xs = jnp.concatenate([x0[None], xs], 0)  # (V + 1, B, K, S)
+  ys = jnp.concatenate([y0[None], ys], 0)
+  line_speed = jnp.abs(jax.random.normal(keys[8], shape)) * p["init_speed"][..., None] / 2
+  line_angle = jax.random.uniform(keys[9], shape) * 2 * jnp.pi
+  xs = xs + jnp.trunc(line_speed * jnp.cos(line_angle))
+  ys = ys + jnp.trunc(line_speed * jnp.sin(line_angle))
+  point = jnp.arange(v_max + 1, dtype=jnp.float32)[:, None, None, None]
+  n_points = n_vert + 1
+  move_rank = jnp.argsort(jnp.argsort(jax.random.uniform(keys[10], (v_max + 1,) + shape) + 2.0 * (point >= n_points),
+                                      axis=0), axis=0)  # a random order of the stroke's real points first
+  moved = move_rank < jnp.floor(n_points * p["move_ratio"][..., None])
+  lo, hi = p["move_lo"][..., None], p["move_hi"][..., None]
+  jitter = lo + jnp.floor(jax.random.uniform(keys[11], (2, v_max + 1) + shape) * (hi - lo))
+  xs, ys = xs + jnp.where(moved, jitter[0], 0.0), ys + jnp.where(moved, jitter[1], 0.0)
+  width = p["b_lo"][..., None] + jnp.floor(jax.random.uniform(jax.random.fold_in(key, 1), shape)
+                                           * (p["b_hi"] - p["b_lo"])[..., None])
+  seg_valid = (point[1:] <= n_vert) & (jnp.arange(s)[None, None, None] < n_stroke[None, ..., None])  # (V, B, K, S)
+  gy, gx = jnp.mgrid[:h, :w].astype(jnp.float32)
+
+  def draw(i, acc):
+    v, st = i // s, i % s
+    ax, ay, bx, by = xs[v, :, :, st], ys[v, :, :, st], xs[v + 1, :, :, st], ys[v + 1, :, :, st]  # (B, K)
+    dx, dy = (bx - ax)[..., None, None], (by - ay)[..., None, None]
+    px, py = gx - ax[..., None, None], gy - ay[..., None, None]
+    t = jnp.clip((px * dx + py * dy) / jnp.maximum(dx * dx + dy * dy, 1e-6), 0.0, 1.0)
+    dist2 = (px - t * dx) ** 2 + (py - t * dy) ** 2
+    half = (width[:, :, st] / 2)[..., None, None]
+    return acc | ((dist2 <= half * half) & seg_valid[v, :, :, st][..., None, None])
+
+  stroke = jax.lax.fori_loop(0, v_max * s, draw, jnp.zeros((b, k, h, w), bool))
+  return (stroke & m).astype(jnp.float32)
+
+
+__all__ = ["class_prompts", "ClassPrompts", "refer_targets", "ReferSample", "scribbles", "STROKE_PRESETS"]

@@ -1,0 +1,187 @@
+"""DINOv as a trainer plug-in (`config.task = "dinov"`; dinoseg/train/task.py).
+
+Config groups it reads (configs/dinov/*.py): `model`, `prompts`, `loss`, `data.coco` and `data.sam`
+(dinoseg.data_pipelines configs; COCO panoptic with task "panoptic", SA-1B with task "instance"),
+`train.compute_dtype`, `init`.
+
+Every step holds both tasks, as the reference's (1 SA-1B + 1 COCO image per GPU): the batch is the
+concatenation of one COCO batch and one SA-1B batch under the key prefixes "coco." and "sam." (the same global
+batch size each), and the loss is the sum of
+- the generic task on the COCO images (`visual_openset`): class prompts sampled over the global batch
+  (sampling.class_prompts), encoded from the instances' full masks on their own images and averaged, the
+  class-agnostic DN group, criterion.DINOvCriterion.generic; metrics "generic/<loss name>";
+- the referring task on the SA-1B images (`visual_refer`): clicks, level targets and content prompts
+  (sampling.refer_targets; with `prompts.use_shape_sampler` the content prompts are scribbles inside their
+  instances, sampling.scribbles), criterion.DINOvCriterion.refer; metrics "refer/<loss name>".
+The reference runs the two as separate forward passes and sums the loss dictionaries; so does this task
+(one jitted step, two model applications with static shapes).
+"""
+import base64
+import json
+import jax
+import jax.numpy as jnp
+
+from dinoseg.models.dinov import criterion as criterion_lib
+from dinoseg.models.dinov import sampling
+from dinoseg.models.dinov.model import build_model
+from dinoseg.models.maskdino import criterion as md_criterion
+from dinoseg.models.maskdino import denoising
+from dinoseg.structures import PaddedInstances
+from dinoseg.train import task as task_lib
+
+SOURCES = ("coco", "sam")
+
+
+def _hw(value) -> tuple[int, int]:
+  value = tuple(int(v) for v in (value if isinstance(value, (tuple, list)) else (value, value)))
+  return value[0], value[1]
+
+
+def _encode_state(state):
+  return {"bytes": base64.b64encode(state).decode()} if isinstance(state, bytes) else state
+
+
+def _decode_state(state):
+  return base64.b64decode(state["bytes"]) if isinstance(state, dict) and set(state) == {"bytes"} else state
+
+
+class MixedIterator:
+  """One batch of each source per step, keys prefixed "<source>."; get_state / set_state cover both."""
+
+  def __init__(self, iterators: dict):
+    self.iterators = dict(iterators)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    out = {}
+    for name, it in self.iterators.items():
+      out.update({f"{name}.{k}": v for k, v in next(it).items()})
+    return out
+
+  def get_state(self) -> bytes:
+    return json.dumps({name: _encode_state(it.get_state()) for name, it in self.iterators.items()}).encode()
+
+  def set_state(self, state) -> None:
+    state = json.loads(state) if isinstance(state, (bytes, str)) else state
+    for name, it in self.iterators.items():
+      it.set_state(_decode_state(state[name]))
+
+
+def _generic_train(module, images, valid_hw, instance_masks, members, slot_valid, targets, dn_noise):
+  """Generic training forward (a `DINOv.apply` method): one prompt embedding per instance on its own image,
+  averaged into class prompts over the global batch (members (K, B * T)), shared by every image."""
+  mask_features, multi_scale = module.features(images, valid_hw)
+  b, t = instance_masks.shape[:2]
+  emb = module.predictor.encode_prompts(multi_scale, instance_masks.astype(jnp.float32))  # (B, T, d)
+  prompts = members.astype(emb.dtype) @ emb.reshape(b * t, -1)  # (K, d)
+  k = prompts.shape[0]
+  return module.predictor(multi_scale, mask_features, task="generic",
+                          prompts=jnp.broadcast_to(prompts, (b,) + prompts.shape),
+                          prompt_valid=jnp.broadcast_to(slot_valid, (b, k)), train=True, targets=targets,
+                          dn_noise=dn_noise)
+
+
+def _refer_train(module, images, valid_hw, content_masks, content_valid, clicks, click_valid, click_noise):
+  """Referring training forward (a `DINOv.apply` method): content prompts (B, K, H, W) on their own image."""
+  mask_features, multi_scale = module.features(images, valid_hw)
+  prompts = module.predictor.encode_prompts(multi_scale, content_masks.astype(jnp.float32))
+  return module.predictor(multi_scale, mask_features, task="refer", prompts=prompts, prompt_valid=content_valid,
+                          clicks=clicks, click_valid=click_valid, train=True, click_noise=click_noise)
+
+
+@task_lib.register("dinov")
+class DINOvTask(task_lib.Task):
+  """DINOv training on COCO panoptic (generic task) + SA-1B (referring task); module docstring."""
+  compute_dtype_inputs = ("coco.image", "sam.image")
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    dtype = jnp.bfloat16 if (m.get("dtype", "float32") == "bfloat16"
+                             or config.get("train", {}).get("compute_dtype", "float32") == "bfloat16") else None
+    self.model = build_model(m, dtype)
+    self.criterion = criterion_lib.DINOvCriterion(config.loss, config.prompts, dn=m.decoder.dn)
+
+  # -- data
+  def train_iterator(self, process_index, process_count):
+    from dinoseg.data_pipelines import build_train_iterator  # noqa: PLC0415
+    sizes = {name: int(self.config.data[name].batch_size) for name in SOURCES}
+    if len(set(sizes.values())) != 1:
+      from dinoseg.errors import UserValueError  # noqa: PLC0415
+      raise UserValueError(f"config.data.coco.batch_size and config.data.sam.batch_size must be equal (one image of "
+                           f"each per device and step), got {sizes}")
+    return MixedIterator({name: build_train_iterator(self.config.data[name], process_index, process_count)
+                          for name in SOURCES})
+
+  # -- model
+  def init_variables(self, rng):
+    h, w = _hw(self.config.data.coco.image_size)
+    return self.model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32))
+
+  def weights_converter(self):
+    """Reference state dict <-> Flax variables for this config's model (convert.py, any widths, strict)."""
+    from dinoseg.convert.registry import ModelConverter  # noqa: PLC0415
+    from dinoseg.models.dinov import convert  # noqa: PLC0415
+    model = self.config.model
+    return ModelConverter(name="dinov (from the config)", variables=True,
+                          to_flax=lambda state: convert.to_flax(state, model),
+                          to_torch=lambda variables: convert.to_torch(variables, model),
+                          description="DINOv with the config's model settings")
+
+  def init_converters(self):
+    """"backbone" (ImageNet Swin, `config.init.backbone`), "task" (a checkpoint of this model), "orbax"; the
+    released DINOv files (`config.init.checkpoint`) go through their registered converters
+    ("dinov_swint_sam_coco", "dinov_swinl_sam_coco"), registered by importing convert.py here."""
+    from dinoseg.models.dinov import convert  # noqa: F401, PLC0415
+    return super().init_converters()
+
+  # -- loss
+  def _generic_loss(self, params, model_state, batch, key):
+    p, dec = self.config.prompts, self.config.model.decoder
+    labels, valid = batch["coco.labels"].astype(jnp.int32), batch["coco.valid"].astype(bool)
+    b, t = labels.shape
+    k_prompt, k_dn, k_points = jax.random.split(key, 3)
+    num_slots = min(int(self.config.model.num_classes), b * t)
+    cls = sampling.class_prompts(k_prompt, labels, valid, num_classes=int(self.config.model.num_classes),
+                                 num_slots=num_slots, max_examples=int(p.max_train_example))
+    masks = batch["coco.masks"]
+    targets = PaddedInstances(labels=cls.labels, boxes=batch["coco.boxes"].astype(jnp.float32), valid=cls.valid,
+                              masks=masks)
+    noise = denoising.sample_dn_noise(k_dn, b, dec.dn_num, 1) if dec.dn != "no" else None
+    out = self.model.apply({"params": params, **model_state}, batch["coco.image"], batch["coco.valid_hw"], masks,
+                           cls.members, cls.slot_valid, targets, noise, method=_generic_train)
+    losses = self.criterion.generic(out, targets, md_criterion.random_draws(k_points))
+    return losses, {"num_classes": jnp.sum(cls.slot_valid.astype(jnp.float32))}
+
+  def _refer_loss(self, params, model_state, batch, key):
+    p = self.config.prompts
+    k_sample, k_noise, k_points = jax.random.split(key, 3)
+    masks, valid = batch["sam.masks"], batch["sam.valid"].astype(bool)
+    s = sampling.refer_targets(k_sample, masks, valid, batch["sam.valid_hw"], num_clicks=int(p.max_clicks),
+                               num_tokens=int(self.config.model.decoder.num_mask_tokens),
+                               num_content=int(p.max_content), half_size=int(p.click_half_size))
+    content_masks = jnp.take_along_axis(masks, s.refer.content_index[:, :, None, None], axis=1)
+    if p.use_shape_sampler:  # the reference's SA-1B content prompts are scribbles inside the instances
+      content_masks = sampling.scribbles(jax.random.fold_in(k_sample, 1), content_masks,
+                                         num_strokes=int(p.stroke_num_strokes), presets=tuple(p.stroke_presets),
+                                         probs=tuple(p.stroke_probs))
+    noise = jax.random.uniform(k_noise, s.clicks.shape, jnp.float32)
+    out = self.model.apply({"params": params, **model_state}, batch["sam.image"], batch["sam.valid_hw"],
+                           content_masks, s.refer.content_valid, s.clicks, s.click_valid, noise, method=_refer_train)
+    instances = PaddedInstances(labels=jnp.zeros(valid.shape, jnp.int32), boxes=batch["sam.boxes"].astype(jnp.float32),
+                                valid=valid, masks=masks)
+    losses = self.criterion.refer(out, instances, s.refer, md_criterion.random_draws(k_points))
+    return losses, {"num_level_targets": jnp.sum(s.refer.level_valid.astype(jnp.float32))}
+
+  def loss_fn(self, params, model_state, batch, rng, *, train=True):
+    k_generic, k_refer = jax.random.split(rng)
+    generic, m_generic = self._generic_loss(params, model_state, batch, k_generic)
+    refer, m_refer = self._refer_loss(params, model_state, batch, k_refer)
+    metrics = {**{f"generic/{k}": v for k, v in generic.items()}, **{f"refer/{k}": v for k, v in refer.items()},
+               **m_generic, **m_refer}
+    return md_criterion.total_loss(generic) + md_criterion.total_loss(refer), metrics
+
+
+__all__ = ["DINOvTask", "MixedIterator"]

@@ -1,0 +1,265 @@
+"""DINOv video object segmentation (semi-supervised; the reference's `--eval_track_prev`, `test_tracking_prev`
+in train_net.py with `evaluate_visual_prompt_refer_multi_with_content_features` and `filter_data_refer` in
+dinov/architectures/dinov.py).
+
+Per video, with O objects given by their first-frame masks:
+1. frame 0: each object's mask on frame 0 is encoded as a prompt (`encode_prompts` on frame 0's features)
+   and stored as the object's reference memory entry; frame 0's output is the given masks;
+2. frame t >= 1: the previous frame's mask of each object (frame 0: the given mask, later the prediction) is
+   encoded on the previous frame's features and stored in the object's memory of `memory_size` (9) entries:
+   the reference entry + the 8 most recent (the reference's priority queue keyed by frame index, the first
+   frame keyed highest; its frame-1 entry is the first-frame mask again, as here);
+3. the prompt of each object = the mean of its memory; frame t is decoded by the referring task with a
+   `point_per_side`^2 (20 x 20) click grid over the padded canvas (clicks = +-3 px boxes, 6 tokens each,
+   `pb_embedding` row 1 as the reference's `pb = ones` in this path);
+4. proposals = click tokens with predicted IoU > 0.5, then NMS (boxes, scored by predicted IoU, threshold
+   `prompts.nms_threshold` 0.7), then masks of more than `min_area` (50) positive stride-4 pixels; per
+   object the softmax of its similarity logits over the surviving proposals picks the best one (the
+   reference's `pred_ious.topk(1)`), whose mask (bilinear to the canvas, > 0, inside the image) is the
+   object's prediction and its next prompt.
+Everything has static shapes: one jitted `first` call and one jitted `step` per frame (objects padded to
+`max_objects` slots, the memory a fixed ring buffer with validity, NMS a fixed-size greedy loop).
+
+Differences from the reference: objects that first appear after frame 0 (DAVIS key frames later in the
+video) are not supported (the reference re-prompts them at their key frame); a frame where no proposal
+survives gives an empty mask (the reference would fail); fp32 (the reference runs under fp16 autocast);
+batched over objects only (one video at a time, as the reference).
+
+`evaluate_vos` scores the prepared video dataset's tracks with dinoseg.evaluation.davis (J&F).
+"""
+import dataclasses
+import logging
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dinoseg.errors import UserValueError
+from dinoseg.ops import box_cxcywh_to_xyxy, box_iou, interpolate
+
+logger = logging.getLogger(__name__)
+
+CLICK_HALF_SIZE = 3.0  # clicks are +-3 px boxes
+MIN_IOU = 0.5  # proposals need a predicted IoU above this
+MIN_AREA = 50  # and more than this many positive stride-4 mask pixels
+
+
+def point_grid(n_per_side: int) -> np.ndarray:
+  """(n^2, 2) xy points in [0, 1], row-major over y (the reference's `build_point_grid`)."""
+  offset = 1.0 / (2 * n_per_side)
+  side = np.linspace(offset, 1 - offset, n_per_side)
+  xs = np.tile(side[None, :], (n_per_side, 1))
+  ys = np.tile(side[:, None], (1, n_per_side))
+  return np.stack([xs, ys], -1).reshape(-1, 2)
+
+
+def grid_clicks(n_per_side: int, canvas_hw: tuple[int, int], half: float = CLICK_HALF_SIZE) -> np.ndarray:
+  """(n^2, 4) click boxes cxcywh, normalised by the canvas: +-`half` px around each grid point."""
+  h, w = canvas_hw
+  pts = point_grid(n_per_side) * np.asarray([w, h], np.float64)
+  xyxy = np.concatenate([pts - half, pts + half], 1)
+  cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+  return (cxcywh / np.asarray([w, h, w, h], np.float64)).astype(np.float32)
+
+
+def fixed_nms(boxes_xyxy: jax.Array, scores: jax.Array, valid: jax.Array, threshold: float) -> jax.Array:
+  """Greedy NMS with static shapes: (N, 4), (N,), (N,) bool -> keep (N,) bool (IoU > threshold suppresses,
+  highest score first, as torchvision.ops.nms; invalid boxes neither survive nor suppress)."""
+  n = scores.shape[0]
+  order = jnp.argsort(jnp.where(valid, -scores, jnp.inf), stable=True)
+  b = boxes_xyxy[order]
+  iou, _ = box_iou(b, b)
+  v = valid[order]
+
+  def body(i, keep):
+    suppressed = jnp.any(keep & (iou[i] > threshold))
+    return keep.at[i].set(v[i] & ~suppressed)
+  keep_sorted = jax.lax.fori_loop(0, n, body, jnp.zeros(n, bool))
+  return jnp.zeros(n, bool).at[order].set(keep_sorted)
+
+
+def select_proposals(iou: jax.Array, boxes: jax.Array, mask_logits: jax.Array, logits: jax.Array, prompt_valid: jax.Array,
+                     *, nms_threshold: float, min_iou: float = MIN_IOU, min_area: int = MIN_AREA):
+  """The reference's `filter_data_refer` for one image.
+
+  Args:
+    iou: (N,) predicted IoU of the N = C * T click tokens; boxes (N, 4) cxcywh; mask_logits (N, h, w);
+    logits: (N, K) similarity of each token with the K prompts; prompt_valid (K,).
+  Returns:
+    best (K,) int32 token index per prompt, score (K,) its softmax probability (0 when no proposal survives
+    or the prompt is invalid), found (K,) bool.
+  """
+  keep = iou > min_iou
+  keep = fixed_nms(box_cxcywh_to_xyxy(boxes.astype(jnp.float32)), iou, keep, nms_threshold)
+  keep &= (mask_logits > 0).reshape(mask_logits.shape[0], -1).sum(-1) > min_area
+  scores = jnp.where(keep[None, :], logits.T.astype(jnp.float32), -jnp.inf)  # (K, N)
+  found = keep.any() & prompt_valid
+  probs = jax.nn.softmax(jnp.where(keep.any(), scores, 0.0), axis=-1)
+  best = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  return best, jnp.where(found, probs.max(-1), 0.0), found
+
+
+@dataclasses.dataclass
+class VOSSettings:
+  memory_size: int = 9
+  point_per_side: int = 20
+  nms_threshold: float = 0.7
+  max_objects: int = 8
+  min_area: int = MIN_AREA
+
+  @classmethod
+  def from_config(cls, config, **overrides) -> "VOSSettings":
+    p = config.prompts
+    values = dict(memory_size=int(p.max_memory_size), point_per_side=int(p.point_per_side),
+                  nms_threshold=float(p.nms_threshold))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+class VideoObjectSegmenter:
+  """Runs the protocol of the module docstring on one video at a time.
+
+  Args:
+    model: a `DINOv`; variables: its variables; config: its config (`test` resize, `prompts`).
+    settings: VOSSettings (default from `config.prompts`).
+  """
+
+  def __init__(self, model, variables: Mapping, config, settings: VOSSettings | None = None):
+    from dinoseg.models.dinov.bank import test_canvas  # noqa: PLC0415
+    self.model, self.config = model, config
+    self.settings = settings or VOSSettings.from_config(config)
+    if self.settings.memory_size < 2:
+      raise UserValueError(f"memory_size must be >= 2 (the reference frame + recent ones), got "
+                           f"{self.settings.memory_size}")
+    self.variables = jax.device_put(dict(variables))
+    self.canvas_hw = test_canvas(config)
+    self.clicks = jnp.asarray(grid_clicks(self.settings.point_per_side, self.canvas_hw))[None]
+    self._first = jax.jit(self._first_fn)
+    self._step = jax.jit(self._step_fn)
+
+  # -- traced parts
+  def _features(self, variables, image, valid_hw):
+    return self.model.apply(variables, image, valid_hw, method=self.model.features)
+
+  def _encode(self, variables, multi_scale, masks):
+    return self.model.apply(variables, multi_scale, masks,
+                            method=lambda m, ms, pm: m.predictor.encode_prompts(ms, pm))
+
+  def _first_fn(self, variables, image, valid_hw, masks, object_valid):
+    """image (1, H, W, 3), masks (1, O, H, W) on the canvas -> state."""
+    mask_features, multi_scale = self._features(variables, image, valid_hw)
+    emb = self._encode(variables, multi_scale, masks)[0]  # (O, d)
+    o, d = emb.shape
+    memory = jnp.zeros((o, self.settings.memory_size, d), jnp.float32).at[:, 0].set(emb)
+    memory_valid = jnp.zeros((o, self.settings.memory_size), bool).at[:, 0].set(object_valid)
+    return {"multi_scale": multi_scale, "masks": masks, "memory": memory, "memory_valid": memory_valid,
+            "t": jnp.zeros((), jnp.int32), "object_valid": object_valid}
+
+  def _step_fn(self, variables, state, image, valid_hw):
+    s = self.settings
+    # 2. the previous frame's masks -> memory (ring buffer over slots 1..memory_size-1)
+    emb = self._encode(variables, state["multi_scale"], state["masks"])[0]
+    slot = 1 + state["t"] % (s.memory_size - 1)
+    memory = state["memory"].at[:, slot].set(emb)
+    memory_valid = state["memory_valid"].at[:, slot].set(state["object_valid"])
+    w = memory_valid.astype(jnp.float32)
+    prompts = (memory * w[..., None]).sum(1) / jnp.maximum(w.sum(1), 1.0)[:, None]  # (O, d)
+    # 3. decode the frame with the click grid
+    mask_features, multi_scale = self._features(variables, image, valid_hw)
+    out = self.model.apply(variables, multi_scale, mask_features, task="refer", prompts=prompts[None],
+                           prompt_valid=state["object_valid"][None], clicks=self.clicks, click_pb=1,
+                           method=lambda m, ms, mf, **kw: m.predictor(ms, mf, **kw))
+    iou = out.iou[-1, 0].reshape(-1)
+    masks_lr = out.masks[-1, 0]
+    best, score, found = select_proposals(iou, out.boxes[-1, 0], masks_lr, out.logits[-1, 0], state["object_valid"],
+                                          nms_threshold=s.nms_threshold, min_area=s.min_area)
+    chosen = masks_lr[best]  # (O, h, w)
+    up = interpolate(chosen[None].astype(jnp.float32), tuple(self.canvas_hw), mode="bilinear", axes=(-2, -1))[0]
+    rows = jnp.arange(self.canvas_hw[0])[:, None] < valid_hw[0, 0]
+    cols = jnp.arange(self.canvas_hw[1])[None, :] < valid_hw[0, 1]
+    masks = (up > 0) & rows & cols & found[:, None, None]
+    new_state = {"multi_scale": multi_scale, "masks": masks[None].astype(jnp.float32), "memory": memory,
+                 "memory_valid": memory_valid, "t": state["t"] + 1, "object_valid": state["object_valid"]}
+    return new_state, up, score
+
+  # -- host side
+  def segment(self, frames: np.ndarray, first_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """frames (T, H, W, 3) uint8; first_masks (O, H, W) -> (masks (O, T, H, W) bool, scores (O, T))."""
+    from PIL import Image  # noqa: PLC0415
+
+    from dinoseg.models.dinov.bank import resize_for_model  # noqa: PLC0415
+    frames = np.asarray(frames)
+    first_masks = np.asarray(first_masks).astype(bool)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+      raise UserValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w = frames.shape[:3]
+    o = len(first_masks)
+    if first_masks.ndim != 3 or first_masks.shape[1:] != (h, w):
+      raise UserValueError(f"first-frame masks must be (O, {h}, {w}), got {first_masks.shape}")
+    if o > self.settings.max_objects:
+      raise UserValueError(f"{o} objects exceed max_objects={self.settings.max_objects}")
+    empty = [i for i in range(o) if not first_masks[i].any()]
+    if empty:
+      raise UserValueError(f"first-frame masks of objects {empty} are empty")
+    slots = np.zeros((self.settings.max_objects, h, w), bool)
+    slots[:o] = first_masks
+    valid = np.arange(self.settings.max_objects) < o
+    canvas, cmasks, valid_hw = resize_for_model(frames[0], slots, self.config, self.canvas_hw)
+    state = self._first(self.variables, canvas[None], valid_hw[None], cmasks[None], valid)
+    out = np.zeros((o, t, h, w), bool)
+    scores = np.zeros((o, t), np.float32)
+    out[:, 0], scores[:, 0] = first_masks, 1.0
+    for f in range(1, t):
+      canvas, _, valid_hw = resize_for_model(frames[f], None, self.config, self.canvas_hw)
+      state, logits, score = self._step(self.variables, state, canvas[None], valid_hw[None])
+      logits, nh, nw = np.asarray(logits[:o]), int(valid_hw[0]), int(valid_hw[1])
+      for i in range(o):  # canvas crop -> original size (bilinear on the logits, as sem_seg_postprocess)
+        crop = Image.fromarray(logits[i, :nh, :nw].astype(np.float32), mode="F")
+        out[i, f] = np.asarray(crop.resize((w, h), Image.BILINEAR)) > 0
+      scores[:, f] = np.asarray(score[:o])
+    return out, scores
+
+
+def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, max_videos: int = 0,
+                 out_dir: str | None = None) -> dict[str, Any]:
+  """J&F of the prepared video dataset's tracks: objects = the non-crowd tracks present in frame 0.
+
+  Returns the DAVIS summary (dinoseg.evaluation.davis.DavisEvaluator.result) plus `num_videos` and
+  `objects_skipped` (tracks that start after frame 0: not supported, see the module docstring).
+  With `out_dir`, writes each video's predictions as `<out_dir>/<video id>.npz` (masks (O, T, H, W)).
+  """
+  import pathlib  # noqa: PLC0415
+
+  from dinoseg.data_pipelines import open_dataset, schema  # noqa: PLC0415
+  from dinoseg.evaluation.davis import DavisEvaluator  # noqa: PLC0415
+  view = open_dataset(data_path).split(split)
+  evaluator = DavisEvaluator()
+  skipped = videos = 0
+  for i in range(len(view)):
+    if max_videos and videos >= max_videos:
+      break
+    ex = schema.decode_example(view.record(i), masks=True)
+    if ex.get("kind") != "video" or "tracks" not in ex:
+      raise UserValueError(f"{data_path}: split {split!r} holds no video records with tracks")
+    tr = ex["tracks"]
+    use = tr["present"][:, 0] & ~tr["is_crowd"] & tr["masks"][:, 0].reshape(len(tr["id"]), -1).any(-1)
+    skipped += int((~use & ~tr["is_crowd"]).sum())
+    if not use.any() or ex["frames"].shape[0] < 3:
+      continue
+    gt = tr["masks"][use].astype(bool)
+    pred, _ = segmenter.segment(ex["frames"], gt[:, 0])
+    evaluator.process(str(ex["image_id"]), gt, pred)
+    videos += 1
+    if out_dir:
+      pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+      np.savez_compressed(pathlib.Path(out_dir) / f"{ex['image_id']}.npz", masks=pred)
+  if not videos:
+    raise UserValueError(f"{data_path}: no video of split {split!r} has objects in its first frame (and >= 3 frames)")
+  if skipped:
+    logger.warning("%d object(s) that appear after the first frame were not tracked", skipped)
+  return {**evaluator.result(), "num_videos": videos, "objects_skipped": skipped}
+
+
+__all__ = ["point_grid", "grid_clicks", "fixed_nms", "select_proposals", "VOSSettings", "VideoObjectSegmenter",
+           "evaluate_vos"]

@@ -1,0 +1,146 @@
+"""The "dinov" trainer task: training-prompt sampling (class prompts over the global batch, clicks / level
+targets / content prompts), the COCO + SA-1B mixed iterator, and (slow) loss going down on synthetic data."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dinoseg.models.dinov import sampling
+from dinoseg.train import task as task_lib
+
+
+def test_task_is_registered():
+  from dinoseg.models.dinov.task import DINOvTask  # noqa: PLC0415
+  assert task_lib.get("dinov") is DINOvTask
+
+
+def test_class_prompts_group_by_category_over_the_global_batch():
+  labels = jnp.asarray([[5, 1, 5, 7, 0], [1, 5, 9, 0, 0]])
+  valid = jnp.asarray([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], bool)
+  sample = jax.jit(lambda key: sampling.class_prompts(key, labels, valid, num_classes=10, num_slots=6, max_examples=2))
+  for seed in range(20):
+    cp = sample(jax.random.key(seed))
+    assert np.asarray(cp.slot_valid).tolist() == [True] * 4 + [False] * 2  # categories 1, 5, 7, 9
+    lab, v = np.asarray(cp.labels), np.asarray(cp.valid)
+    assert (v == np.asarray(valid)).all()
+    slot_of = {1: 0, 5: 1, 7: 2, 9: 3}
+    for b in range(2):
+      for t in range(5):
+        if v[b, t]:
+          assert lab[b, t] == slot_of[int(labels[b, t])]
+    m = np.asarray(cp.members).reshape(6, 2, 5)
+    np.testing.assert_allclose(m[:4].sum(axis=(1, 2)), 1.0, rtol=1e-6)
+    assert (m[4:] == 0).all()
+    for k, cat in enumerate([1, 5, 7, 9]):
+      used = m[k] > 0
+      assert used.sum() in range(1, 3) and (np.asarray(labels)[used] == cat).all() and np.asarray(valid)[used].all()
+  # a category beyond the slot budget loses its targets
+  cp = sampling.class_prompts(jax.random.key(0), labels, valid, num_classes=10, num_slots=2, max_examples=4)
+  assert not np.asarray(cp.valid)[0, 3] and not np.asarray(cp.valid)[1, 2]
+
+
+def test_refer_targets_clicks_levels_and_content():
+  masks = np.zeros((2, 4, 32, 32), np.uint8)
+  masks[0, 0, 4:20, 4:20] = 1
+  masks[0, 1, 2:24, 2:24] = 1  # contains instance 0
+  masks[0, 2, 24:30, 24:30] = 1
+  masks[1, 0, 10:12, 10:12] = 1
+  valid = np.asarray([[1, 1, 1, 0], [1, 0, 0, 0]], bool)
+  hw = np.asarray([[32, 32], [32, 32]])
+  s = sampling.refer_targets(jax.random.key(3), jnp.asarray(masks), jnp.asarray(valid), jnp.asarray(hw), num_clicks=5,
+                             num_tokens=6, num_content=2)
+  clicks, lvl, lvalid = np.asarray(s.clicks), np.asarray(s.refer.level_index), np.asarray(s.refer.level_valid)
+  assert clicks.shape == (2, 5, 4) and np.asarray(s.click_valid).all()
+  np.testing.assert_allclose(clicks[..., 2:], 6 / 32)
+  for b in range(2):
+    for c in range(5):
+      x, y = int(round(clicks[b, c, 0] * 32)), int(round(clicks[b, c, 1] * 32))
+      inside = {n for n in range(4) if valid[b, n] and masks[b, n, y, x]}
+      assert inside and set(lvl[b, c][lvalid[b, c]].tolist()) == inside
+  assert set(np.asarray(s.refer.content_index)[1].tolist()) == {0}  # repeated when fewer instances than clicks
+
+
+def test_mixed_iterator_state_round_trip():
+  from dinoseg.models.dinov.task import MixedIterator  # noqa: PLC0415
+
+  class Counter:
+    def __init__(self):
+      self.i = 0
+
+    def __next__(self):
+      self.i += 1
+      return {"x": np.asarray([self.i])}
+
+    def get_state(self):
+      return {"i": self.i}
+
+    def set_state(self, state):
+      self.i = state["i"]
+
+  class BytesCounter(Counter):
+    def get_state(self):
+      return str(self.i).encode()
+
+    def set_state(self, state):
+      self.i = int(state.decode())
+
+  it = MixedIterator({"coco": Counter(), "sam": BytesCounter()})
+  next(it)
+  state = it.get_state()
+  first = next(it)
+  assert set(first) == {"coco.x", "sam.x"}
+  it.set_state(state)
+  again = next(it)
+  assert all((first[k] == again[k]).all() for k in first)
+
+
+@pytest.mark.slow
+def test_tiny_training_loss_goes_down(tmp_path):
+  """A few optimizer steps on one synthetic COCO panoptic + SA-1B batch (tiny config): the loss drops."""
+  import optax  # noqa: PLC0415
+
+  from dinoseg.config import load_config  # noqa: PLC0415
+  from dinoseg.data_pipelines import synth, writer  # noqa: PLC0415
+  paths = {}
+  for layout, name in (("coco_panoptic", "coco"), ("sa1b", "sam")):
+    raw, out = tmp_path / f"raw_{name}", tmp_path / name
+    synth.synthesize(layout, str(raw), num_images=4, image_size=(64, 64), max_objects=4, seed=1)
+    writer.prepare(synth.PREPARER_FOR_LAYOUT[layout], str(raw), str(out), num_shards=1, progress=False)
+    paths[name] = str(out)
+  config = load_config("configs/dinov/swint_sam_coco.py:tiny")
+  with config.unlocked():
+    config.data.coco.path, config.data.sam.path = paths["coco"], paths["sam"]
+  task = task_lib.build(config)
+  batch = next(task.train_iterator(0, 1))
+  variables = task.init_variables(jax.random.key(0))
+  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+  tx = optax.adam(1e-3)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, key):
+    (loss, _), grads = jax.value_and_grad(lambda p: task.loss_fn(p, state, batch, key), has_aux=True)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  losses = []
+  for _ in range(8):  # the same key: the same prompts and draws, so the loss can only go down by learning
+    params, opt, loss = step(params, opt, jax.random.key(1))
+    losses.append(float(loss))
+  assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_scribbles_stay_inside_their_masks():
+  masks = np.zeros((2, 3, 32, 48), np.uint8)
+  masks[0, 0, 3:30, 3:45] = 1
+  masks[0, 1, 20:23, 30:33] = 1
+  masks[1, 0, 10:30, 10:30] = 1  # masks[.., 2] and masks[1, 1] stay empty
+  draw = jax.jit(lambda key: sampling.scribbles(key, jnp.asarray(masks), num_strokes=3))
+  out = np.asarray(draw(jax.random.key(0)))
+  assert out.shape == masks.shape and set(np.unique(out)) <= {0.0, 1.0}
+  assert (out <= masks).all()
+  assert out[0, 0].sum() > 0 and out[1, 0].sum() > 0  # (a 3 x 3 mask may lose its moved strokes, as the reference's)
+  assert out[:, 2].sum() == 0 and out[1, 1].sum() == 0
+  assert out[0, 0].sum() < masks[0, 0].sum()  # strokes, not the whole mask
+  other = np.asarray(draw(jax.random.key(1)))
+  assert (other != out).any()
