@@ -260,7 +260,14 @@ def build_predictor(config, weights: str | os.PathLike | None = None, variables:
   `Task.variables_from_weights`), given `variables`, or neither (`initial_variables`). `options` go to the
   predictor (e.g. SegNext's `compiler_options`). `dinoseg predict`, `dinoseg.load` and the demos use this."""
   from dinoseg.train import task as task_lib  # noqa: PLC0415
+  import inspect  # noqa: PLC0415
   factory = PREDICTORS.get(str(config.get("task")))
+  parameters = inspect.signature(factory).parameters
+  if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:  # e.g. `dinoseg predict --examples` with a Mask DINO config
+      raise UserValueError(f"the predictor of config.task={config.get('task')!r} takes no "
+                           f"{', '.join(unknown)} (it takes: {', '.join(list(parameters)[2:]) or 'no options'})")
   if variables is None:
     task = task_lib.build(config)
     variables = task.variables_from_weights(weights) if weights is not None else initial_variables(task, allow_random)

@@ -127,3 +127,11 @@ def test_annotations_give_the_dataset_image_ids_and_the_results_score_against_it
   (tmp_path / "bad.json").write_text("{not json")
   assert _predict(weights, images, tmp_path / "out3", f"--annotations={tmp_path / 'bad.json'}") == 2
   assert "not a readable JSON file" in capsys.readouterr().err
+
+
+def test_an_option_the_predictor_does_not_take_is_one_line(weights, tmp_path, capsys):
+  images = tmp_path / "imgs"
+  _images(images, {"a.png": (32, 48)})
+  assert _predict(weights, images, tmp_path / "out", f"--examples={images}") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "takes no examples" in err[0], err
