@@ -7,7 +7,7 @@ exports PyTorch weights (reference key names) and writes overlay PNGs; nothing i
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart --config.train.num_steps=300   # shorter
 
-2000 steps of batch 8 at 128 x 128: under 10 minutes on 2 idle CPU cores, mask AP 60.7 on the 64
+2000 steps of batch 8 at 128 x 128: about 18 minutes on 2 idle CPU cores, mask AP 59.3 on the 64
 validation images (docs/maskdino.md has the run and the tuning runs).
 
 The model keeps the structure of configs/maskdino/coco_instance_r50_3s_d1_2048.py (res3-res5 + one
