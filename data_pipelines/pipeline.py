@@ -52,6 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_targets = False         # evaluation batches also carry targets
   c.keep_crowd = False           # keep crowd regions as instances (is_crowd = True)
   c.filter_empty = True          # training skips records without non-crowd objects
+  c.drop_rare = False            # training drops annotations of rare (LVIS frequency 'r') categories (sampling.py)
+  c.repeat_threshold = 0.0       # > 0: LVIS repeat-factor sampling with this threshold (sampling.py)
   c.seed = 0
   c.shuffle = True
   c.num_epochs = 0               # 0: repeat forever
@@ -186,12 +188,16 @@ def build_train_dataset(config, process_index: int = 0, process_count: int = 1):
   cfg, dataset, task, split, rows = _setup(config, train=True)
   local_batch = per_process_batch_size(int(cfg.batch_size), process_count)
   table = np.concatenate([rows, np.ones((len(rows), 1), np.int64)], axis=1)
-  ds = grain.MapDataset.source(RowSource(table))[process_index::process_count]
-  if len(ds) == 0:
-    raise ValueError(f"{len(rows)} examples cannot feed {process_count} processes")
-  if cfg.shuffle:
-    ds = ds.shuffle(seed=int(cfg.seed) % (2 ** 32))
-  ds = ds.repeat(int(cfg.num_epochs) or None)
+  if float(cfg.get("repeat_threshold", 0.0) or 0.0) > 0:  # repeat-factor order, already repeated (sampling.py)
+    from dinoseg.data_pipelines import sampling  # noqa: PLC0415
+    ds = sampling.train_rows(cfg, dataset, split, table, process_index, process_count)
+  else:
+    ds = grain.MapDataset.source(RowSource(table))[process_index::process_count]
+    if len(ds) == 0:
+      raise ValueError(f"{len(rows)} examples cannot feed {process_count} processes")
+    if cfg.shuffle:
+      ds = ds.shuffle(seed=int(cfg.seed) % (2 ** 32))
+    ds = ds.repeat(int(cfg.num_epochs) or None)
   builder = _BuildExample(dataset.source(split), task)
   ds = ds.random_map(TrainExample(builder), seed=(int(cfg.seed) * 1_000_003 + 7919 * process_index) % (2 ** 32))
   ds = ds.batch(local_batch, drop_remainder=True)

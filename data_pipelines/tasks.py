@@ -83,6 +83,10 @@ class Task:
     self.eval_short_edge, self.eval_max_size = int(g("eval_short_edge", 800)), int(g("eval_max_size", 1333))
     self.keep_crowd = bool(g("keep_crowd", False))
     self.filter_empty = bool(g("filter_empty", True))
+    self.drop_rare = train and bool(g("drop_rare", False))  # LVIS norare (sampling.py)
+    if self.drop_rare:
+      from dinoseg.data_pipelines import sampling  # noqa: PLC0415
+      self.rare_ids = sampling.rare_category_ids(dataset)
     self.with_targets = train or bool(g("eval_targets", False))
     self.lookup = LabelLookup(dataset.category_ids)
     sampler = str(g("prompt_sampler", "") or "")
@@ -112,6 +116,9 @@ class Task:
     rows = np.arange(n, dtype=np.int64)
     if self.train and self.filter_empty:
       rows = rows[dataset.split(split).num_instances > 0]
+    if self.drop_rare and self.filter_empty:
+      from dinoseg.data_pipelines import sampling  # noqa: PLC0415
+      return sampling.drop_rare_rows(rows[:, None], dataset, split)
     return rows[:, None]
 
   def add_prompts(self, example: dict, rng) -> dict:
@@ -138,6 +145,8 @@ class InstanceTask(Task):
       keep = labels >= 0
       if not self.keep_crowd:
         keep &= ~inst["is_crowd"]
+      if self.drop_rare:
+        keep &= ~np.isin(inst["category_id"], self.rare_ids)
       masks = T.warp_masks(inst["masks"][keep], g)
       out.update(T.instance_targets(masks, labels[keep], valid_hw=out["valid_hw"], max_instances=self.max_instances,
                                     mask_stride=self.mask_stride, is_crowd=inst["is_crowd"][keep]))

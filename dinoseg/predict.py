@@ -43,6 +43,7 @@ PREDICTORS = Registry("predictor", hint=" (config.task)", entries={
     "segnext": "dinoseg.models.segnext.predict:SegNextImagePredictor",
     "talk2dino": "dinoseg.models.talk2dino.predict:Talk2DinoPredictor",
     "dinov": "dinoseg.models.dinov.predict:DINOvPredictor",
+    "ov2seg": "dinoseg.models.ov2seg.predict:OV2SegVideoPredictor",  # videos (input_kind = "video")
 })
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PREDICTIONS_FILE = "predictions.json"

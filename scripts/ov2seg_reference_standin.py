@@ -59,3 +59,41 @@ def import_reference():
 
 
 __all__ = ["install", "import_reference"]
+
+
+def _nested_masks(tensor_list):
+  """Stand-in for `ov2seg.utils.misc.nested_tensor_from_tensor_list` on 3-D tensors: zero-pads every tensor to the
+  largest size of each dimension and stacks them; `.decompose()` returns (tensor, padding mask)."""
+  import torch  # noqa: PLC0415
+  shape = [max(int(t.shape[d]) for t in tensor_list) for d in range(tensor_list[0].dim())]
+  out = torch.zeros([len(tensor_list)] + shape, dtype=tensor_list[0].dtype)
+  pad = torch.ones([len(tensor_list)] + shape[1:], dtype=torch.bool)
+  for i, t in enumerate(tensor_list):
+    out[(i,) + tuple(slice(0, s) for s in t.shape)] = t
+    pad[(i,) + tuple(slice(0, s) for s in t.shape[1:])] = False
+  return types.SimpleNamespace(decompose=lambda: (out, pad))
+
+
+def install_criterion(lvvis_root: str) -> None:
+  """Additionally makes the reference criterion and matcher importable (`ov2seg/modeling/criterion.py`,
+  `matcher.py`, `util.py`): detectron2's `utils.comm` (world size 1) and `point_rend` (Mask DINO's stand-ins,
+  which record the mask-loss point draws in `maskdino_reference_standin.RECORDER`), and `ov2seg.utils.misc`
+  (its real file imports torchvision) with the two helpers the criterion uses."""
+  install(lvvis_root)
+  if "ov2seg.modeling.criterion" in sys.modules:
+    return
+  md._module("detectron2.utils.comm", get_world_size=lambda: 1)
+  md._package("detectron2.projects")
+  md._package("detectron2.projects.point_rend")
+  md._module("detectron2.projects.point_rend.point_features", point_sample=md.point_sample,
+             get_uncertain_point_coords_with_randomness=md.get_uncertain_point_coords_with_randomness)
+  md._package("ov2seg.utils")
+  md._module("ov2seg.utils.misc", is_dist_avail_and_initialized=lambda: False,
+             nested_tensor_from_tensor_list=_nested_masks)
+
+
+def import_criterion():
+  """Imports the reference criterion, matcher and util modules (after `install_criterion`)."""
+  names = {"criterion": "ov2seg.modeling.criterion", "matcher": "ov2seg.modeling.matcher",
+           "util": "ov2seg.modeling.util"}
+  return types.SimpleNamespace(**{k: importlib.import_module(v) for k, v in names.items()})

@@ -4,7 +4,7 @@
         [--config.a.b=value ...]
 
 Builds the task of `--config` (default: the R50 COCO instance config at full width) at `--size` x
-`--size`, batch 1, random weights and 8 random ground-truth objects padded to `data.max_instances`,
+`--size`, batch `--batch` (default 1), random weights and 8 random ground-truth objects padded to `data.max_instances`,
 compiles the gradient of the training loss (forward, criterion with matching, backward; no optimizer),
 or with `--mode inference` the task's jitted prediction (eval forward + postprocessing, as
 `dinoseg eval` runs it), times one call after a warm-up, then records one more call with
@@ -32,6 +32,7 @@ def main() -> None:
   parser.add_argument("--size", type=int, default=128, help="square image size (default 128)")
   parser.add_argument("--mode", choices=("train", "inference"), default="train",
                       help="train: gradient of the training loss; inference: the task's predict_fn")
+  parser.add_argument("--batch", type=int, default=1, help="images per step (default 1)")
   parser.add_argument("--top", type=int, default=25, help="ops to print (default 25)")
   parser.add_argument("--threads", type=int, default=1, help="XLA:CPU threads (default 1; 0 = XLA's default)")
   parser.add_argument("--trace-dir", default=None, help="where the profile goes (default: a new temporary directory)")
@@ -55,14 +56,14 @@ def main() -> None:
   from dinoseg.config import load_config  # noqa: PLC0415
   from dinoseg.train import task as task_lib  # noqa: PLC0415
 
-  config = load_config(args.config, [f"data.image_size=({args.size}, {args.size})", "data.batch_size=1"] + overrides)
+  config = load_config(args.config, [f"data.image_size=({args.size}, {args.size})", f"data.batch_size={args.batch}"] + overrides)
   task = task_lib.build(config)
   variables = jax.jit(task.init_variables)(jax.random.key(0))
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k != "params"}
-  images, _, padded = bench_maskdino.make_inputs(args.size, 1, 8, config.model.num_classes,
+  images, _, padded = bench_maskdino.make_inputs(args.size, args.batch, min(8, config.data.max_instances), config.model.num_classes,
                                                  config.data.max_instances, 0)
-  batch = {"image": jnp.asarray(images, jnp.float32), "valid_hw": jnp.full((1, 2), args.size, jnp.int32),
+  batch = {"image": jnp.asarray(images, jnp.float32), "valid_hw": jnp.full((args.batch, 2), args.size, jnp.int32),
            **{k: jnp.asarray(padded[k]) for k in ("labels", "boxes", "valid", "masks")}}
   if args.mode == "train":
     fn = jax.grad(lambda p, b, r: task.loss_fn(p, model_state, b, r)[0])
@@ -93,7 +94,7 @@ def main() -> None:
     if e.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor")):
       total[name] += e.get("dur", 0)
       count[name] += 1
-  print(f"config {args.config} {' '.join(overrides)}; {args.size}x{args.size}, batch 1, {args.threads or 'default'} "
+  print(f"config {args.config} {' '.join(overrides)}; {args.size}x{args.size}, batch {args.batch}, {args.threads or 'default'} "
         f"thread(s), jax {jax.__version__} ({jax.default_backend()})")
   what = "one gradient step" if args.mode == "train" else "one inference call"
   print(f"compile {compile_s:.1f} s, {what} {step_s:.3f} s; trace: {traces[-1]}")
@@ -102,6 +103,24 @@ def main() -> None:
   print("| op | calls | total ms | share of the call | from |\n|---|---|---|---|---|")
   for name, us in total.most_common(args.top):
     print(f"| {name[:50]} | {count[name]} | {us / 1e3:.1f} | {us / 1e6 / step_s:.1%} | {source.get(name, '')[-70:]} |")
+  # The same time grouped by where it comes from: pass (forward / backward) x model part.
+  groups = collections.Counter()
+  for name, us in total.items():
+    src = source.get(name, "")
+    direction = "backward" if "transpose(" in src else "forward"
+    part = next((p for p in ("backbone", "pixel_decoder", "self_attn", "cross_attn", "predictor", "criterion")
+                 if p in src), "while-loops (matching)" if "/while/" in src else "other" if src else "unattributed")
+    groups[f"{direction} {part}"] += us
+  print("\n| pass / part | total ms | share |\n|---|---|---|")
+  for key, us in groups.most_common():
+    print(f"| {key} | {us / 1e3:.1f} | {us / 1e6 / step_s:.1%} |")
+  # And by JAX scope (the op_name without its last component), the largest first.
+  scopes = collections.Counter()
+  for name, us in total.items():
+    scopes[source.get(name, "(unattributed)").rsplit("/", 1)[0]] += us
+  print("\n| scope | total ms | share |\n|---|---|---|")
+  for key, us in scopes.most_common(args.top):
+    print(f"| {key[-120:]} | {us / 1e3:.1f} | {us / 1e6 / step_s:.1%} |")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def get_config(variant=None):
   c.prompts.match_softmax = False  # `softmax: False`: the match-score loss is a sigmoid focal loss
   c.loss = defaults.loss_config()
   c.test = defaults.test_config()
+  c.evaluation = defaults.evaluation_config()  # `dinoseg eval`: generic protocol (+ VOS with evaluation.vos_path)
   c.test.davis_min_size = 800
 
   # Per GPU one SA-1B image (referring task) and one COCO image (generic task); 64 GPUs in the reference recipe.

@@ -54,6 +54,7 @@ def get_config(variant=None):
   c.prompts.match_softmax = True  # `softmax: True`: the match-score loss is a softmax CE
   c.loss = defaults.loss_config()
   c.test = defaults.test_config()
+  c.evaluation = defaults.evaluation_config()  # `dinoseg eval`: generic protocol (+ VOS with evaluation.vos_path)
 
   # Per GPU one SA-1B image (referring task) and one COCO image (generic task); 64 GPUs in the reference recipe.
   c.dataset = ml_collections.ConfigDict(dict(class_names=categories.COCO_PANOPTIC_NAMES,

@@ -6,26 +6,47 @@ with the overrides of scripts/train.sh / eval_video.sh: 100 queries, DEC_LAYERS 
 (shared/reference/ov2seg.md sections 1-3). Released checkpoint: model_final.pth ({"model": state dict};
 `backbone.base.*` + `sem_seg_head.*`, key layout in shared/reference/keys/ov2seg_head_keys.txt).
 
-What works now: the per-frame model (dinoseg.models.ov2seg: backbone, pixel decoder, masked-attention decoder,
-objectness and zero-shot heads with the class embeddings as an input), reading and writing the released
-checkpoint, parity with the reference (tests/models/ov2seg). Convert the released weights (and back; the
-vocabulary-dependent `zs_weight` buffer and the criterion buffers are dropped on import, docs/ov2seg.md):
+What works: the per-frame model (dinoseg.models.ov2seg), reading and writing the released checkpoint, parity with
+the reference (tests/models/ov2seg), and training on LVIS (task "ov2seg", dinoseg/models/ov2seg/task.py): the
+reference's criterion (Hungarian matcher with the sqrt(sigmoid(class) * p_object) cost, the federated sigmoid class
+loss over 50 categories drawn ∝ image_count ** 0.5, objectness CE with no-object weight 0.4, point-sampled mask BCE /
+dice, deep supervision over the 7 predictions; parity <= 1e-4 with the reference, docs/ov2seg.md "Training"), LVIS v1
+train without rare annotations (`data.drop_rare`, the reference's lvis_v1_train_norare), LSJ 1024,
+repeat-factor sampling with threshold 0.001 (`data.repeat_threshold`, data_pipelines/sampling.py).
 
-  dinoseg convert --model=ov2seg_r50_lvis --from=weights/ov2seg_r50/model_final.pth --to=/tmp/ov2seg_r50_orbax
+Convert the released weights (and back; the vocabulary-dependent `zs_weight` buffer and the criterion buffers are
+dropped on import, docs/ov2seg.md):
+
+  dinoseg convert --config=configs/ov2seg/r50_lvis.py --from=weights/ov2seg_r50/model_final.pth \
+      --to=/tmp/ov2seg_r50_orbax
   dinoseg convert --model=ov2seg_r50_lvis --from=/tmp/ov2seg_r50_orbax --to=/tmp/ov2seg_r50_again.pth
 
+Train (LVIS v1 prepared with `dinoseg data prepare --dataset=lvis`, the DetPro LVIS vocabulary
+datasets/metadata/fg_bg_5_10_lvis_ens.npy of the reference repository, the ImageNet-21K MIIL ResNet-50):
+
+  dinoseg train --config=configs/ov2seg/r50_lvis.py --workdir=/tmp/ov2seg_r50 --config.data.path=/data/lvis \
+      --config.vocabulary.train_file=fg_bg_5_10_lvis_ens.npy --config.init.backbone.file=resnet50_miil_21k.pth
+
+The trainer does not evaluate during training (the training data are LVIS images; the evaluation is on videos):
+evaluate a checkpoint with `dinoseg eval --config=... --config.data.path=<prepared LV-VIS> --config.vocabulary.file=
+fg_bg_5_10_lvvis_ens.npy --weights=<workdir>` (dinoseg/models/ov2seg/evaluate.py).
+
 Variants: `:swinb` is the paper's Swin-B model (Mask2Former's D2 Swin-B, window 12; no weights are released,
-haochenheheda/LVVIS#13); `:tiny` is the CPU variant (same structure at tiny widths):
+haochenheheda/LVVIS#13); `:tiny` is the CPU variant (same structure at tiny widths) that trains a few steps on the
+synthetic LVIS layout with random class embeddings (vocabulary.source "random"):
 
-  dinoseg config show --config=configs/ov2seg/r50_lvis.py:tiny
-  dinoseg config show --config=configs/ov2seg/r50_lvis.py:swinb
+  dinoseg data synth --layout=lvis --out=/tmp/dinoseg_ov2seg_tiny_raw --image-size=64
+  dinoseg data prepare --dataset=lvis --raw=/tmp/dinoseg_ov2seg_tiny_raw --out=/tmp/dinoseg_ov2seg_tiny_data
+  dinoseg train --config=configs/ov2seg/r50_lvis.py:tiny --workdir=/tmp/ov2seg_tiny
 
-Not implemented yet (later slices of issue 17): the trainer task "ov2seg" (so `dinoseg train / eval / predict`
-refuse this config), the federated loss and matcher, LVIS training data, the video association and scoring,
-video AP. The `loss`, `test`, `train` and `optimizer` groups hold the reference's values for them.
+Differences from the reference by design: the batch is the global one, so the federated categories are drawn once
+per step over all images and the objectness CE is averaged over the global batch (per GPU in the reference); at
+most `data.max_instances` (100 = the queries) annotations per image are kept (the reference matches min(Q, T)).
 """
 import ml_collections
 
+from dinoseg.data_pipelines import pipeline
+from dinoseg.models.maskdino import defaults as md_defaults
 from dinoseg.models.ov2seg import defaults
 from dinoseg.train import defaults as train_defaults
 
@@ -44,18 +65,25 @@ def get_config(variant=None):
   c.test = defaults.test_config()
   # The training vocabulary: DetPro embeddings of the 1203 LVIS classes (datasets/metadata/fg_bg_5_10_lvis_ens.npy,
   # 512-d rows); evaluation on LV-VIS uses fg_bg_5_10_lvvis_ens.npy (1196 classes) with the same weights.
-  c.vocabulary = ml_collections.ConfigDict(dict(file="", train_file=""))
+  c.vocabulary = defaults.vocabulary_config()
 
   # LSJ at 1024 (scale 0.1-2.0), batch 16, RepeatFactorTrainingSampler threshold 0.001, LVIS v1 train without rare
   # annotations; AdamW 1e-4, weight decay 0.05, backbone x 0.1, full-model clipping 0.01; 368,750 steps, lr x 0.1 at
   # 327,778 and 355,092 (AMP in the reference).
-  c.data = ml_collections.ConfigDict(dict(
-      name="lvis_v1_norare", batch_size=16, augment="lsj", image_size=(1024, 1024), min_scale=0.1, max_scale=2.0,
-      repeat_threshold=0.001, filter_empty=True))
-  c.train = train_defaults.train_config(num_steps=368_750, checkpoint_every_steps=5000, eval_every_steps=0)
+  c.data = pipeline.default_config()
+  c.data.update(dict(
+      task="instance", name="lvis_v1_train_norare", train_split="train", eval_split="val", batch_size=16,
+      augment="lsj", image_size=(1024, 1024), min_scale=0.1, max_scale=2.0, flip_prob=0.5,
+      max_instances=100, mask_stride=2,  # GT masks at 512 x 512 (the losses sample points)
+      drop_rare=True, repeat_threshold=0.001, filter_empty=True))
+  c.train = train_defaults.train_config(num_steps=368_750, checkpoint_every_steps=5000, eval_every_steps=0,
+                                        eval_at_end=False)
+  # Mask2Former's optimizer groups: no weight decay for norms and nn.Embedding weights (query_feat / query_embed /
+  # the decoder's level_embed); biases and the pixel decoder's level_embed parameter are decayed.
   c.optimizer = train_defaults.optimizer_config(
       name="adamw", learning_rate=1e-4, weight_decay=0.05, lr_multipliers=((r"^backbone/", 0.1),),
-      clip_grad_norm=0.01, schedule="step", decay_steps=(327_778, 355_092))
+      no_weight_decay=md_defaults.NO_WEIGHT_DECAY, clip_grad_norm=0.01, schedule="step",
+      decay_steps=(327_778, 355_092))
 
   # ImageNet-21K MIIL ResNet-50 (resnet50_miil_21k.pth, timm names; the `resnet50` converter reads torchvision /
   # timm ResNet keys and drops the classifier).

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dinoseg.ops.attention import dot_product_attention
+
 LAYER_NORM_EPS = 1e-5
 CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
@@ -75,11 +77,9 @@ class MultiheadSelfAttention(nn.Module):
     head_dim = width // self.num_heads
     qkv = nn.Dense(3 * width, dtype=self.dtype, name="in_proj")(x)
     qkv = qkv.reshape(b, length, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, L, hd): head-major einsums are faster on CPU
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * (head_dim ** -0.5)
-    logits = jnp.where(mask, logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, length, width)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, L, hd)
+    out = dot_product_attention(q, k, v, scale=head_dim ** -0.5, mask=mask)
+    out = out.transpose(0, 2, 1, 3).reshape(b, length, width)
     return nn.Dense(width, dtype=self.dtype, name="out_proj")(out)
 
 

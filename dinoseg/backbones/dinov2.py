@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from dinoseg.ops import interpolate
+from dinoseg.ops.attention import dot_product_attention
 
 LAYER_NORM_EPS = 1e-6
 PATCH_SIZE = 14
@@ -130,37 +131,11 @@ class SwiGLU(nn.Module):
     return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=init, name="w3")(nn.silu(x1) * x2)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> tuple[jax.Array, jax.Array]:
-  """softmax(q k^T * scale) v in the head-major layout (faster on CPU than token-major einsums).
-
-  Args:
-    q: (B, H, T, hd) queries; k, v: (B, H, S, hd).
-  Returns:
-    out (B, H, T, hd) and the probabilities (B, H, T, S) (float32 softmax, cast to v's dtype).
-  """
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * jnp.asarray(scale, q.dtype)
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bhkd->bhqd", probs, v), probs
-
-
-def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, chunk: int) -> jax.Array:
-  """`attention` computed for `chunk` queries at a time (same values; probabilities not kept).
-
-  Args:
-    q: (B, H, T, hd) queries; k, v: (B, H, S, hd).
-  Returns:
-    (B, H, T, hd). Bounds the logits held at once to (B, H, chunk, S); on CPU this is also
-    faster than materializing all T x S logits.
-  """
-  b, h, t, d = q.shape
-  pad = -t % chunk
-  blocks = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, h, (t + pad) // chunk, chunk, d)
-  out = jax.lax.map(lambda qc: attention(qc, k, v, scale)[0], blocks.transpose(2, 0, 1, 3, 4))
-  return out.transpose(1, 2, 0, 3, 4).reshape(b, h, t + pad, d)[:, :, :t]
-
-
 class Attention(nn.Module):
-  """Multi-head self-attention with a packed qkv projection (rows [q; k; v], head-major)."""
+  """Multi-head self-attention with a packed qkv projection (rows [q; k; v], head-major).
+
+  `query_chunk_size`: see `DinoV2.query_chunk_size`.
+  """
   num_heads: int
   query_chunk_size: int | None = None
   dtype: Any = jnp.float32
@@ -178,13 +153,11 @@ class Attention(nn.Module):
     qkv = qkv.reshape(b, t, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
     maps = None
-    if return_maps:
-      out, probs = attention(q, k, v, scale)
+    if return_maps:  # the one block whose probabilities are materialized
+      out, probs = dot_product_attention(q, k, v, scale=scale, return_probs=True)
       maps = (q, k, probs)
-    elif self.query_chunk_size and t > self.query_chunk_size:
-      out = chunked_attention(q, k, v, scale, self.query_chunk_size)
     else:
-      out, _ = attention(q, k, v, scale)
+      out = dot_product_attention(q, k, v, scale=scale, query_chunk_size=self.query_chunk_size)
     out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
     return nn.Dense(d, dtype=self.dtype, kernel_init=init, name="proj")(out), maps
 
@@ -230,8 +203,8 @@ class DinoV2(nn.Module):
     in_chans: input channels.
     intermediate_layers: block indices whose final-LayerNorm outputs are also returned.
     query_chunk_size: if set, blocks other than the last compute attention for this many
-      queries at a time (`chunked_attention`: same values, bounded memory; faster on CPU,
-      e.g. 128 at 448 px).
+      queries at a time on CPU (`dot_product_attention`'s blocked path: same values, bounded
+      memory). None: the function decides (blocked on CPU from 512 tokens; cuDNN or XLA on GPU).
     dtype: compute dtype (float32 by default; bfloat16 as a switch). Parameters stay float32
       and the attention softmax and position-embedding resampling run in float32.
   """

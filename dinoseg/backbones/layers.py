@@ -1,4 +1,6 @@
-"""Small layers shared by the backbones: PyTorch-exact LayerNorm, FrozenBatchNorm, DropPath, MLP, attention.
+"""Small layers shared by the backbones: PyTorch-exact LayerNorm, FrozenBatchNorm, DropPath, MLP.
+
+(Attention is `dinoseg.ops.attention.dot_product_attention`, the one function every block calls.)
 
 Everything here follows PyTorch numerics in float32:
 - `layer_norm` computes the variance in two passes (as torch does), with an explicit eps.
@@ -17,7 +19,8 @@ import numpy as np
 
 # Flax collection holding frozen batch-norm statistics (weight, bias, running_mean, running_var).
 FROZEN_BN = "frozen_bn"
-# Flax collection that attention layers `sow` their probability maps into (see `attention`).
+# Flax collection that attention layers `sow` their probability maps into (only while it is mutable:
+# the probabilities are materialized for that alone, `dot_product_attention(..., return_probs=True)`).
 INTERMEDIATES = "intermediates"
 
 
@@ -85,25 +88,6 @@ class Mlp(nn.Module):
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=self.kernel_init, name="fc1")(x)
     x = nn.gelu(x, approximate=False)
     return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=self.kernel_init, name="fc2")(x)
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
-              bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """softmax(q * scale @ k^T + bias) v, head-major, with any number of leading batch dims.
-
-  Args:
-    q: (..., H, T, hd) queries; k, v: (..., H, S, hd).
-    scale: multiplies the queries (as Swin; MAE scales the logits: equal to ~1 ulp in float32).
-    bias: optional additive logits bias broadcastable to (..., H, T, S).
-  Returns:
-    out (..., H, T, hd) and the probabilities (..., H, T, S) (float32 softmax, cast to v's dtype).
-  """
-  logits = jnp.einsum("...hqd,...hkd->...hqk", q * jnp.asarray(scale, q.dtype), k)
-  logits = logits.astype(jnp.float32)
-  if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("...hqk,...hkd->...hqd", probs, v), probs
 
 
 def drop_path_rates(depths, drop_path_rate: float) -> list[list[float]]:

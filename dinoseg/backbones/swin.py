@@ -19,7 +19,9 @@ A port of the detection Swin in IDEA-Research/MaskDINO `maskdino/modeling/backbo
 - MLP: exact GELU. Stochastic depth rises linearly to `drop_path_rate` over all blocks and is
   active only with `train=True` (needs the "dropout" RNG).
 - Attention probabilities are sown into the "intermediates" collection as
-  `layers_{s}/blocks_{b}/attn/attention` with the reference layout (B * windows, heads, N, N).
+  `layers_{s}/blocks_{b}/attn/attention` with the reference layout (B * windows, heads, N, N),
+  computed only when that collection is mutable (`apply(..., mutable=["intermediates"])`);
+  otherwise `dinoseg.ops.attention.dot_product_attention` picks its fastest path.
 
 Images are NHWC, normalized by the system (Mask DINO: ImageNet mean/std on the 0-255 scale).
 
@@ -35,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dinoseg.backbones.layers import INTERMEDIATES, DropPath, Mlp, attention, drop_path_rates, layer_norm
+from dinoseg.backbones.layers import INTERMEDIATES, DropPath, Mlp, drop_path_rates, layer_norm
+from dinoseg.ops.attention import dot_product_attention
 
 LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm default, used throughout Swin
 MASK_VALUE = -100.0  # shifted-window mask value of the reference
@@ -154,8 +157,11 @@ class WindowAttention(nn.Module):
     bias = table[relative_position_index(w).reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)
     if mask is not None:
       bias = bias[None] + jnp.asarray(mask)[:, None]  # (nW, h, N, N)
-    out, probs = attention(qkv[0], qkv[1], qkv[2], hd ** -0.5, bias)
-    self.sow(INTERMEDIATES, "attention", probs.reshape(b * nw, self.num_heads, n, n))
+    if self.is_mutable_collection(INTERMEDIATES):  # the maps are wanted: materialize them
+      out, probs = dot_product_attention(qkv[0], qkv[1], qkv[2], scale=hd ** -0.5, bias=bias, return_probs=True)
+      self.sow(INTERMEDIATES, "attention", probs.reshape(b * nw, self.num_heads, n, n))
+    else:
+      out = dot_product_attention(qkv[0], qkv[1], qkv[2], scale=hd ** -0.5, bias=bias)
     out = out.transpose(0, 1, 3, 2, 4).reshape(b, nw, n, c)
     return nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.truncated_normal(0.02), name="proj")(out)
 

@@ -16,7 +16,8 @@ parameters, same float32 numerics:
 - `fc_norm` exists in the checkpoints but is never applied; it is kept (unused) so conversion
   round-trips exactly.
 - Attention probabilities are sown into "intermediates" as `blocks_{i}/attn/attention`, layout
-  (B * windows, heads, N, N) for window blocks and (B, heads, N, N) for global blocks.
+  (B * windows, heads, N, N) for window blocks and (B, heads, N, N) for global blocks, computed
+  only while that collection is mutable (`apply(..., mutable=["intermediates"])`).
 
 Methods (call with `model.apply(variables, ..., method=...)`):
 - `__call__(images, extra_tokens=None)`: (B, H, W, 3) -> (B, H/16, W/16, C) feature map
@@ -36,7 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dinoseg.backbones.layers import INTERMEDIATES, Mlp, attention, layer_norm
+from dinoseg.backbones.layers import INTERMEDIATES, Mlp, layer_norm
+from dinoseg.ops.attention import dot_product_attention
 
 LAYER_NORM_EPS = 1e-6
 
@@ -70,13 +72,15 @@ class PatchEmbed(nn.Module):
 
 
 class VitAttention(nn.Module):
-  """Multi-head self-attention with a packed qkv projection; sows the probabilities.
+  """Multi-head self-attention with a packed qkv projection; sows the probabilities when asked.
 
   Attributes:
     num_heads: attention heads.
     qkv_bias: bias on qkv.
-    fused: use `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs that support it, XLA
-      elsewhere): no (B, heads, T, T) probabilities are kept or sown. Same values up to rounding.
+    fused: never materialize the (B, heads, T, T) probabilities, not even while "intermediates" is
+      mutable (nothing is sown). Without it they are computed and sown only while that collection is
+      mutable. Either way `dot_product_attention` picks the implementation (cuDNN flash attention on
+      GPUs where it applies, query blocks on CPU for large T). Same values up to rounding.
   """
   num_heads: int
   qkv_bias: bool = True
@@ -91,15 +95,14 @@ class VitAttention(nn.Module):
       raise ValueError(f"width {c} is not divisible by num_heads={self.num_heads}")
     hd = c // self.num_heads
     qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_XAVIER, name="qkv")(x)
-    qkv = qkv.reshape(b, t, 3, self.num_heads, hd)
-    if self.fused:
-      out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], scale=hd ** -0.5)
-    else:
-      qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, h, T, hd)
-      out, probs = attention(qkv[0], qkv[1], qkv[2], hd ** -0.5)
+    q, k, v = qkv.reshape(b, t, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)  # (B, h, T, hd) each
+    if not self.fused and self.is_mutable_collection(INTERMEDIATES):
+      out, probs = dot_product_attention(q, k, v, scale=hd ** -0.5, return_probs=True)
       self.sow(INTERMEDIATES, "attention", probs)
-      out = out.transpose(0, 2, 1, 3)
-    return nn.Dense(c, dtype=self.dtype, kernel_init=_XAVIER, name="proj")(out.reshape(b, t, c))
+    else:
+      out = dot_product_attention(q, k, v, scale=hd ** -0.5)
+    out = out.transpose(0, 2, 1, 3).reshape(b, t, c)
+    return nn.Dense(c, dtype=self.dtype, kernel_init=_XAVIER, name="proj")(out)
 
 
 class VitBlock(nn.Module):
@@ -151,8 +154,8 @@ class PlainViT(nn.Module):
     window_size_px: the reference's window size in pixels (224): windows per side =
       grid // (window_size_px // patch_size).
     norm_eps: LayerNorm eps of the blocks and fc_norm (1e-6).
-    fused_attention: `jax.nn.dot_product_attention` in every block (cuDNN flash attention on GPUs;
-      avoids the (B, 12, 4096, 4096) logits of the global blocks); attention maps are not sown.
+    fused_attention: never materialize or sow the attention maps (`VitAttention.fused`), even while
+      "intermediates" is mutable.
     dtype: compute dtype (params stay float32).
   """
   img_size: Sequence[int] = (1024, 1024)

@@ -8,6 +8,12 @@ checked against the model's (with --config: `jax.eval_shape` of the task's init;
 converter's own model): missing or unexpected keys, shape mismatches (key, expected and found shape),
 corrupt and unsafe files stop the conversion with one line and exit status 2; nothing is written
 partially. `--list` shows the models.
+
+OV2Seg exports (`--model=ov2seg_*` or an OV2Seg config, to .pth / .safetensors) hold the model's tensors only
+unless given the vocabulary-dependent buffers the reference's `load_state_dict(strict=True)` expects:
+`--vocabulary FILE.npy` adds `zs_weight` (from the (C, E) class embeddings, e.g. DetPro's
+fg_bg_5_10_lvis_ens.npy) and `--category-image-counts FILE.json` (a JSON whose `categories` carry
+`image_count`, e.g. LVIS v1 train) the criterion buffers (docs/ov2seg.md, Weights).
 """
 import pathlib
 
@@ -39,6 +45,11 @@ def add_arguments(parser):
   parser.add_argument("--no-torch", action="store_true", help="read .pth files with the torch-free reader")
   parser.add_argument("--force", action="store_true", help="overwrite an existing destination file")
   parser.add_argument("--verbose", action="store_true", help="print every converted array (path, shape, dtype)")
+  parser.add_argument("--vocabulary", default=None, metavar="FILE.npy",
+                      help="OV2Seg export: (C, E) class embeddings written as the reference's zs_weight buffer")
+  parser.add_argument("--category-image-counts", default=None, metavar="FILE.json",
+                      help="OV2Seg export: a JSON with 'categories' carrying 'image_count' (e.g. LVIS v1 train), "
+                           "written as the reference's criterion buffers (freq_weight = count ** 0.5)")
 
 
 def _is_torch_path(path: pathlib.Path) -> bool:
@@ -156,6 +167,7 @@ def _write(args, converter, flax_tree) -> None:
     if dst.exists() and not args.force:
       raise UserValueError(f"{dst} exists; pass --force to overwrite")
     state = converter.to_torch(flax_tree)
+    state.update(_ov2seg_buffers(args, converter, state))
     if args.verbose:
       for key, value in state.items():
         print(f"  {key} {tuple(value.shape)} {value.dtype}")
@@ -166,10 +178,47 @@ def _write(args, converter, flax_tree) -> None:
     n, size = _count(state)
     print(f"wrote {n} tensors ({size:,} values) to {dst}")
     return
+  if getattr(args, "vocabulary", None) or getattr(args, "category_image_counts", None):
+    raise UserValueError("--vocabulary / --category-image-counts add PyTorch buffers: write a .pth or .safetensors "
+                         "file (Flax checkpoints take the vocabulary as an input, not a weight)")
   tree = flax_tree if converter.variables else {"params": flax_tree}
   readers.write_orbax(tree, dst)
   n, size = _count(tree)
   print(f"wrote {n} arrays ({size:,} values) to Orbax checkpoint {dst}")
+
+
+def _ov2seg_buffers(args, converter, state) -> dict:
+  """The OV2Seg reference buffers asked for by --vocabulary / --category-image-counts (module docstring)."""
+  vocabulary_file = getattr(args, "vocabulary", None)
+  counts_file = getattr(args, "category_image_counts", None)
+  if not vocabulary_file and not counts_file:
+    return {}
+  from dinoseg.models.ov2seg import convert as ov2seg_convert, vocabulary  # noqa: PLC0415
+  width_key = ov2seg_convert.ZS_WEIGHT.replace("zs_weight", "linear.2.weight")
+  if width_key not in state:
+    raise UserValueError(f"--vocabulary / --category-image-counts apply to OV2Seg exports, not {converter.name}")
+  extra = {}
+  num_classes = None
+  if vocabulary_file:
+    embeddings = vocabulary.read_class_embeddings(vocabulary_file, dim=int(state[width_key].shape[0]))
+    extra[ov2seg_convert.ZS_WEIGHT] = ov2seg_convert.zs_weight(embeddings)
+    num_classes = embeddings.shape[0]
+  if counts_file:
+    import json  # noqa: PLC0415
+    try:
+      categories = json.loads(pathlib.Path(counts_file).read_text(encoding="utf-8"))["categories"]
+      counts = [int(c["image_count"]) for c in sorted(categories, key=lambda c: c["id"])]
+    except FileNotFoundError:
+      from dinoseg.errors import UserFileNotFoundError  # noqa: PLC0415
+      raise UserFileNotFoundError(f"--category-image-counts: no such file: {counts_file}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise UserValueError(f"--category-image-counts {counts_file}: not a JSON with 'categories' carrying 'id' and "
+                           f"'image_count' ({type(e).__name__}: {e})") from None
+    if num_classes is not None and len(counts) != num_classes:
+      raise UserValueError(f"--category-image-counts lists {len(counts)} categories but --vocabulary holds "
+                           f"{num_classes} classes")
+    extra.update(ov2seg_convert.criterion_buffers(num_classes or len(counts), counts))
+  return extra
 
 
 def _report_dropped(state, represented: set) -> None:

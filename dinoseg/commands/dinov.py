@@ -8,8 +8,10 @@
 - `eval --protocol=generic --weights=W --bank=DIR [--data=D] [--num-examples=16] [--seed=0]`: the generic
   open-set evaluation (dinoseg.models.dinov.evaluate): per category the mean of N seeded bank draws, COCO
   PQ / mask AP / box AP / mIoU on D (default `config.data.coco.path`).
-- `eval --protocol=vos --weights=W --data=D [--split=S]`: video object segmentation
-  (dinoseg.models.dinov.vos) on a prepared video dataset's tracks, scored with the DAVIS-2017 J&F.
+- `eval --protocol=vos --weights=W --vos=D [--split=S]` (`--vos` alone implies the protocol; `--data` works
+  too): video object segmentation (dinoseg.models.dinov.vos) on D, the unpacked DAVIS-2017 download
+  (JPEGImages/480p, Annotations/480p, ImageSets/2017/<split>.txt; default split val) or a prepared video
+  dataset's tracks, scored with the DAVIS-2017 J&F. Objects enter on their first annotated frame.
 
 `eval` prints the metrics as JSON on stdout and, with `--output=FILE` (a new file), writes them there.
 `--random-init` replaces --weights with random weights (smoke tests only).
@@ -18,6 +20,10 @@
       --data=/data/coco_panoptic_prepared --out=/tmp/dinov_bank_val
   dinoseg dinov eval --protocol=generic --config=configs/dinov/swint_sam_coco.py --weights=dinov_swint.pth \\
       --bank=/tmp/dinov_bank_val --num-examples=16 --config.data.coco.path=/data/coco_panoptic_prepared
+  dinoseg dinov eval --config=configs/dinov/swint_sam_coco.py --weights=dinov_swint.pth --vos=/data/DAVIS
+
+`dinoseg eval --config=... --weights=W` (or --workdir) runs the protocols `config.evaluation` names (the
+generic one with a bank built from data.coco's train split, and VOS when `evaluation.vos_path` is set).
 """
 import json
 import pathlib
@@ -46,11 +52,14 @@ def add_arguments(parser):
   p.add_argument("--out", required=True, help="output directory (created; must not exist or be empty)")
   p.add_argument("--slots", type=int, default=16, help="prompts encoded per call (static)")
   p = job("eval", "evaluate a protocol: generic (COCO PQ / AP through a bank) or vos (DAVIS J&F)")
-  p.add_argument("--protocol", required=True, choices=PROTOCOLS)
+  p.add_argument("--protocol", default=None, choices=PROTOCOLS, help="the protocol (default: vos with --vos)")
+  p.add_argument("--vos", default=None,
+                 help="vos: a DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/) or a prepared video dataset")
   p.add_argument("--bank", default=None, help="generic: the prompt bank directory (`dinoseg dinov bank`)")
   p.add_argument("--data", default=None,
                  help="a prepared dataset (generic default: config.data.coco.path; vos: a video dataset)")
-  p.add_argument("--split", default=None, help="the split (default: config.data.coco.eval_split / 'val')")
+  p.add_argument("--split", default=None,
+                 help="the split (default: config.data.coco.eval_split; vos: config.evaluation.vos_split)")
   p.add_argument("--num-examples", type=int, default=None,
                  help="generic: bank draws averaged per category (default: config.prompts.inference_example)")
   p.add_argument("--seed", type=int, default=0, help="generic: seed of the bank draws")
@@ -106,6 +115,14 @@ def _eval(config, args) -> int:
   output = pathlib.Path(args.output) if args.output else None
   if output is not None and output.exists():
     raise UserValueError(f"--output={output} exists (nothing is overwritten)")
+  if args.protocol is None:
+    if not args.vos:
+      raise UserValueError("give --protocol=generic|vos (or --vos=DIR for video object segmentation)")
+    args.protocol = "vos"
+  if args.vos and args.protocol != "vos":
+    raise UserValueError("--vos is the dataset of --protocol=vos")
+  if args.vos and args.data and args.vos != args.data:
+    raise UserValueError("give the video dataset once: --vos=DIR (or --data=DIR)")
   if args.protocol == "generic":
     from dinoseg.models.dinov import bank as bank_lib, evaluate  # noqa: PLC0415
     if not args.bank:
@@ -123,11 +140,15 @@ def _eval(config, args) -> int:
                                         seed=args.seed, max_batches=args.max_batches)
   else:
     from dinoseg.models.dinov import vos  # noqa: PLC0415
-    if not args.data:
-      raise UserValueError("--protocol=vos needs --data=DIR (a prepared video dataset with tracks)")
+    path = args.vos or args.data or config.get("evaluation", {}).get("vos_path")
+    if not path:
+      raise UserValueError("--protocol=vos needs --vos=DIR (a DAVIS-2017 root or a prepared video dataset)")
+    if not pathlib.Path(path).is_dir():
+      raise UserValueError(f"--vos={path}: no such directory")
+    split = args.split or config.get("evaluation", {}).get("vos_split") or "val"
     model, variables = _model(config, args)
     segmenter = vos.VideoObjectSegmenter(model, variables, config)
-    metrics = vos.evaluate_vos(segmenter, args.data, args.split or "val", max_videos=args.max_videos)
+    metrics = vos.evaluate_vos(segmenter, path, split, max_videos=args.max_videos)
   text = json.dumps({"protocol": args.protocol, "results": metrics}, indent=1, allow_nan=True)
   print(text)
   if output is not None:

@@ -10,7 +10,9 @@ so it is the base: its values replace the --config file's (which still gives the
 validation), and --config.a.b=value overrides apply last. With --weights: the task reads the file (a
 released PyTorch checkpoint, converted strictly, or an Orbax directory; see each system's docs) and
 evaluates it with the --config file's settings; results go to DIR/eval/weights_<name>.json when
---workdir is given. Results are also printed as strict JSON (undefined metrics are null).
+--workdir is given. Results are also printed as strict JSON (undefined metrics are null). A task with an
+evaluation protocol of its own (`Task.evaluate`, e.g. DINOv's prompt bank + generic / VOS protocols,
+`config.evaluation`) runs it in place of the eval-batch loop.
 Compiled programs are cached as for `dinoseg train` (`--compile-cache DIR`, default
 <workdir>/compile_cache when --workdir is given). Multi-process flags as for `dinoseg train`.
 Exit status: 0 done, 1 no checkpoint of the workdir could be restored, 2 bad input.

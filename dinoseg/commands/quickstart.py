@@ -15,7 +15,9 @@ enough), from the embedded config configs/maskdino/quickstart.py; nothing is dow
             `quickstart.num_overlays` val images: DIR/overlays/<image file name>.png + predictions.json
             (named as `dinoseg predict` names them)
 
-and a short report (seconds per phase, APs, paths), also written as DIR/report.json. Running it
+and a short report (seconds per phase, APs, paths), also written as DIR/report.json.
+`dinoseg quickstart ov2seg` (or `--system=ov2seg`) runs OV2Seg's job instead (synthetic videos, video AP with
+base / novel classes, overlay GIFs: dinoseg/commands/quickstart_ov2seg.py) under the same workdir rules. Running it
 again reuses the data when `quickstart.*` is unchanged (else rebuilds everything) and resumes
 training from DIR/train's checkpoints; `--fresh` starts over. `config.data.path` is always DIR/data.
 
@@ -43,7 +45,8 @@ from dinoseg.errors import UserValueError
 
 logger = logging.getLogger(__name__)
 
-HELP = "the main job: synthetic shapes -> train a small Mask DINO on the CPU -> evaluate, export, overlays"
+HELP = ("the main job: synthetic shapes -> train a small Mask DINO on the CPU -> evaluate, export, overlays "
+        "(`quickstart ov2seg`: OV2Seg on synthetic videos -> video AP base / novel, overlay GIFs)")
 DEFAULT_CONFIG = "configs/maskdino/quickstart.py"
 DEFAULT_WORKDIR = "dinoseg_quickstart"
 OUTPUTS = ("raw", "data", "train", "eval", "export", "overlays", "report.json")
@@ -51,10 +54,22 @@ DATA_STAMP = "quickstart_data.json"
 WORKDIR_STAMP = "quickstart.json"
 
 
+# `dinoseg quickstart [SYSTEM]` / `--system=SYSTEM`: the job of each system, with its default config and workdir
+# (Mask DINO without an argument; "ov2seg": dinoseg/commands/quickstart_ov2seg.py).
+SYSTEMS = {"maskdino": (DEFAULT_CONFIG, DEFAULT_WORKDIR),
+           "ov2seg": ("configs/ov2seg/quickstart.py", "dinoseg_quickstart_ov2seg")}
+
+
 def add_arguments(parser):
-  parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"output directory (default ./{DEFAULT_WORKDIR})")
-  parser.add_argument("--config", default=DEFAULT_CONFIG,
-                      help=f"config file with a `quickstart` group, optionally :variant (default {DEFAULT_CONFIG})")
+  parser.add_argument("system", nargs="?", choices=tuple(SYSTEMS), default=None,
+                      help="which system's quickstart: maskdino (default) or ov2seg (synthetic videos, video AP)")
+  parser.add_argument("--system", dest="system_option", choices=tuple(SYSTEMS), default=None,
+                      help="the same as the positional SYSTEM")
+  parser.add_argument("--workdir", default=None,
+                      help=f"output directory (default ./{DEFAULT_WORKDIR}; ov2seg: ./{SYSTEMS['ov2seg'][1]})")
+  parser.add_argument("--config", default=None,
+                      help=f"config file with a `quickstart` group, optionally :variant (default {DEFAULT_CONFIG}; "
+                           f"ov2seg: {SYSTEMS['ov2seg'][0]})")
   parser.add_argument("--fresh", action="store_true", help="delete the workdir's outputs first (no reuse, no resume)")
   compile_cache.add_argument(parser)
 
@@ -192,14 +207,38 @@ def main(args, overrides) -> int:
     return 128 + signal.SIGINT
 
 
+def resolve_system(args) -> str:
+  """The system asked for (positional SYSTEM or --system; "maskdino" without either); fills in its default
+  `args.config` / `args.workdir` where they were not given.
+
+  Raises:
+    UserValueError: the positional SYSTEM and --system name different systems.
+  """
+  given = [s for s in (getattr(args, "system", None), getattr(args, "system_option", None)) if s]
+  if len(set(given)) > 1:
+    raise UserValueError(f"two systems given: {given[0]} and --system={given[1]}; name one")
+  system = given[0] if given else "maskdino"
+  config, workdir = SYSTEMS[system]
+  if getattr(args, "config", None) is None:
+    args.config = config
+  if getattr(args, "workdir", None) is None:
+    args.workdir = workdir
+  return system
+
+
 def _main(args, overrides) -> int:
   from dinoseg.commands.train import _prepare_absl  # noqa: PLC0415
   from dinoseg.config import load_config  # noqa: PLC0415
   from dinoseg.train.workdir import WorkdirLock, prepare  # noqa: PLC0415
   start = time.perf_counter()
+  system = resolve_system(args)
   config = load_config(args.config, overrides)
   if "quickstart" not in config:
     raise UserValueError(f"{args.config} has no `quickstart` group (data and output settings of this command)")
+  if (config.get("task") == "ov2seg") != (system == "ov2seg"):
+    raise UserValueError(f"--config={args.config} is a config of task {config.get('task')!r}, not one of the "
+                         f"{system} quickstart" + ("; run `dinoseg quickstart ov2seg` for OV2Seg configs"
+                                                   if system != "ov2seg" else ""))
   _prepare_absl()
   import jax  # noqa: PLC0415
   if jax.default_backend() == "cpu":
@@ -216,6 +255,9 @@ def _main(args, overrides) -> int:
     claim_workdir(workdir)
     if args.fresh:
       _clear(workdir, why=" (--fresh)")
+    if system == "ov2seg":
+      from dinoseg.commands import quickstart_ov2seg  # noqa: PLC0415
+      return quickstart_ov2seg.run(args, overrides, config, workdir, start, stop)
     return _run(args, overrides, config, workdir, start, stop)
 
 

@@ -20,13 +20,35 @@ Differences: none in the numbers for sequences up to 255 scored frames; the offi
 bins with uint8, which wraps beyond that (longer than any DAVIS sequence); here the indices are int64.
 Checked number for number against a transcription of the official functions on fixture masks
 (scripts/make_davis_fixtures.py, tests/evaluation/test_davis.py).
+
+The official DAVIS-2017 download is read as it unpacks (`is_davis_root`, `davis_sequences`,
+`read_davis_sequence`):
+
+  <root>/JPEGImages/480p/<sequence>/00000.jpg ...
+  <root>/Annotations/480p/<sequence>/00000.png ...   indexed (palette) PNGs: pixel value = object id, 0 background
+  <root>/ImageSets/2017/val.txt                       one sequence name per line
+
+Objects are counted as davis2017-evaluation counts them: the ids 1..N, N = the largest id of the first
+frame's annotation (an id up to N that is absent from the first frame is an object that enters later; one
+that is never present is still scored, as the official code does); ids above N are left out of the score
+there and here (with a warning; `all_objects=True` takes every id found in any annotation instead). 255
+(DAVIS's void label) is background, as in the official code, which zeroes it before separating objects. Masks
+are stacked as (O, T, H, W). Every frame needs its annotation (the val split has them).
 """
+import dataclasses
+import logging
+import os
+import pathlib
 from typing import Mapping
 
 import numpy as np
 from scipy import ndimage
 
+from dinoseg.errors import UserFileNotFoundError, UserValueError
+
 BOUND_TH = 0.008  # the reference tolerance: 0.8 % of the image diagonal
+
+logger = logging.getLogger(__name__)
 
 
 def region_similarity(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -155,5 +177,93 @@ class DavisEvaluator:
             "num_objects": len(self.j_stats)}
 
 
-__all__ = ["BOUND_TH", "region_similarity", "boundary_map", "disk_structure", "boundary_tolerance",
+VOID_ID = 255  # DAVIS's "void" label in the annotation PNGs
+
+
+def is_davis_root(path: str | os.PathLike) -> bool:
+  """Whether `path` looks like an unpacked DAVIS download (JPEGImages/, Annotations/, ImageSets/)."""
+  p = pathlib.Path(path)
+  return all((p / d).is_dir() for d in ("JPEGImages", "Annotations", "ImageSets"))
+
+
+def davis_sequences(root: str | os.PathLike, split: str = "val", year: str = "2017") -> list[str]:
+  """The sequence names of `<root>/ImageSets/<year>/<split>.txt` (in file order, blank lines skipped)."""
+  path = pathlib.Path(root) / "ImageSets" / str(year) / f"{split}.txt"
+  if not path.is_file():
+    raise UserFileNotFoundError(f"no DAVIS split list {path} (expected ImageSets/{year}/<split>.txt)")
+  names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+  if not names:
+    raise UserValueError(f"{path} names no sequence")
+  return names
+
+
+@dataclasses.dataclass
+class DavisSequence:
+  """One sequence: frames (T, H, W, 3) uint8, masks (O, T, H, W) bool, object_ids (O,) int (annotation
+  values), frame_names (T,) file stems."""
+  name: str
+  frames: np.ndarray
+  masks: np.ndarray
+  object_ids: np.ndarray
+  frame_names: list[str]
+
+
+def _read_annotation(path: pathlib.Path, hw: tuple[int, int]) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+  try:
+    with Image.open(path) as im:
+      if im.mode not in ("P", "L"):
+        raise UserValueError(f"{path}: a DAVIS annotation must be an indexed (palette) or grey PNG of object ids, "
+                             f"got mode {im.mode}")
+      ids = np.asarray(im)
+  except (OSError, UnidentifiedImageError) as e:
+    if isinstance(e, FileNotFoundError):
+      raise UserFileNotFoundError(f"missing DAVIS annotation {path} (J&F needs every frame's annotation)") from None
+    raise UserValueError(f"{path}: unreadable annotation ({e})") from None
+  if ids.shape != hw:
+    raise UserValueError(f"{path}: annotation size {ids.shape} differs from its frame's {hw}")
+  return ids
+
+
+def read_davis_sequence(root: str | os.PathLike, name: str, resolution: str = "480p",
+                        all_objects: bool = False) -> DavisSequence:
+  """Reads `<root>/JPEGImages/<resolution>/<name>/*.jpg` (sorted) and the annotation PNG of every frame.
+
+  Objects: ids 1..(the largest id of the first frame), as the official evaluation (module docstring); with
+  `all_objects`, every id of any annotation (sorted)."""
+  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+  root = pathlib.Path(root)
+  image_dir, mask_dir = root / "JPEGImages" / resolution / name, root / "Annotations" / resolution / name
+  files = sorted(p for p in image_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+      if image_dir.is_dir() else []
+  if not files:
+    raise UserFileNotFoundError(f"DAVIS sequence {name!r}: no frames in {image_dir}")
+  frames, ids = [], []
+  for p in files:
+    try:
+      with Image.open(p) as im:
+        frame = np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+      raise UserValueError(f"{p}: unreadable frame ({e})") from None
+    if frames and frame.shape != frames[0].shape:
+      raise UserValueError(f"{p}: frame size {frame.shape[:2]} differs from the sequence's {frames[0].shape[:2]}")
+    frames.append(frame)
+    ids.append(_read_annotation(mask_dir / f"{p.stem}.png", frame.shape[:2]))
+  ids = np.where(np.stack(ids) == VOID_ID, 0, np.stack(ids))  # (T, H, W), void -> background
+  found = sorted(int(v) for v in np.unique(ids) if v != 0)
+  if all_objects:
+    object_ids = np.asarray(found, np.int64)
+  else:
+    object_ids = np.arange(1, int(ids[0].max()) + 1, dtype=np.int64)
+    beyond = [v for v in found if v > len(object_ids)]
+    if beyond:
+      logger.warning("DAVIS sequence %s: ids %s are above the first frame's largest id %d and are not scored "
+                     "(as davis2017-evaluation)", name, beyond, len(object_ids))
+  masks = ids[None] == object_ids[:, None, None, None]
+  return DavisSequence(name=name, frames=np.stack(frames), masks=masks, object_ids=object_ids,
+                       frame_names=[p.stem for p in files])
+
+
+__all__ = ["VOID_ID", "is_davis_root", "davis_sequences", "DavisSequence", "read_davis_sequence",
+           "BOUND_TH", "region_similarity", "boundary_map", "disk_structure", "boundary_tolerance",
            "boundary_measure", "statistics", "evaluate_sequence", "DavisEvaluator"]

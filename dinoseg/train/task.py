@@ -43,6 +43,10 @@ logging. The contract, in shapes and rules (full example in `dinoseg/models/toy/
   `<workdir>/eval/step_<N>.json`, logged, and used for keep-best checkpoints via
   `config.train.best_metric`). Eval batches must have static shapes: pad the last one and mark
   padding rows (e.g. a "valid" key) for the evaluator to skip.
+- A task whose evaluation is a protocol of its own rather than batches through one evaluator (e.g. DINOv:
+  build a prompt bank, then score a dataset; track videos) overrides `evaluate(variables)`: it gets the
+  model's variables and returns the metrics dict (or None to fall back to predict_fn / eval_iterator /
+  evaluator). `dinoseg eval` (a workdir checkpoint or --weights) calls it first (trainer.evaluate_variables).
 - Pretrained initialisation (`config.init`, dinoseg.convert.init) is the trainer's, for a fresh run:
   the entries read their files with the converters of `init_converters()` (by default "backbone"
   from `backbone_module()`, "task" through `variables_from_weights`, and "orbax"), filtered by
@@ -70,6 +74,16 @@ class Evaluator(Protocol):
 
   def result(self) -> dict[str, Any]:
     """The metrics over everything added: a JSON-serializable dict (scalars at the top level)."""
+
+
+def model_dtype(config):
+  """The model's compute dtype: jnp.bfloat16 when `config.model.dtype` or `config.train.compute_dtype` says
+  "bfloat16", else None (float32 modules)."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  model = config.get("model", {}) or {}
+  train = config.get("train", {}) or {}
+  wanted = (model.get("dtype", "float32"), train.get("compute_dtype", "float32"))
+  return jnp.bfloat16 if "bfloat16" in wanted else None
 
 
 class Task(abc.ABC):
@@ -110,6 +124,13 @@ class Task(abc.ABC):
 
   def evaluator(self) -> Evaluator | None:
     """A fresh Evaluator, or None when the task has no evaluation."""
+    return None
+
+  def evaluate(self, variables: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A task's own evaluation protocol on the model's variables {"params": ..., <other collections>}
+    (placed on the run's mesh): a JSON-serializable dict of metrics (scalars at the top level), or None (the
+    default) to use the trainer's loop over `eval_iterator` with `predict_fn` and `evaluator`."""
+    del variables
     return None
 
   def variables_from_weights(self, path: str | os.PathLike, *, check: bool = True) -> dict[str, Any]:
@@ -197,6 +218,7 @@ BUILTIN_TASK_MODULES: list[str] = [
     "dinoseg.models.segnext.task",  # SegNext interactive segmentation
     "dinoseg.models.maskdino.task",  # Mask DINO (instance / panoptic / semantic)
     "dinoseg.models.dinov.task",  # DINOv (COCO generic + SA-1B referring)
+    "dinoseg.models.ov2seg.task",  # OV2Seg (LVIS training; LV-VIS / YouTube-VIS / OVIS video evaluation)
 ]
 TASKS = Registry("task", hint=" (config.task)", modules=BUILTIN_TASK_MODULES)
 register = TASKS.register  # @register("name") on a Task subclass (or any config -> Task callable)

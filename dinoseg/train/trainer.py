@@ -190,6 +190,9 @@ def evaluate(run: Run, state: state_lib.TrainState) -> dict | None:
 
 def evaluate_variables(run: Run, params, model_state) -> dict | None:
   """Runs the task's evaluation with the given (sharded) params and model state; None without one."""
+  own = run.task.evaluate({"params": params, **dict(model_state)})  # a task's own protocol (Task.evaluate)
+  if own is not None:
+    return own
   evaluator = run.task.evaluator()
   batches = run.task.eval_iterator(jax.process_index(), jax.process_count())
   if evaluator is None or batches is None:

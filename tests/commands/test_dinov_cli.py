@@ -50,7 +50,7 @@ def test_bad_inputs_exit_2(capsys, tmp_path):
                   match="--bank")
   _one_line_error(capsys, "dinov", "eval", "--protocol=generic", f"--config={CONFIG}", "--random-init",
                   f"--bank={tmp_path}/full", match="no prompt bank")
-  _one_line_error(capsys, "dinov", "eval", "--protocol=vos", f"--config={CONFIG}", "--random-init", match="--data")
+  _one_line_error(capsys, "dinov", "eval", "--protocol=vos", f"--config={CONFIG}", "--random-init", match="--vos=DIR")
   _one_line_error(capsys, "dinov", "eval", "--protocol=generic", f"--config={CONFIG}", "--random-init",
                   f"--bank={tmp_path}", f"--output={tmp_path}/full/x.txt", match="exists")
   _one_line_error(capsys, "dinov", "eval", "--protocol=generic", f"--config={CONFIG}", "--random-init",

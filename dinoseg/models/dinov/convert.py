@@ -22,22 +22,12 @@ import ml_collections
 import numpy as np
 
 from dinoseg.convert import registry
-from dinoseg.convert.keymap import (IDENTITY, LINEAR, KeyMap, layer_norm_rules, linear_rules, one, strip_prefix,
-                                    tied)
-from dinoseg.models.maskdino.convert import backbone_keymap, pixel_decoder_keymap
+from dinoseg.convert.keymap import KeyMap, layer_norm_rules, one, strip_prefix
+from dinoseg.models.maskdino.convert import (backbone_keymap, bbox_embed_rules, decoder_layer_rules, decoder_norm_rules,
+                                             mlp_rules, multihead_attention_rules, pixel_decoder_keymap)
 
 HEAD = "sem_seg_head."
 RELEASED_PREFIX = "model."  # every key of the released checkpoints
-
-
-def _mlp(t: str, f: tuple, num_layers: int) -> list:
-  return [r for i in range(num_layers) for r in linear_rules(f"{t}.layers.{i}", f + (f"layers_{i}",))]
-
-
-def _multihead_attention(t: str, f: tuple) -> list:
-  """nn.MultiheadAttention (packed in_proj) <-> dinoseg.models.maskdino.decoder.MultiheadAttention."""
-  return [one(f"{t}.in_proj_weight", f + ("in_proj_kernel",), LINEAR), one(f"{t}.in_proj_bias", f + ("in_proj_bias",)),
-          *linear_rules(f"{t}.out_proj", f + ("out_proj",))]
 
 
 def predictor_keymap(model: ml_collections.ConfigDict) -> KeyMap:
@@ -47,28 +37,13 @@ def predictor_keymap(model: ml_collections.ConfigDict) -> KeyMap:
   n_levels = model.pixel_decoder.total_num_feature_levels
   t, f = HEAD + "predictor", ("params", "predictor")
   rules = [one(f"{t}.{name}", f + (name,)) for name in ("class_embed", "class_embed_part", "class_embed_openset")]
-  rules += _mlp(f"{t}.mask_embed", f + ("mask_embed",), 3)
-  for p in ("weight", "bias"):
-    rules.append(tied([f"{t}.decoder_norm.{p}", f"{t}.decoder.norm.{p}"],
-                      f + ("decoder_norm", "scale" if p == "weight" else "bias")))
-  for i in range(n_layers):
-    lt, lf = f"{t}.decoder.layers.{i}", f + ("decoder", f"layers_{i}")
-    for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
-      rules += linear_rules(f"{lt}.cross_attn.{name}", lf + ("cross_attn", name))
-    rules += layer_norm_rules(f"{lt}.norm1", lf + ("norm1",))
-    rules += _multihead_attention(f"{lt}.self_attn", lf + ("self_attn",))
-    rules += layer_norm_rules(f"{lt}.norm2", lf + ("norm2",))
-    rules += linear_rules(f"{lt}.linear1", lf + ("linear1",))
-    rules += linear_rules(f"{lt}.linear2", lf + ("linear2",))
-    rules += layer_norm_rules(f"{lt}.norm3", lf + ("norm3",))
-  rules += _mlp(f"{t}.decoder.ref_point_head", f + ("decoder", "ref_point_head"), 2)
-  for k in range(3):
-    for p in ("weight", "bias"):
-      keys = ([f"{t}.decoder.bbox_embed.{i}.layers.{k}.{p}" for i in range(n_layers)]
-              + [f"{t}._bbox_embed.layers.{k}.{p}"] + [f"{t}.bbox_embed.{i}.layers.{k}.{p}" for i in range(n_layers)])
-      rules.append(tied(keys, f + ("bbox_embed", f"layers_{k}", "kernel" if p == "weight" else "bias"),
-                        LINEAR if p == "weight" else IDENTITY))
-  rules += _mlp(f"{t}.iou_prediction_head", f + ("iou_prediction_head",), 3)
+  rules += mlp_rules(f"{t}.mask_embed", f + ("mask_embed",), 3)
+  rules += decoder_norm_rules(t, f)
+  for i in range(n_layers):  # Mask DINO's decoder layers and box MLP (maskdino/convert.py)
+    rules += decoder_layer_rules(f"{t}.decoder.layers.{i}", f + ("decoder", f"layers_{i}"))
+  rules += mlp_rules(f"{t}.decoder.ref_point_head", f + ("decoder", "ref_point_head"), 2)
+  rules += bbox_embed_rules(t, f, n_layers, decoder_copies_first=True)
+  rules += mlp_rules(f"{t}.iou_prediction_head", f + ("iou_prediction_head",), 3)
   for name in ("mask_tokens", "pb_embedding", "label_enc"):
     rules.append(one(f"{t}.{name}.weight", f + (name, "embedding")))
   pe = f + ("prompt_encoder",)
@@ -76,7 +51,7 @@ def predictor_keymap(model: ml_collections.ConfigDict) -> KeyMap:
     rules.append(one(f"{t}.{name}.weight", pe + (name, "embedding")))
   for i in range(n_levels):
     lt, lf = f"{t}.project_cross_attention_layers.{i}", pe + (f"project_cross_attention_layers_{i}",)
-    rules += _multihead_attention(f"{lt}.multihead_attn", lf + ("multihead_attn",))
+    rules += multihead_attention_rules(f"{lt}.multihead_attn", lf + ("multihead_attn",))
     rules += layer_norm_rules(f"{lt}.norm", lf + ("norm",))
   rules += [one(f"{t}.query_feat.weight", f + ("query_feat", "embedding")),
             one(f"{t}.query_embed.weight", f + ("query_embed", "embedding"))]

@@ -15,6 +15,8 @@ model (used by dinoseg.models.dinov.model.build_model and convert.py)
                                   DIM_FEEDFORWARD, DEC_LAYERS, DN, DN_NUM, DN_NOISE_SCALE,
                                   NUM_INTERACTIVE_TOKENS, NUM_CONTENT_TOKENS, CONTENT_INDEPENDENT
   num_classes                     ENCODER.NUM_CLASSES (133; classes come from prompts, the count is data)
+evaluation                      `dinoseg eval`: the generic protocol (bank, example draws) and the
+                                  VOS dataset (evaluation_config)
 prompts, loss, test               recorded for the training / data / evaluation slices (not used yet):
                                   prompt sampling (MAX_NUM_INSTANCE, MAX_NUM_INSTANCE_CONTENT,
                                   MAX_TRAIN_EXAMPLE, INFERENCE_EXAMPLE, STROKE_SAMPLER, NMS_THRESHOLD,
@@ -119,6 +121,23 @@ def test_config() -> ml_collections.ConfigDict:
   ))
 
 
+def evaluation_config() -> ml_collections.ConfigDict:
+  """`dinoseg eval` of a DINOv run or weights file (task.DINOvTask.evaluate, evaluate.run_protocols)."""
+  return ml_collections.ConfigDict(dict(
+      generic=True,  # the generic protocol on data.coco (its eval_split): COCO PQ / mask AP / box AP
+      bank="",  # generic: a prompt bank directory (`dinoseg dinov bank`); "" builds one with the evaluated weights
+      bank_split="",  # the data.coco split the bank is built from ("" = data.coco.train_split)
+      bank_slots=16,  # prompts encoded per call while building the bank
+      num_examples=16,  # bank draws averaged per category (the README's INFERENCE_EXAMPLE=16)
+      seed=0,  # seed of the draws
+      max_batches=0,  # generic: stop after N eval batches (0: all)
+      vos_path="",  # a DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/) or a prepared video dataset:
+                    # also run video object segmentation (J&F); "" = no VOS
+      vos_split="val",
+      max_videos=0,  # VOS: stop after N videos (0: all)
+  ))
+
+
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The CPU variant of a released config: the same structure (levels, order, tokens, DN, prompt layout)
   at tiny widths (a 1-block-per-stage Swin of width 32, 64-wide head, 2 decoder layers, 10 generic
@@ -136,7 +155,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.prompts.max_clicks, c.prompts.max_content, c.prompts.point_per_side = 4, 2, 4
   c.loss.num_points = 64
   c.test.detections_per_image = 10
-  c.test.min_size = c.test.max_size = 64
+  c.test.min_size = c.test.max_size = c.test.davis_min_size = 64
   for name, source in c.data.items():
     source.path = f"/tmp/dinoseg_dinov_tiny_{name}"
     source.image_size = source.eval_image_size = (64, 64)
@@ -160,8 +179,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.decoder.num_content_tokens must be 1 (the released models), got {d.num_content_tokens}")
   if d.dn not in ("seg", "no"):
     raise ValueError(f"model.decoder.dn must be 'seg' or 'no', got {d.dn!r}")
+  e = c.get("evaluation")
+  if e is not None:
+    for key in ("bank_slots", "num_examples"):
+      if int(e[key]) < 1:
+        raise ValueError(f"evaluation.{key} must be >= 1, got {e[key]}")
+    for key in ("max_batches", "max_videos"):
+      if int(e[key]) < 0:
+        raise ValueError(f"evaluation.{key} must be >= 0, got {e[key]}")
   if c.model.pixel_decoder.conv_dim != d.hidden_dim:
     raise ValueError("model.pixel_decoder.conv_dim must equal model.decoder.hidden_dim (no input projection)")
 
 
-__all__ = ["model_config", "prompt_config", "loss_config", "test_config", "tiny", "validate", "NO_WEIGHT_DECAY"]
+__all__ = ["model_config", "prompt_config", "loss_config", "test_config", "evaluation_config", "tiny", "validate",
+           "NO_WEIGHT_DECAY"]

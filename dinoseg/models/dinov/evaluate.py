@@ -160,4 +160,45 @@ def evaluate_generic(model, variables: Mapping, config, bank: Bank, *, data: ml_
   return out
 
 
-__all__ = ["class_prompts", "masked_logits", "generic_predict_fn", "evaluate_generic", "MISSING_LOGIT"]
+def run_protocols(model, variables: Mapping, config) -> dict[str, Any]:
+  """`dinoseg eval` of DINOv (task.DINOvTask.evaluate): the protocols `config.evaluation` names.
+
+  - generic (`evaluation.generic`): the prompt bank `evaluation.bank`, or one built with these variables from
+    `data.coco` split `evaluation.bank_split` (default its train split), then `evaluate_generic` on
+    `data.coco.eval_split` with `evaluation.num_examples` seeded draws per category; its metrics at the top
+    level (PQ, segm/AP, bbox/AP, mIoU, ..., as Mask DINO's), plus `bank_source`;
+  - VOS, when `evaluation.vos_path` names a DAVIS-2017 root or a prepared video dataset
+    (`vos.evaluate_vos`, split `evaluation.vos_split`): its metrics as `vos/<name>` (vos/J&F-Mean, ...).
+  """
+  from dinoseg.models.dinov import bank as bank_lib, vos  # noqa: PLC0415
+  e = config.evaluation
+  out: dict[str, Any] = {}
+  if not e.generic and not e.vos_path:
+    raise UserValueError("nothing to evaluate: config.evaluation.generic is False and config.evaluation.vos_path "
+                         "is empty")
+  if e.generic:
+    data = config.data.coco
+    if not data.get("path"):
+      raise UserValueError("the generic protocol needs config.data.coco.path (a prepared COCO panoptic / instance "
+                           "dataset; or set config.evaluation.generic=False)")
+    if e.bank:
+      bank = bank_lib.read_bank(e.bank, int(config.model.decoder.hidden_dim))
+      source = str(e.bank)
+    else:
+      split = e.bank_split or data.train_split
+      logger.info("building the prompt bank from %s split %s", data.path, split)
+      examples, names = bank_lib.examples_from_prepared(data.path, split)
+      encoder = bank_lib.PromptBankEncoder(model, variables, config, slots=int(e.bank_slots))
+      source = f"{data.path}:{split}"
+      bank = bank_lib.build_bank(encoder, examples, names, source=source)
+    out.update(evaluate_generic(model, variables, config, bank, data=data, num_examples=int(e.num_examples),
+                                seed=int(e.seed), max_batches=int(e.max_batches)))
+    out["bank_source"] = source
+  if e.vos_path:
+    segmenter = vos.VideoObjectSegmenter(model, variables, config)
+    result = vos.evaluate_vos(segmenter, str(e.vos_path), str(e.vos_split), max_videos=int(e.max_videos))
+    out.update({f"vos/{k}": v for k, v in result.items()})
+  return out
+
+
+__all__ = ["run_protocols", "class_prompts", "masked_logits", "generic_predict_fn", "evaluate_generic", "MISSING_LOGIT"]

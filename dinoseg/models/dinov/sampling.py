@@ -9,7 +9,9 @@ of an instance is its full ground-truth mask.
 
 Referring task (`refer_targets`, SA-1B): C clicks per image over a random permutation of the image's instances
 (repeated when there are fewer than C), each click a uniform random pixel of its instance's mask with a +-3 px
-box; the level targets of a click are the instances containing that pixel (a random T of them when more); the
+box (`uniform_pixels`: a random rank among the instance's pixels located by binary searches over cumulative
+counts, no per-click random image); the level targets of a click are the instances containing that pixel (a
+random T of them when more); the
 content prompts are the first K instances of the permutation (`scribbles` draws the reference's random strokes
 inside them).
 """
@@ -73,6 +75,36 @@ class ReferSample:
   refer: Any
 
 
+def uniform_pixels(key: jax.Array, masks: jax.Array, index: jax.Array) -> jax.Array:
+  """A uniform random pixel of each chosen instance, without a (B, C, H, W) array.
+
+  Draws the pixel's rank r uniformly in [0, n) (n = the instance's pixel count), finds the row holding the
+  r-th pixel by a binary search over the instance's cumulative row counts, then its column by a search over
+  that one row's cumulative count: memory O(B (N H + C (H + W))) instead of O(B C H W).
+
+  Args:
+    key: PRNG key; masks: (B, N, H, W) instance masks (> 0 is inside); index: (B, C) int instance of each draw.
+  Returns:
+    (B, C) int32 flat pixel index y * W + x (0 for an empty mask).
+  """
+  masks, index = jnp.asarray(masks), jnp.asarray(index)
+  b, _, h, w = masks.shape
+  # pixels per row, summed in float32 (exact below 2^24). For unsigned masks (the pipelines' uint8) min(m, 1) in
+  # place of m > 0: XLA:CPU then fuses the reduction with its input instead of materialising (B, N, H, W) floats
+  ones = jnp.minimum(masks, 1) if jnp.issubdtype(masks.dtype, jnp.unsignedinteger) else masks > 0
+  row_count = jnp.sum(ones.astype(jnp.float32), axis=-1).astype(jnp.int32)
+  row_cum = jnp.cumsum(row_count, axis=-1)  # (B, N, H) pixels in rows <= y
+  cum = jnp.take_along_axis(row_cum, index[:, :, None].astype(jnp.int32), axis=1)  # (B, C, H)
+  total = cum[..., -1]
+  rank = jax.random.randint(key, index.shape, 0, jnp.maximum(total, 1), dtype=jnp.int32)
+  search = jax.vmap(jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right")))
+  row = jnp.minimum(search(cum, rank), h - 1).astype(jnp.int32)  # the first row whose cumulative count > rank
+  before = jnp.where(row > 0, jnp.take_along_axis(cum, jnp.maximum(row - 1, 0)[..., None], axis=-1)[..., 0], 0)
+  line = masks[jnp.arange(b)[:, None], index, row] > 0  # (B, C, W)
+  col = jnp.minimum(search(jnp.cumsum(line, axis=-1, dtype=jnp.int32), rank - before), w - 1).astype(jnp.int32)
+  return jnp.where(total > 0, row * w + col, 0)
+
+
 def refer_targets(key: jax.Array, masks: jax.Array, valid: jax.Array, valid_hw: jax.Array, *, num_clicks: int,
                   num_tokens: int, num_content: int, half_size: int = 3) -> ReferSample:
   """Click, level-target and content sampling of the referring task.
@@ -91,9 +123,7 @@ def refer_targets(key: jax.Array, masks: jax.Array, valid: jax.Array, valid_hw: 
   count = jnp.sum(valid, axis=1)
   index = jnp.take_along_axis(order, jnp.arange(num_clicks)[None, :] % jnp.maximum(count, 1)[:, None], axis=1)
   click_valid = jnp.broadcast_to((count > 0)[:, None], (b, num_clicks))
-  chosen = jnp.take_along_axis(masks, index[:, :, None, None], axis=1) > 0  # (B, C, H, W)
-  score = jnp.where(chosen, jax.random.uniform(k_pix, chosen.shape), -1.0).reshape(b, num_clicks, h * w)
-  pixel = jnp.argmax(score, axis=-1)
+  pixel = uniform_pixels(k_pix, masks, index)
   y, x = pixel // w, pixel % w
   hw = valid_hw.astype(jnp.float32)
   size = 2.0 * half_size
@@ -211,4 +241,5 @@ def scribbles(key: jax.Array, masks: jax.Array, *, num_strokes: int = 5,
   return (stroke & m).astype(jnp.float32)
 
 
-__all__ = ["class_prompts", "ClassPrompts", "refer_targets", "ReferSample", "scribbles", "STROKE_PRESETS"]
+__all__ = ["class_prompts", "ClassPrompts", "uniform_pixels", "refer_targets", "ReferSample", "scribbles",
+           "STROKE_PRESETS"]

@@ -99,8 +99,7 @@ class DINOvTask(task_lib.Task):
   def __init__(self, config):
     super().__init__(config)
     m = config.model
-    dtype = jnp.bfloat16 if (m.get("dtype", "float32") == "bfloat16"
-                             or config.get("train", {}).get("compute_dtype", "float32") == "bfloat16") else None
+    dtype = task_lib.model_dtype(config)
     self.model = build_model(m, dtype)
     self.criterion = criterion_lib.DINOvCriterion(config.loss, config.prompts, dn=m.decoder.dn)
 
@@ -136,6 +135,19 @@ class DINOvTask(task_lib.Task):
     ("dinov_swint_sam_coco", "dinov_swinl_sam_coco"), registered by importing convert.py here."""
     from dinoseg.models.dinov import convert  # noqa: F401, PLC0415
     return super().init_converters()
+
+  # -- evaluation
+  def evaluate(self, variables):
+    """`dinoseg eval` (a checkpoint of a run or --weights): the DINOv protocols of `config.evaluation`
+    (evaluate.run_protocols: the generic protocol through a prompt bank, VOS when `evaluation.vos_path` is
+    set). Metrics: the generic ones at the top level, the VOS ones as "vos/<name>"."""
+    from dinoseg.models.dinov import evaluate as evaluate_lib  # noqa: PLC0415
+    if self.config.get("evaluation") is None:
+      from dinoseg.models.dinov import defaults  # noqa: PLC0415
+      from dinoseg.errors import UserValueError  # noqa: PLC0415
+      raise UserValueError(f"the config has no `evaluation` group (e.g. {defaults.evaluation_config().to_dict()})")
+    model = build_model(self.config.model)  # fp32 evaluation, whatever the training compute dtype
+    return evaluate_lib.run_protocols(model, jax.device_get(dict(variables)), self.config)
 
   # -- loss
   def _generic_loss(self, params, model_state, batch, key):

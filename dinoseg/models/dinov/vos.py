@@ -2,30 +2,38 @@
 in train_net.py with `evaluate_visual_prompt_refer_multi_with_content_features` and `filter_data_refer` in
 dinov/architectures/dinov.py).
 
-Per video, with O objects given by their first-frame masks:
-1. frame 0: each object's mask on frame 0 is encoded as a prompt (`encode_prompts` on frame 0's features)
-   and stored as the object's reference memory entry; frame 0's output is the given masks;
-2. frame t >= 1: the previous frame's mask of each object (frame 0: the given mask, later the prediction) is
-   encoded on the previous frame's features and stored in the object's memory of `memory_size` (9) entries:
-   the reference entry + the 8 most recent (the reference's priority queue keyed by frame index, the first
-   frame keyed highest; its frame-1 entry is the first-frame mask again, as here);
+Per video, with O objects, each given by its mask on its start frame (its first annotated frame: frame 0 for
+most DAVIS objects, later for objects that enter the video later, the DAVIS-2017 semi-supervised protocol):
+1. on its start frame an object's given mask is encoded as a prompt (`encode_prompts` on that frame's
+   features) and stored as the object's reference memory entry; its output there is the given mask; before
+   its start frame it is inactive and predicts nothing;
+2. frame t after its start: the previous frame's mask of each active object (on the frame after the start:
+   the given mask, later the prediction) is encoded on the previous frame's features and stored in the
+   object's memory of `memory_size` (9) entries: the reference entry + the 8 most recent (the reference's
+   priority queue keyed by frame index, the first frame keyed highest; its frame-1 entry is the first-frame
+   mask again, as here);
 3. the prompt of each object = the mean of its memory; frame t is decoded by the referring task with a
    `point_per_side`^2 (20 x 20) click grid over the padded canvas (clicks = +-3 px boxes, 6 tokens each,
-   `pb_embedding` row 1 as the reference's `pb = ones` in this path);
+   `pb_embedding` row 1 as the reference's `pb = ones` in this path); inactive objects' prompt slots are
+   invalid (prompts see only themselves, so an object's result does not depend on the others);
 4. proposals = click tokens with predicted IoU > 0.5, then NMS (boxes, scored by predicted IoU, threshold
    `prompts.nms_threshold` 0.7), then masks of more than `min_area` (50) positive stride-4 pixels; per
    object the softmax of its similarity logits over the surviving proposals picks the best one (the
    reference's `pred_ious.topk(1)`), whose mask (bilinear to the canvas, > 0, inside the image) is the
    object's prediction and its next prompt.
 Everything has static shapes: one jitted `first` call and one jitted `step` per frame (objects padded to
-`max_objects` slots, the memory a fixed ring buffer with validity, NMS a fixed-size greedy loop).
+`max_objects` slots with an active flag; the objects starting on a frame come as a (O,) flag and their masks,
+so a late start does not retrace; the memory a fixed ring buffer with validity, NMS a fixed-size greedy loop).
 
-Differences from the reference: objects that first appear after frame 0 (DAVIS key frames later in the
-video) are not supported (the reference re-prompts them at their key frame); a frame where no proposal
-survives gives an empty mask (the reference would fail); fp32 (the reference runs under fp16 autocast);
-batched over objects only (one video at a time, as the reference).
+Differences from the reference: a later-starting object (the reference's `key_frame`) starts from an empty
+memory here, while the reference has stored embeddings of its empty mask from every earlier frame (the
+first of them, keyed as the reference frame, never leaves the queue), encodes its given mask on the
+previous frame's features and outputs its prediction, not the given mask, on the start frame; a frame where
+no proposal survives gives an empty mask (the reference would fail); fp32 (the reference runs under fp16
+autocast); batched over objects only (one video at a time, as the reference).
 
-`evaluate_vos` scores the prepared video dataset's tracks with dinoseg.evaluation.davis (J&F).
+`evaluate_vos` scores a DAVIS-2017 download (dinoseg.evaluation.davis.read_davis_sequence) or a prepared video
+dataset's tracks with dinoseg.evaluation.davis (J&F).
 """
 import dataclasses
 import logging
@@ -134,6 +142,10 @@ class VideoObjectSegmenter:
                            f"{self.settings.memory_size}")
     self.variables = jax.device_put(dict(variables))
     self.canvas_hw = test_canvas(config)
+    # frames are resized with the DAVIS shortest edge (test.davis_min_size: the reference's DAVIS.INPUT.MIN_SIZE_TEST)
+    self.resize_config = config.copy_and_resolve_references()
+    with self.resize_config.unlocked():
+      self.resize_config.test.min_size = int(config.test.get("davis_min_size", config.test.min_size))
     self.clicks = jnp.asarray(grid_clicks(self.settings.point_per_side, self.canvas_hw))[None]
     self._first = jax.jit(self._first_fn)
     self._step = jax.jit(self._step_fn)
@@ -146,46 +158,80 @@ class VideoObjectSegmenter:
     return self.model.apply(variables, multi_scale, masks,
                             method=lambda m, ms, pm: m.predictor.encode_prompts(ms, pm))
 
-  def _first_fn(self, variables, image, valid_hw, masks, object_valid):
-    """image (1, H, W, 3), masks (1, O, H, W) on the canvas -> state."""
-    mask_features, multi_scale = self._features(variables, image, valid_hw)
-    emb = self._encode(variables, multi_scale, masks)[0]  # (O, d)
-    o, d = emb.shape
-    memory = jnp.zeros((o, self.settings.memory_size, d), jnp.float32).at[:, 0].set(emb)
-    memory_valid = jnp.zeros((o, self.settings.memory_size), bool).at[:, 0].set(object_valid)
-    return {"multi_scale": multi_scale, "masks": masks, "memory": memory, "memory_valid": memory_valid,
-            "t": jnp.zeros((), jnp.int32), "object_valid": object_valid}
+  def _start_objects(self, variables, state, start_masks, start):
+    """Objects whose given mask is on this frame (start (O,) bool, start_masks (1, O, H, W) on the canvas): their
+    memory restarts from the mask encoded on this frame's features (`state["multi_scale"]`) as the reference
+    entry, their current mask becomes it and they turn active. Skipped (lax.cond) when no object starts."""
+    def begin(state):
+      emb = self._encode(variables, state["multi_scale"], start_masks)[0]  # (O, d)
+      m = self.settings.memory_size
+      first_slot = jnp.arange(m) == 0
+      memory = jnp.where(start[:, None, None], jnp.where(first_slot[None, :, None], emb[:, None], 0.0),
+                         state["memory"])
+      memory_valid = jnp.where(start[:, None], first_slot[None], state["memory_valid"])
+      masks = jnp.where(start[None, :, None, None], start_masks, state["masks"])
+      return {**state, "memory": memory, "memory_valid": memory_valid, "masks": masks,
+              "active": state["active"] | start}
+    return jax.lax.cond(jnp.any(start), begin, lambda state: state, state)
 
-  def _step_fn(self, variables, state, image, valid_hw):
+  def _first_fn(self, variables, image, valid_hw, masks, start):
+    """Frame 0: image (1, H, W, 3), masks (1, O, H, W) on the canvas, start (O,) bool (objects given on frame 0)
+    -> state (memory (O, M, d) and memory_valid (O, M), masks (1, O, H, W), active (O,), t, multi_scale)."""
+    _, multi_scale = self._features(variables, image, valid_hw)
+    o, m = masks.shape[1], self.settings.memory_size
+    d = int(self.config.model.decoder.hidden_dim)
+    state = {"multi_scale": multi_scale, "masks": jnp.zeros_like(masks, jnp.float32),
+             "memory": jnp.zeros((o, m, d), jnp.float32), "memory_valid": jnp.zeros((o, m), bool),
+             "t": jnp.zeros((), jnp.int32), "active": jnp.zeros((o,), bool)}
+    return self._start_objects(variables, state, masks.astype(jnp.float32), start)
+
+  def _step_fn(self, variables, state, image, valid_hw, start_masks, start):
+    """Frame t >= 1: image (1, H, W, 3), valid_hw (1, 2); start_masks (1, O, H, W) / start (O,): the objects
+    given on this frame (their output is the given mask, chosen by the caller). Returns (state, the predicted
+    mask logits (O, H, W) on the canvas, scores (O,); -1 / 0 for inactive objects and where no proposal
+    survives)."""
     s = self.settings
-    # 2. the previous frame's masks -> memory (ring buffer over slots 1..memory_size-1)
+    active = state["active"]
+    # 2. the previous frame's masks of the active objects -> memory (ring buffer over slots 1..memory_size-1)
     emb = self._encode(variables, state["multi_scale"], state["masks"])[0]
     slot = 1 + state["t"] % (s.memory_size - 1)
-    memory = state["memory"].at[:, slot].set(emb)
-    memory_valid = state["memory_valid"].at[:, slot].set(state["object_valid"])
+    memory = state["memory"].at[:, slot].set(jnp.where(active[:, None], emb, state["memory"][:, slot]))
+    memory_valid = state["memory_valid"].at[:, slot].set(active | state["memory_valid"][:, slot])
     w = memory_valid.astype(jnp.float32)
     prompts = (memory * w[..., None]).sum(1) / jnp.maximum(w.sum(1), 1.0)[:, None]  # (O, d)
     # 3. decode the frame with the click grid
     mask_features, multi_scale = self._features(variables, image, valid_hw)
     out = self.model.apply(variables, multi_scale, mask_features, task="refer", prompts=prompts[None],
-                           prompt_valid=state["object_valid"][None], clicks=self.clicks, click_pb=1,
+                           prompt_valid=active[None], clicks=self.clicks, click_pb=1,
                            method=lambda m, ms, mf, **kw: m.predictor(ms, mf, **kw))
     iou = out.iou[-1, 0].reshape(-1)
     masks_lr = out.masks[-1, 0]
-    best, score, found = select_proposals(iou, out.boxes[-1, 0], masks_lr, out.logits[-1, 0], state["object_valid"],
+    best, score, found = select_proposals(iou, out.boxes[-1, 0], masks_lr, out.logits[-1, 0], active,
                                           nms_threshold=s.nms_threshold, min_area=s.min_area)
     chosen = masks_lr[best]  # (O, h, w)
     up = interpolate(chosen[None].astype(jnp.float32), tuple(self.canvas_hw), mode="bilinear", axes=(-2, -1))[0]
+    up = jnp.where(found[:, None, None], up, -1.0)
     rows = jnp.arange(self.canvas_hw[0])[:, None] < valid_hw[0, 0]
     cols = jnp.arange(self.canvas_hw[1])[None, :] < valid_hw[0, 1]
-    masks = (up > 0) & rows & cols & found[:, None, None]
+    masks = (up > 0) & rows & cols
     new_state = {"multi_scale": multi_scale, "masks": masks[None].astype(jnp.float32), "memory": memory,
-                 "memory_valid": memory_valid, "t": state["t"] + 1, "object_valid": state["object_valid"]}
+                 "memory_valid": memory_valid, "t": state["t"] + 1, "active": active}
+    new_state = self._start_objects(variables, new_state, start_masks.astype(jnp.float32), start)
     return new_state, up, score
 
   # -- host side
-  def segment(self, frames: np.ndarray, first_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """frames (T, H, W, 3) uint8; first_masks (O, H, W) -> (masks (O, T, H, W) bool, scores (O, T))."""
+  def segment(self, frames: np.ndarray, first_masks: np.ndarray, start_frames: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Tracks O objects through a video.
+
+    Args:
+      frames: (T, H, W, 3) uint8.
+      first_masks: (O, H, W) each object's given mask on its first frame.
+      start_frames: (O,) int, the frame of each given mask (default: all 0). An object predicts nothing
+        before it, outputs its given mask there and is tracked from the next frame on.
+    Returns:
+      masks (O, T, H, W) bool, scores (O, T) float32 (1 on the start frame, 0 before).
+    """
     from PIL import Image  # noqa: PLC0415
 
     from dinoseg.models.dinov.bank import resize_for_model  # noqa: PLC0415
@@ -202,63 +248,92 @@ class VideoObjectSegmenter:
     empty = [i for i in range(o) if not first_masks[i].any()]
     if empty:
       raise UserValueError(f"first-frame masks of objects {empty} are empty")
-    slots = np.zeros((self.settings.max_objects, h, w), bool)
-    slots[:o] = first_masks
-    valid = np.arange(self.settings.max_objects) < o
-    canvas, cmasks, valid_hw = resize_for_model(frames[0], slots, self.config, self.canvas_hw)
-    state = self._first(self.variables, canvas[None], valid_hw[None], cmasks[None], valid)
+    starts = np.zeros(o, np.int64) if start_frames is None else np.asarray(start_frames)
+    if starts.shape != (o,) or not np.issubdtype(starts.dtype, np.integer) or ((starts < 0) | (starts >= t)).any():
+      raise UserValueError(f"start_frames must be {o} integers in [0, {t}), got {starts.tolist()}")
+    n = self.settings.max_objects
     out = np.zeros((o, t, h, w), bool)
     scores = np.zeros((o, t), np.float32)
-    out[:, 0], scores[:, 0] = first_masks, 1.0
-    for f in range(1, t):
-      canvas, _, valid_hw = resize_for_model(frames[f], None, self.config, self.canvas_hw)
-      state, logits, score = self._step(self.variables, state, canvas[None], valid_hw[None])
-      logits, nh, nw = np.asarray(logits[:o]), int(valid_hw[0]), int(valid_hw[1])
-      for i in range(o):  # canvas crop -> original size (bilinear on the logits, as sem_seg_postprocess)
-        crop = Image.fromarray(logits[i, :nh, :nw].astype(np.float32), mode="F")
-        out[i, f] = np.asarray(crop.resize((w, h), Image.BILINEAR)) > 0
-      scores[:, f] = np.asarray(score[:o])
+    state = None
+    for f in range(t):
+      start = np.zeros(n, bool)
+      start[:o] = starts == f
+      given = np.zeros((n, h, w), bool)
+      given[:o][start[:o]] = first_masks[start[:o]]
+      canvas, cmasks, valid_hw = resize_for_model(frames[f], given, self.resize_config, self.canvas_hw)
+      if state is None:
+        state = self._first(self.variables, canvas[None], valid_hw[None], cmasks[None], start)
+      else:
+        state, logits, score = self._step(self.variables, state, canvas[None], valid_hw[None], cmasks[None], start)
+        logits, nh, nw = np.asarray(logits[:o]), int(valid_hw[0]), int(valid_hw[1])
+        for i in np.nonzero(starts < f)[0]:  # canvas crop -> original size (bilinear logits, as sem_seg_postprocess)
+          crop = Image.fromarray(logits[i, :nh, :nw].astype(np.float32), mode="F")
+          out[i, f] = np.asarray(crop.resize((w, h), Image.BILINEAR)) > 0
+        scores[:, f] = np.where(starts < f, np.asarray(score[:o]), 0.0)
+      out[start[:o], f] = first_masks[start[:o]]
+      scores[start[:o], f] = 1.0
     return out, scores
 
 
 def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, max_videos: int = 0,
                  out_dir: str | None = None) -> dict[str, Any]:
-  """J&F of the prepared video dataset's tracks: objects = the non-crowd tracks present in frame 0.
+  """J&F (dinoseg.evaluation.davis) of a video set: the official DAVIS-2017 layout (`data_path` holds
+  JPEGImages/ and Annotations/ and ImageSets/; `split` names ImageSets/2017/<split>.txt) or a prepared video
+  dataset (`dinoseg data prepare`; its non-crowd tracks).
 
-  Returns the DAVIS summary (dinoseg.evaluation.davis.DavisEvaluator.result) plus `num_videos` and
-  `objects_skipped` (tracks that start after frame 0: not supported, see the module docstring).
-  With `out_dir`, writes each video's predictions as `<out_dir>/<video id>.npz` (masks (O, T, H, W)).
+  Each object is given on its first annotated frame (start frame; DAVIS semi-supervised) and tracked from there;
+  before it, it predicts nothing; an object that is never present (a DAVIS id without a mask) is scored with an
+  empty prediction, as the official evaluation does. Returns the DAVIS summary (DavisEvaluator.result) plus
+  `num_videos` and `objects_after_first_frame` (objects whose start frame is not frame 0). With `out_dir`,
+  writes each video's predictions as `<out_dir>/<video>.npz` (masks (O, T, H, W), start_frames (O,), -1 for
+  objects never present).
   """
   import pathlib  # noqa: PLC0415
 
-  from dinoseg.data_pipelines import open_dataset, schema  # noqa: PLC0415
-  from dinoseg.evaluation.davis import DavisEvaluator  # noqa: PLC0415
-  view = open_dataset(data_path).split(split)
-  evaluator = DavisEvaluator()
-  skipped = videos = 0
-  for i in range(len(view)):
+  from dinoseg.evaluation import davis  # noqa: PLC0415
+  evaluator = davis.DavisEvaluator()
+  late = videos = 0
+  for name, frames, gt in _videos(data_path, split):
     if max_videos and videos >= max_videos:
       break
+    present = gt.reshape(gt.shape[0], gt.shape[1], -1).any(-1)  # (O, T)
+    tracked = present.any(1)
+    if not tracked.any() or frames.shape[0] < 3:
+      continue
+    starts = np.argmax(present[tracked], axis=1)
+    first = gt[tracked][np.arange(int(tracked.sum())), starts]
+    pred = np.zeros(gt.shape, bool)
+    tracked_masks, _ = segmenter.segment(frames, first, starts)
+    pred[tracked] = tracked_masks
+    evaluator.process(name, gt, pred)
+    videos += 1
+    late += int((starts > 0).sum())
+    if out_dir:
+      pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+      np.savez_compressed(pathlib.Path(out_dir) / f"{name}.npz", masks=pred,
+                          start_frames=np.where(tracked, np.argmax(present, axis=1), -1))
+  if not videos:
+    raise UserValueError(f"{data_path}: no video of split {split!r} has an object (and >= 3 frames)")
+  return {**evaluator.result(), "num_videos": videos, "objects_after_first_frame": late}
+
+
+def _videos(data_path: str, split: str):
+  """(name, frames (T, H, W, 3) uint8, gt (O, T, H, W) bool) per video of a DAVIS root or a prepared dataset."""
+  from dinoseg.evaluation import davis  # noqa: PLC0415
+  if davis.is_davis_root(data_path):
+    for name in davis.davis_sequences(data_path, split):
+      seq = davis.read_davis_sequence(data_path, name)
+      yield name, seq.frames, seq.masks
+    return
+  from dinoseg.data_pipelines import open_dataset, schema  # noqa: PLC0415
+  view = open_dataset(data_path).split(split)
+  for i in range(len(view)):
     ex = schema.decode_example(view.record(i), masks=True)
     if ex.get("kind") != "video" or "tracks" not in ex:
       raise UserValueError(f"{data_path}: split {split!r} holds no video records with tracks")
     tr = ex["tracks"]
-    use = tr["present"][:, 0] & ~tr["is_crowd"] & tr["masks"][:, 0].reshape(len(tr["id"]), -1).any(-1)
-    skipped += int((~use & ~tr["is_crowd"]).sum())
-    if not use.any() or ex["frames"].shape[0] < 3:
-      continue
-    gt = tr["masks"][use].astype(bool)
-    pred, _ = segmenter.segment(ex["frames"], gt[:, 0])
-    evaluator.process(str(ex["image_id"]), gt, pred)
-    videos += 1
-    if out_dir:
-      pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-      np.savez_compressed(pathlib.Path(out_dir) / f"{ex['image_id']}.npz", masks=pred)
-  if not videos:
-    raise UserValueError(f"{data_path}: no video of split {split!r} has objects in its first frame (and >= 3 frames)")
-  if skipped:
-    logger.warning("%d object(s) that appear after the first frame were not tracked", skipped)
-  return {**evaluator.result(), "num_videos": videos, "objects_skipped": skipped}
+    use = ~tr["is_crowd"]
+    yield str(ex["image_id"]), ex["frames"], (tr["masks"][use] > 0) & tr["present"][use][:, :, None, None]
 
 
 __all__ = ["point_grid", "grid_clicks", "fixed_nms", "select_proposals", "VOSSettings", "VideoObjectSegmenter",

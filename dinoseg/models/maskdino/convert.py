@@ -28,18 +28,64 @@ from dinoseg.errors import UserValueError
 HEAD = "sem_seg_head."
 
 
-def _mlp_rules(t: str, f: tuple, num_layers: int) -> list:
+def mlp_rules(t: str, f: tuple, num_layers: int) -> list:
+  """An MLP of `num_layers` linears (`{t}.layers.{i}`) <-> Flax `f + ("layers_{i}",)` (dinoseg.ops MLP)."""
   rules = []
   for i in range(num_layers):
     rules += linear_rules(f"{t}.layers.{i}", f + (f"layers_{i}",))
   return rules
 
 
-def _msda_rules(t: str, f: tuple) -> list:
+def msda_rules(t: str, f: tuple) -> list:
+  """Multi-scale deformable attention (`sampling_offsets`, `attention_weights`, `value_proj`, `output_proj`)."""
   rules = []
   for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
     rules += linear_rules(f"{t}.{name}", f + (name,))
   return rules
+
+
+def multihead_attention_rules(t: str, f: tuple) -> list:
+  """torch nn.MultiheadAttention (packed `in_proj_weight` / `in_proj_bias`, `out_proj`) <->
+  dinoseg.models.maskdino.decoder.MultiheadAttention (`in_proj_kernel`, `in_proj_bias`, `out_proj`)."""
+  return [one(f"{t}.in_proj_weight", f + ("in_proj_kernel",), LINEAR), one(f"{t}.in_proj_bias", f + ("in_proj_bias",)),
+          *linear_rules(f"{t}.out_proj", f + ("out_proj",))]
+
+
+def decoder_layer_rules(t: str, f: tuple) -> list:
+  """One deformable decoder layer (`{t}` = `...decoder.layers.{i}`): cross_attn (MSDA), norm1, self_attn,
+  norm2, linear1, linear2, norm3, in the reference's state-dict order."""
+  rules = msda_rules(f"{t}.cross_attn", f + ("cross_attn",))
+  rules += layer_norm_rules(f"{t}.norm1", f + ("norm1",))
+  rules += multihead_attention_rules(f"{t}.self_attn", f + ("self_attn",))
+  rules += layer_norm_rules(f"{t}.norm2", f + ("norm2",))
+  rules += linear_rules(f"{t}.linear1", f + ("linear1",))
+  rules += linear_rules(f"{t}.linear2", f + ("linear2",))
+  rules += layer_norm_rules(f"{t}.norm3", f + ("norm3",))
+  return rules
+
+
+def decoder_norm_rules(t: str, f: tuple) -> list:
+  """The decoder's final LayerNorm, tied: `{t}.decoder_norm` = `{t}.decoder.norm` <-> f + ("decoder_norm",)."""
+  return [tied([f"{t}.decoder_norm.{p}", f"{t}.decoder.norm.{p}"],
+               f + ("decoder_norm", "scale" if p == "weight" else "bias")) for p in ("weight", "bias")]
+
+
+def bbox_embed_rules(t: str, f: tuple, num_layers: int, decoder_copies_first: bool = False) -> list:
+  """The one box MLP (3 layers) shared by every decoder layer, tied over its 2L + 1 copies `{t}._bbox_embed`,
+  `{t}.bbox_embed.{i}`, `{t}.decoder.bbox_embed.{i}` (written in this order, or with the `decoder.` copies
+  first: DINOv's state-dict order) <-> f + ("bbox_embed",)."""
+  rules = []
+  for k in range(3):
+    for p in ("weight", "bias"):
+      head = [f"{t}._bbox_embed.layers.{k}.{p}"] + [f"{t}.bbox_embed.{i}.layers.{k}.{p}" for i in range(num_layers)]
+      inner = [f"{t}.decoder.bbox_embed.{i}.layers.{k}.{p}" for i in range(num_layers)]
+      rules.append(tied(inner + head if decoder_copies_first else head + inner,
+                        f + ("bbox_embed", f"layers_{k}", "kernel" if p == "weight" else "bias"),
+                        LINEAR if p == "weight" else IDENTITY))
+  return rules
+
+
+_mlp_rules, _msda_rules = mlp_rules, msda_rules  # the former private names
 
 
 def pixel_decoder_keymap(model: ml_collections.ConfigDict) -> KeyMap:
@@ -53,7 +99,7 @@ def pixel_decoder_keymap(model: ml_collections.ConfigDict) -> KeyMap:
   rules.append(one(f"{t}.transformer.level_embed", f + ("level_embed",)))
   for i in range(enc.num_encoder_layers):
     lt, lf = f"{t}.transformer.encoder.layers.{i}", f + (f"encoder_layers_{i}",)
-    rules += _msda_rules(f"{lt}.self_attn", lf + ("self_attn",))
+    rules += msda_rules(f"{lt}.self_attn", lf + ("self_attn",))
     rules += layer_norm_rules(f"{lt}.norm1", lf + ("norm1",))
     rules += linear_rules(f"{lt}.linear1", lf + ("linear1",))
     rules += linear_rules(f"{lt}.linear2", lf + ("linear2",))
@@ -80,28 +126,12 @@ def predictor_keymap(model: ml_collections.ConfigDict) -> KeyMap:
     rules += layer_norm_rules(f"{t}.enc_output_norm", f + ("enc_output_norm",))
   rules += linear_rules(f"{t}.class_embed", f + ("class_embed",))
   rules.append(one(f"{t}.label_enc.weight", f + ("label_enc", "embedding")))
-  rules += _mlp_rules(f"{t}.mask_embed", f + ("mask_embed",), 3)
-  for p in ("weight", "bias"):
-    rules.append(tied([f"{t}.decoder_norm.{p}", f"{t}.decoder.norm.{p}"],
-                      f + ("decoder_norm", "scale" if p == "weight" else "bias")))
+  rules += mlp_rules(f"{t}.mask_embed", f + ("mask_embed",), 3)
+  rules += decoder_norm_rules(t, f)
   for i in range(n_layers):
-    lt, lf = f"{t}.decoder.layers.{i}", f + ("decoder", f"layers_{i}")
-    rules += _msda_rules(f"{lt}.cross_attn", lf + ("cross_attn",))
-    rules += layer_norm_rules(f"{lt}.norm1", lf + ("norm1",))
-    rules.append(one(f"{lt}.self_attn.in_proj_weight", lf + ("self_attn", "in_proj_kernel"), LINEAR))
-    rules.append(one(f"{lt}.self_attn.in_proj_bias", lf + ("self_attn", "in_proj_bias")))
-    rules += linear_rules(f"{lt}.self_attn.out_proj", lf + ("self_attn", "out_proj"))
-    rules += layer_norm_rules(f"{lt}.norm2", lf + ("norm2",))
-    rules += linear_rules(f"{lt}.linear1", lf + ("linear1",))
-    rules += linear_rules(f"{lt}.linear2", lf + ("linear2",))
-    rules += layer_norm_rules(f"{lt}.norm3", lf + ("norm3",))
-  rules += _mlp_rules(f"{t}.decoder.ref_point_head", f + ("decoder", "ref_point_head"), 2)
-  for k in range(3):
-    for p in ("weight", "bias"):
-      keys = ([f"{t}._bbox_embed.layers.{k}.{p}"] + [f"{t}.bbox_embed.{i}.layers.{k}.{p}" for i in range(n_layers)]
-              + [f"{t}.decoder.bbox_embed.{i}.layers.{k}.{p}" for i in range(n_layers)])
-      rules.append(tied(keys, f + ("bbox_embed", f"layers_{k}", "kernel" if p == "weight" else "bias"),
-                        LINEAR if p == "weight" else IDENTITY))
+    rules += decoder_layer_rules(f"{t}.decoder.layers.{i}", f + ("decoder", f"layers_{i}"))
+  rules += mlp_rules(f"{t}.decoder.ref_point_head", f + ("decoder", "ref_point_head"), 2)
+  rules += bbox_embed_rules(t, f, n_layers)
   return KeyMap(rules)
 
 
@@ -193,4 +223,6 @@ def _register() -> None:
 _register()
 
 __all__ = ["maskdino_keymap", "head_keymap", "pixel_decoder_keymap", "predictor_keymap", "backbone_keymap",
+           "mlp_rules", "msda_rules", "multihead_attention_rules", "decoder_layer_rules", "decoder_norm_rules",
+           "bbox_embed_rules",
            "to_flax", "to_torch", "load_state_dict", "empty_weight", "RELEASED_CONFIGS", "released_model_config"]

@@ -23,7 +23,6 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dinoseg.models import query_groups
 from dinoseg.models.maskdino import denoising, query_selection
@@ -31,6 +30,7 @@ from dinoseg.models.maskdino.deformable_attention import MSDeformAttn
 from dinoseg.models.maskdino.layers import MLP, dense, torch_layer_norm, xavier_uniform, zeros
 from dinoseg.models.query_groups import GroupPredictions, QueryGroup
 from dinoseg.ops import inverse_sigmoid, sine_embedding_for_boxes
+from dinoseg.ops.attention import dot_product_attention
 
 MATCHING_GROUP = "queries"
 
@@ -86,7 +86,11 @@ class MultiheadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, query, key, value, mask=None):
-    """query/key/value (B, N, d); mask (N, N) or (B, 1, N, N) bool, True = blocked -> (B, N, d)."""
+    """query (B, N, d), key/value (B, S, d); mask (N, S) or (B, 1, N, S) bool, True = blocked -> (B, N, d).
+
+    A row blocked everywhere attends to all keys uniformly (torch gives NaN there; the reference
+    decoders unblock such rows before calling, as Mask DINO's and OV2Seg's callers here do).
+    """
     d, h = self.d_model, self.num_heads
     hd = d // h
     kernel = self.param("in_proj_kernel", xavier_uniform, (d, 3 * d), jnp.float32).astype(self.dtype)
@@ -97,13 +101,9 @@ class MultiheadAttention(nn.Module):
     b, n, _ = q.shape
     split = lambda x: x.reshape(b, x.shape[1], h, hd).transpose(0, 2, 1, 3)  # noqa: E731
     q, k, v = split(q), split(k), split(v)
-    q = q * np.float32(math.sqrt(1.0 / hd))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
-    if mask is not None:
-      mask = jnp.asarray(mask)
-      logits = jnp.where(mask[None, None] if mask.ndim == 2 else mask, -jnp.inf, logits)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3).reshape(b, n, d)
+    attend = None if mask is None else ~jnp.asarray(mask)  # (N, N) or (B, 1, N, S), True = attend
+    out = dot_product_attention(q, k, v, scale=math.sqrt(1.0 / hd), mask=attend)
+    out = out.transpose(0, 2, 1, 3).reshape(b, n, d)
     return nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=xavier_uniform, bias_init=zeros,
                     name="out_proj")(out)
 

@@ -159,8 +159,7 @@ class MaskDINOTask(task_lib.Task):
   def __init__(self, config):
     super().__init__(config)
     m = config.model
-    dtype = jnp.bfloat16 if (m.get("dtype", "float32") == "bfloat16"
-                             or config.get("train", {}).get("compute_dtype", "float32") == "bfloat16") else None
+    dtype = task_lib.model_dtype(config)
     self.model = build_model(m, dtype)
     self.num_classes = int(m.num_classes)
     self.criterion = criterion_lib.SetCriterion(self.num_classes, config.loss, semantic_ce_loss=m.semantic_ce_loss,

@@ -22,9 +22,13 @@ model (used by dinoseg.models.ov2seg.model.build_model and convert.py)
                                   temperature (50)
   num_classes                     SEM_SEG_HEAD.NUM_CLASSES of the training vocabulary (1203, LVIS); the model
                                   itself takes any (C, 512) class-embedding matrix at call time
-loss, test                        recorded for the training / video slices (not used by the model):
-                                  the weights of section 2, point sampling, the federated-loss settings,
-                                  DETECTIONS_PER_IMAGE (50), INPUT.MIN_SIZE_TEST (480 on LV-VIS), the
+loss (criterion.OV2SegCriterion)  MASK_FORMER CLASS_WEIGHT / OBJECT_WEIGHT / MASK_WEIGHT / DICE_WEIGHT (also the
+                                  matcher's cost weights), the objectness CE's no-object weight 0.4, the federated
+                                  loss (scale 1.7, 50 sampled categories incl. the present ones and the background,
+                                  image_count ** 0.5), TRAIN_NUM_POINTS / OVERSAMPLE_RATIO / IMPORTANCE_SAMPLE_RATIO,
+                                  DEEP_SUPERVISION; matcher (dinoseg.matching), padded_mask_rows / mask_row_chunk
+vocabulary (vocabulary_config)    the class embeddings' source: DetPro .npy files, CLIP text, or random (tiny)
+test                              DETECTIONS_PER_IMAGE (50), INPUT.MIN_SIZE_TEST (480 on LV-VIS), the
                                   association window and memory momentum of section 4.
 """
 import ml_collections
@@ -32,6 +36,7 @@ import ml_collections
 from dinoseg.models.maskdino.defaults import PIXEL_MEAN, PIXEL_STD
 
 NUM_LVIS_CLASSES = 1203
+SYNTH_LVIS_NUM_CLASSES = 5  # `dinoseg data synth --layout=lvis` (data_pipelines/synth.py THINGS)
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -73,6 +78,26 @@ def loss_config() -> ml_collections.ConfigDict:
       federated_scale=1.7, federated_num_classes=50, federated_freq_power=0.5,
       num_points=112 * 112, oversample_ratio=3.0, importance_sample_ratio=0.75,
       deep_supervision=True,
+      matcher="hungarian_device",  # dinoseg.matching.MATCHERS: "hungarian_device" or "scipy_host"
+      # Mask-loss rows of padded target slots (Mask DINO's criterion): "auto" skips them on the CPU.
+      padded_mask_rows="auto", mask_row_chunk=8,
+  ))
+
+
+def vocabulary_config() -> ml_collections.ConfigDict:
+  """`config.vocabulary`: where the class embeddings come from (dinoseg.models.ov2seg.task / evaluate / predict)."""
+  return ml_collections.ConfigDict(dict(
+      source="file",   # "file": the .npy files below; "names": CLIP text embeddings of the dataset's category
+                       # names (clip_file); "random": seeded random rows per category id (synthetic data / tests)
+      train_file="",   # (C, 512) .npy of the training classes in category-id order (fg_bg_5_10_lvis_ens.npy)
+      file="",         # (C, 512) .npy of the evaluated / predicted classes (fg_bg_5_10_lvvis_ens.npy on LV-VIS)
+      clip_file="",    # OpenAI CLIP ViT-B/16 weights for source "names" and `--classes`
+      clip_name="clip_vitb16_text",
+      names="",        # optional categories JSON / list naming the rows of `file` (predict overlays)
+      templates=(),    # prompt templates with "{}" for the class name; empty = ViLD's 63 (vocabulary.VILD_TEMPLATES)
+      # fields of the CLIP text tower (e.g. context_length) where they differ from ViT-B/16's
+      clip_overrides=ml_collections.ConfigDict(),
+      random_seed=0,
   ))
 
 
@@ -84,13 +109,23 @@ def test_config() -> ml_collections.ConfigDict:
       window_size=10,  # frames per forward pass (run_window_inference)
       memory_momentum=0.7,  # mem_t = 0.7 q_t + 0.3 mem_{t-1}
       frame_blank_ratio=0.1,
+      # Video inference / evaluation (dinoseg/models/ov2seg/predict.py, evaluate.py):
+      max_size=1333,  # INPUT.MAX_SIZE_TEST (detectron2's default)
+      class_source="frame_mean",  # "frame_mean" (released) or "memory" (the paper's class head on the memory)
+      matcher="hungarian_device",  # dinoseg.matching.MATCHERS name of the association
+      eval_canvas=(),  # () : pad eval frames to a multiple of 32 (the reference); (H, W): one fixed canvas
+      eval_annotations="",  # the original annotation JSON to score against (its `areas`); "": from the records
+      eval_results="",  # a path: write the results JSON there (LV-VIS server format)
+      eval_path="",  # the prepared video dataset evaluated (LV-VIS / YTVIS / OVIS); "": config.data.path. Set it
+                     # (with train.eval_at_end / eval_every_steps) to score video AP during an LVIS training run.
   ))
 
 
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The CPU variant: the same structure (3 levels coarse -> fine, masked attention, objectness and zero-shot
   heads) with a 1-block-per-stage ResNet of width 16, 64-wide pixel decoder and decoder, 2 encoder layers,
-  3 decoder layers, 10 queries, 32-wide class embeddings."""
+  3 decoder layers, 10 queries, 32-wide class embeddings; trained from scratch for a few steps on the synthetic
+  LVIS layout (64 x 64 LSJ, batch 2, random class embeddings per category id)."""
   m = c.model
   m.backbone.name = "resnet50"
   m.backbone.kwargs = ml_collections.ConfigDict(dict(stage_blocks=(1, 1, 1, 1), stem_channels=16,
@@ -101,8 +136,22 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   d = m.decoder
   d.hidden_dim, d.dim_feedforward, d.dec_layers, d.nheads, d.num_queries = 64, 64, 3, 4, 10
   m.classifier.embed_dim = 32
-  m.num_classes = 8
+  m.num_classes = SYNTH_LVIS_NUM_CLASSES
   c.loss.num_points = 64
+  # Synthetic LVIS layout (`dinoseg data synth --layout=lvis`: 5 shapes, one of them rare), random vocabulary.
+  c.vocabulary.source = "random"
+  d = c.data
+  d.path = "/tmp/dinoseg_ov2seg_tiny_data"
+  d.image_size = (64, 64)
+  d.batch_size = 2
+  d.max_instances = 8
+  d.mask_stride = 1
+  d.num_workers = 0
+  d.read_threads = 1
+  c.train.num_steps = 4
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 0
+  c.train.progress = False
   c.test.detections_per_image = 10
   c.test.min_size = 64
   c.test.window_size = 2
@@ -128,5 +177,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.classifier.embed_dim must be even, got {m.classifier.embed_dim}")
 
 
-__all__ = ["model_config", "loss_config", "test_config", "tiny", "validate", "NUM_LVIS_CLASSES",
+__all__ = ["model_config", "loss_config", "vocabulary_config", "test_config", "tiny", "validate", "NUM_LVIS_CLASSES",
+           "SYNTH_LVIS_NUM_CLASSES",
            "PIXEL_MEAN", "PIXEL_STD"]

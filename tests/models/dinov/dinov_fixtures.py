@@ -1,9 +1,9 @@
 """Helpers of the DINOv tests: reference fixtures (tests/fixtures/dinov, scripts/make_dinov_fixtures.py) and
 models built from them with the fixtures' deterministic weights."""
 import functools
-import importlib.util
 import json
 import pathlib
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,25 +12,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "dinov"
 FIXTURE_NAMES = ("swint_4lvl", "swinl_5lvl")
 
+if str(ROOT / "tests" / "models" / "maskdino") not in sys.path:  # Mask DINO's test helpers (the same module)
+  sys.path.append(str(ROOT / "tests" / "models" / "maskdino"))
+import maskdino_fixtures  # noqa: E402
 
-@functools.lru_cache(maxsize=None)
+
 def fixture_script():
   """scripts/make_dinov_fixtures.py as a module (its `mdf` is scripts/make_maskdino_fixtures.py: fixture_weight,
   canonical_key, fixture_input, probe_weight)."""
-  spec = importlib.util.spec_from_file_location("make_dinov_fixtures", ROOT / "scripts" / "make_dinov_fixtures.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return maskdino_fixtures.script_module("make_dinov_fixtures")
 
 
-@functools.lru_cache(maxsize=None)
 def load_fixture(name: str) -> dict:
-  with np.load(FIXTURES / f"{name}.npz") as data:
-    return {k: data[k] for k in data.files}
+  return maskdino_fixtures.load_npz_fixture(FIXTURES, name)
 
 
 def fixture_config(name: str) -> dict:
-  return json.loads(str(load_fixture(name)["config"]))
+  return maskdino_fixtures.npz_fixture_config(FIXTURES, name)
 
 
 def model_config_for(spec: dict):

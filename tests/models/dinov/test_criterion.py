@@ -2,6 +2,7 @@
 gradients of the weighted sum w.r.t. the outputs, with the reference's random draws fed in; and the on-device NMS
 against a transcription of torchvision's."""
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,11 @@ from dinoseg.models.dinov.decoder import CLICKS, DN, GENERIC, PROMPTS, QUERIES, 
 from dinoseg.models.maskdino import denoising
 from dinoseg.models.query_groups import GroupPredictions
 from dinoseg.structures import PaddedInstances
+
+MASKDINO_TESTS = pathlib.Path(__file__).resolve().parents[1] / "maskdino"  # Mask DINO's test helpers
+if str(MASKDINO_TESTS) not in sys.path:
+  sys.path.append(str(MASKDINO_TESTS))
+import maskdino_fixtures  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "dinov"
 TOL = 1e-4
@@ -34,13 +40,7 @@ def _criterion(softmax=True, matcher="scipy_host"):
 
 
 def _draws(fx):
-  table = {tuple(k.split("/")[1:]): v for k, v in fx.items() if k.startswith("draws/")}
-
-  def draw(name, kind, shape):
-    value = table[(name, kind)]
-    assert value.shape == tuple(shape), (name, kind, value.shape, shape)
-    return jnp.asarray(value)
-  return draw
+  return maskdino_fixtures.fixture_draws(fx)
 
 
 def _rel(a, b):

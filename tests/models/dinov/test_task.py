@@ -60,6 +60,41 @@ def test_refer_targets_clicks_levels_and_content():
   assert set(np.asarray(s.refer.content_index)[1].tolist()) == {0}  # repeated when fewer instances than clicks
 
 
+def test_uniform_pixels_is_uniform_over_the_instance():
+  """Chi-square test of the click draw on small irregular masks (each pixel equally likely, nothing outside)."""
+  from scipy import stats
+  masks = np.zeros((2, 3, 7, 9), np.uint8)
+  masks[0, 0, 1:3, 2:7] = 1
+  masks[0, 0, 5, 0] = masks[0, 0, 6, 8] = 1  # isolated pixels, incl. the last one
+  masks[0, 1, 0, :] = 1  # a full first row
+  masks[1, 2, 3:6, 4] = 1
+  masks[1, 2, 0, 0] = 1  # the very first pixel
+  index = np.asarray([[0] * 40 + [1] * 10, [2] * 50])
+  draw = jax.jit(lambda key: sampling.uniform_pixels(key, jnp.asarray(masks), jnp.asarray(index)))
+  pixels = np.concatenate([np.asarray(draw(jax.random.key(i))) for i in range(200)], 1)  # (2, 10000)
+  for b, inst, cols in ((0, 0, slice(0, 40)), (0, 1, slice(40, 50)), (1, 2, slice(0, 50))):
+    flat = masks[b, inst].reshape(-1).astype(bool)
+    got = pixels[b][np.concatenate([np.arange(50)[cols] + 50 * k for k in range(200)])]
+    assert flat[got].all()  # always inside
+    counts = np.bincount(got, minlength=flat.size)[flat]
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
+  empty = sampling.uniform_pixels(jax.random.key(0), jnp.zeros((1, 1, 4, 4)), jnp.zeros((1, 3), jnp.int32))
+  assert np.asarray(empty).tolist() == [[0, 0, 0]]
+
+
+def test_refer_targets_allocate_no_per_click_image():
+  """The compiled click sampling holds less temporary memory than one (B, C, H, W) byte array (the former
+  sampler drew a (B, C, H, W) float32 uniform array: 4x that and more)."""
+  b, n, h, w, c = 1, 8, 256, 256, 50
+  f = jax.jit(lambda key, m, v, hw: sampling.refer_targets(key, m, v, hw, num_clicks=c, num_tokens=6, num_content=8))
+  compiled = f.lower(jax.random.key(0), jax.ShapeDtypeStruct((b, n, h, w), jnp.uint8),
+                     jax.ShapeDtypeStruct((b, n), jnp.bool_), jax.ShapeDtypeStruct((b, 2), jnp.int32)).compile()
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    pytest.skip("this backend reports no memory analysis")
+  assert analysis.temp_size_in_bytes < b * c * h * w, analysis.temp_size_in_bytes
+
+
 def test_mixed_iterator_state_round_trip():
   from dinoseg.models.dinov.task import MixedIterator  # noqa: PLC0415
 

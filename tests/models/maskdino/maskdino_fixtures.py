@@ -17,22 +17,37 @@ FIXTURE_NAMES = ("r50_4lvl", "swin_5lvl", "ade_3lvl", "r50_dn100")
 
 
 @functools.lru_cache(maxsize=None)
-def fixture_script():
-  """scripts/make_maskdino_fixtures.py as a module (for fixture_weight / fixture_input / probe_weight)."""
-  spec = importlib.util.spec_from_file_location("make_maskdino_fixtures", ROOT / "scripts" / "make_maskdino_fixtures.py")
+def script_module(name: str):
+  """scripts/<name>.py as a module (the fixture scripts: their deterministic weights, inputs and probes)."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
 @functools.lru_cache(maxsize=None)
-def load_fixture(name: str) -> dict:
-  with np.load(FIXTURES / f"{name}.npz") as data:
+def load_npz_fixture(directory: pathlib.Path, name: str) -> dict:
+  """The arrays of `<directory>/<name>.npz` (read once)."""
+  with np.load(pathlib.Path(directory) / f"{name}.npz") as data:
     return {k: data[k] for k in data.files}
 
 
+def npz_fixture_config(directory: pathlib.Path, name: str) -> dict:
+  """The JSON `config` entry of `<directory>/<name>.npz` (the fixture script's settings)."""
+  return json.loads(str(load_npz_fixture(directory, name)["config"]))
+
+
+def fixture_script():
+  """scripts/make_maskdino_fixtures.py as a module (for fixture_weight / fixture_input / probe_weight)."""
+  return script_module("make_maskdino_fixtures")
+
+
+def load_fixture(name: str) -> dict:
+  return load_npz_fixture(FIXTURES, name)
+
+
 def fixture_config(name: str) -> dict:
-  return json.loads(str(load_fixture(name)["config"]))
+  return npz_fixture_config(FIXTURES, name)
 
 
 def model_config_for(spec: dict) -> ml_collections.ConfigDict:
@@ -82,3 +97,16 @@ def fixture_head_variables(name: str):
            for k, shape in keys if k != "criterion.empty_weight"}
   state["criterion.empty_weight"] = np.ones(spec["num_classes"] + 1, np.float32)
   return convert.to_flax(state, model_config_for(spec), head_only=True)
+
+
+def fixture_draws(fx: dict):
+  """The criterion's `draws(name, kind, shape)` hook reading a fixture's recorded reference randomness
+  (`draws/<name>/<kind>` arrays; the requested shape must match)."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  table = {tuple(k.split("/")[1:]): v for k, v in fx.items() if k.startswith("draws/")}
+
+  def draw(name, kind, shape):
+    value = table[(name, kind)]
+    assert value.shape == tuple(shape), (name, kind, value.shape, shape)
+    return jnp.asarray(value)
+  return draw
