@@ -39,6 +39,7 @@ def _train(workdir, *flags, code: str = "") -> subprocess.CompletedProcess:
   return proc
 
 
+@pytest.mark.slow  # long: with `pytest -m slow`, keeping the default run under 20 minutes
 def test_a_rerun_reads_the_train_step_from_the_compile_cache(tmp_path):
   cache = tmp_path / "cache"
   first = _train(tmp_path / "a", f"--compile-cache={cache}")

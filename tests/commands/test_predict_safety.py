@@ -51,6 +51,7 @@ def test_an_output_onto_an_input_is_refused_before_anything_is_written(weights, 
   assert {p.name: p.read_bytes() for p in images.iterdir()} == before
 
 
+@pytest.mark.slow  # long: with `pytest -m slow`, keeping the default run under 20 minutes
 def test_names_never_collide_an_extreme_image_predicts_and_counts_are_shown(weights, tmp_path, capsys):
   images = tmp_path / "imgs"
   before = _images(images, {"x.png": (32, 48), "x.jpg": (32, 48), "z_thin.png": (4, 3000)})

@@ -89,6 +89,7 @@ def test_softmax_ce_with_class_weight(torch, rng):
   assert_close(grad, t.grad.numpy())
 
 
+@pytest.mark.slow  # long: with `pytest -m slow`, keeping the default run under 20 minutes
 def test_validity_mask_equals_dropping_padded_rows(rng):
   logits = rng.standard_normal((10, 20)).astype(np.float32)
   targets = (rng.random((10, 20)) > 0.5).astype(np.float32)

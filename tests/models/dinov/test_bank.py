@@ -140,6 +140,7 @@ def tiny_model():
   return config, model, variables
 
 
+@pytest.mark.slow  # long: with `pytest -m slow`, keeping the default run under 20 minutes
 def test_encoder_matches_model_and_chunks(tiny_model, tmp_path):
   config, model, variables = tiny_model
   rng = np.random.default_rng(2)

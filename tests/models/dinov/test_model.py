@@ -153,6 +153,7 @@ def test_refer_click_budget_matches_reference():
   np.testing.assert_array_equal(out.groups[CLICKS].valid, np.repeat(valid, t, axis=1))
 
 
+@pytest.mark.slow  # long: with `pytest -m slow`, keeping the default run under 20 minutes
 def test_init_creates_every_parameter_and_entry_points():
   """Whichever task initializes the model, every checkpoint tensor exists; the model runs both tasks from images
   with prompts given as masks, and `prompt_embeddings` gives the prompt encoder's output."""

@@ -68,6 +68,7 @@ def _setup(two_stage=True):
   return config, model, variables, images, targets, noise
 
 
+@pytest.mark.slow  # long: with `pytest -m slow`, keeping the default run under 20 minutes
 def test_a_dummy_group_leaves_mask_dino_bit_identical():
   """A third group whose queries see nothing and are seen by nothing: the DN, matching and interm
   predictions and the losses are bit-identical to Mask DINO's two groups alone (the dummy fits in the
