@@ -292,24 +292,10 @@ def _run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> 
     return _stopped(stop.signal_received, "after the data phase")
 
   # -- train
-  from dinoseg.train import checkpointing, trainer  # noqa: PLC0415
-  t = time.perf_counter()
-  config.train.eval_at_end = False  # evaluated below, timed as its own phase
-  _say(f"[quickstart] train: {config.train.num_steps} steps in {workdir / 'train'} "
-       f"({jax.device_count()} {jax.devices()[0].platform} device(s); the first step compiles)")
-  try:
-    result = trainer.train(config, workdir / "train")
-  except (trainer.TrainingDivergedError, checkpointing.CheckpointRestoreError) as e:
-    logger.error("dinoseg quickstart: %s (start over with --fresh)", e)
-    return 1
-  if result.stop_signal is not None:
-    saved = workdir / "train" / "checkpoints" / str(result.step)
-    return _stopped(result.stop_signal, f"during training at step {result.step} (" + (
-        f"checkpoint {saved} saved" if saved.is_dir() else "no step trained: nothing new to save") + ")")
-  seconds["train"] = time.perf_counter() - t
-  rows = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
-  last = json.loads(rows[-1]) if rows else {}
-  notes["train"] = f"{result.step} steps" + (f", final loss {last['loss']:.2f}" if last.get("loss") is not None else "")
+  from dinoseg.train import trainer  # noqa: PLC0415
+  result, code = train_phase(config, workdir, seconds, notes)
+  if result is None:
+    return code
 
   # -- eval
   t = time.perf_counter()
@@ -358,6 +344,33 @@ def _run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> 
   print("\n".join(report_lines(report)))
   return 0
 
+
+
+def train_phase(config, workdir: pathlib.Path, seconds: dict, notes: dict):
+  """The quickstart's training phase through the shared trainer in `workdir/train` (evaluation off: the
+  quickstart evaluates and times it itself); fills seconds["train"] / notes["train"]. Returns (result, None),
+  or (None, exit status) when training diverged, could not resume, or was stopped by a signal (after saving)."""
+  import jax  # noqa: PLC0415
+  from dinoseg.train import checkpointing, trainer  # noqa: PLC0415
+  t = time.perf_counter()
+  config.train.eval_at_end = False  # evaluated by the caller, timed as its own phase
+  config.train.eval_every_steps = 0
+  _say(f"[quickstart] train: {config.train.num_steps} steps in {workdir / 'train'} "
+       f"({jax.device_count()} {jax.devices()[0].platform} device(s); the first step compiles)")
+  try:
+    result = trainer.train(config, workdir / "train")
+  except (trainer.TrainingDivergedError, checkpointing.CheckpointRestoreError) as e:
+    logger.error("dinoseg quickstart: %s (start over with --fresh)", e)
+    return None, 1
+  if result.stop_signal is not None:
+    saved = workdir / "train" / "checkpoints" / str(result.step)
+    return None, _stopped(result.stop_signal, f"during training at step {result.step} (" + (
+        f"checkpoint {saved} saved" if saved.is_dir() else "no step trained: nothing new to save") + ")")
+  seconds["train"] = time.perf_counter() - t
+  rows = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
+  last = json.loads(rows[-1]) if rows else {}
+  notes["train"] = f"{result.step} steps" + (f", final loss {last['loss']:.2f}" if last.get("loss") is not None else "")
+  return result, None
 
 def _cpu_count() -> int:
   import os  # noqa: PLC0415

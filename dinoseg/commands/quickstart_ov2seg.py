@@ -260,25 +260,9 @@ def run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> i
     return qs._stopped(stop.signal_received, "after the data phase")  # noqa: SLF001
 
   # -- train
-  from dinoseg.train import checkpointing, trainer  # noqa: PLC0415
-  t = time.perf_counter()
-  config.train.eval_at_end = False  # evaluated below, timed as its own phase
-  config.train.eval_every_steps = 0
-  _say(f"[quickstart] train: {config.train.num_steps} steps in {workdir / 'train'} "
-       f"({jax.device_count()} {jax.devices()[0].platform} device(s); the first step compiles)")
-  try:
-    result = trainer.train(config, workdir / "train")
-  except (trainer.TrainingDivergedError, checkpointing.CheckpointRestoreError) as e:
-    logger.error("dinoseg quickstart: %s (start over with --fresh)", e)
-    return 1
-  if result.stop_signal is not None:
-    saved = workdir / "train" / "checkpoints" / str(result.step)
-    return qs._stopped(result.stop_signal, f"during training at step {result.step} (" + (  # noqa: SLF001
-        f"checkpoint {saved} saved" if saved.is_dir() else "no step trained: nothing new to save") + ")")
-  seconds["train"] = time.perf_counter() - t
-  rows = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
-  last = json.loads(rows[-1]) if rows else {}
-  notes["train"] = f"{result.step} steps" + (f", final loss {last['loss']:.2f}" if last.get("loss") is not None else "")
+  result, code = qs.train_phase(config, workdir, seconds, notes)
+  if result is None:
+    return code
 
   # -- eval
   from dinoseg.models.ov2seg import evaluate as ov2seg_eval  # noqa: PLC0415
