@@ -7,8 +7,8 @@ exports PyTorch weights (reference key names) and writes overlay PNGs; nothing i
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart
   dinoseg quickstart --workdir=/tmp/dinoseg_quickstart --config.train.num_steps=300   # shorter
 
-1000 steps of batch 8 at 128 x 128, learning rate 8e-4: mask AP 59.7 on the 64 validation images in 10:03 on 2
-idle CPU cores (docs/maskdino.md has the run and the tuning runs).
+900 steps of batch 8 at 128 x 128, learning rate 8e-4: mask AP 56.4 on the 64 validation images in 8:34 and 8:14
+(two runs) on 2 idle CPU cores (docs/maskdino.md has the runs and the tuning runs).
 
 The model keeps the structure of configs/maskdino/coco_instance_r50_3s_d1_2048.py (res3-res5 + one
 downsampled level, low2high, two-stage queries, mask2box box init, denoising, deep supervision) at

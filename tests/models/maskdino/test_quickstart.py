@@ -166,7 +166,7 @@ def test_pth_writer_roundtrip(tmp_path, torch):
 @pytest.mark.slow
 def test_default_quickstart_reaches_the_mask_ap_target(tmp_path):
   """The README's main job with its default config: mask AP >= 50 on the synthetic validation split.
-  (~10 minutes on 2 idle cores; XLA's default optimization, as a user's run has. Wall time is reported
+  (~8.5 minutes on 2 idle cores; XLA's default optimization, as a user's run has. Wall time is reported
   in docs/maskdino.md, not asserted: it depends on the machine's load.)"""
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
