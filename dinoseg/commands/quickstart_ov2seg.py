@@ -190,6 +190,15 @@ def track_identity(ground_truth: dict, results: list[dict], iou_threshold: float
           "frame_fraction": 100.0 * float(np.mean(fractions)) if n else float("nan")}
 
 
+def overlay_videos(ground_truth: dict, frames_root: pathlib.Path, base_ids: set, count: int) -> list[pathlib.Path]:
+  """The first `count` val videos (name order) that show at least one base-class object, then the others: a video
+  of novel shapes only has nothing the model was trained to name, so its overlay would show nothing learned."""
+  with_base = {pathlib.PurePosixPath(v["file_names"][0]).parts[0] for v in ground_truth["videos"]
+               if any(a["video_id"] == v["id"] and a["category_id"] in base_ids for a in ground_truth["annotations"])}
+  videos = sorted(p for p in frames_root.iterdir() if p.is_dir())
+  return sorted(videos, key=lambda p: p.name not in with_base)[:count]
+
+
 def write_overlays(config, variables, class_embeddings: np.ndarray, names, videos, out_dir: pathlib.Path,
                    vocabulary_file: pathlib.Path) -> list:
   """The video predictor (`dinoseg predict`'s) on frames directories `videos`: per-frame PNGs and a GIF each,
@@ -299,7 +308,7 @@ def run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> i
   # -- overlays
   t = time.perf_counter()
   frames_root = raw / "val" / "JPEGImages"
-  videos = sorted(p for p in frames_root.iterdir() if p.is_dir())[:int(config.quickstart.num_overlays)]
+  videos = overlay_videos(ground_truth, frames_root, set(data["base_ids"]), int(config.quickstart.num_overlays))
   _say(f"[quickstart] overlays: predictor on {len(videos)} val videos -> {workdir / 'overlays'}")
   names = [categories.get(i, str(i)) for i in dataset.category_ids]
   gifs = write_overlays(config, variables, embeddings, names, videos, workdir / "overlays",

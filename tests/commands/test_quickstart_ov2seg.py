@@ -84,6 +84,20 @@ def _rle(mask):
   return rle_encode(np.asarray(mask, np.uint8))
 
 
+def test_overlay_videos_prefer_videos_with_a_base_object(tmp_path):
+  for name in ("00001", "00002", "00003", "00004"):
+    (tmp_path / name).mkdir()
+  videos = [{"id": i + 1, "file_names": [f"{name}/00000.jpg"]} for i, name in enumerate(("00001", "00002", "00003", "00004"))]
+  # 00001 and 00003 hold novel shapes only (category 5); 00002 and 00004 a base one (category 1).
+  annotations = [{"video_id": 1, "category_id": 5}, {"video_id": 2, "category_id": 5}, {"video_id": 2, "category_id": 1},
+                 {"video_id": 3, "category_id": 5}, {"video_id": 4, "category_id": 1}]
+  truth = {"videos": videos, "annotations": annotations}
+  names = lambda paths: [p.name for p in paths]  # noqa: E731
+  assert names(quickstart_ov2seg.overlay_videos(truth, tmp_path, {1}, 3)) == ["00002", "00004", "00001"]
+  assert names(quickstart_ov2seg.overlay_videos(truth, tmp_path, {1}, 1)) == ["00002"]
+  assert names(quickstart_ov2seg.overlay_videos(truth, tmp_path, set(), 2)) == ["00001", "00002"]
+
+
 def test_track_identity_counts_switches_fragments_and_misses():
   h, w = 8, 8
   a = np.zeros((h, w), bool)
