@@ -123,7 +123,13 @@ def load_dinoseg_config(args, overrides):
   from dinoseg.config import load_config  # noqa: PLC0415
   extra = [f"data.image_size=({args.size}, {args.size})", f"data.eval_image_size=({args.size}, {args.size})",
            f"test.eval_output_hw=({args.size}, {args.size})", f"data.batch_size={args.batch}", "train.progress=false"]
-  return load_config(args.config, extra + list(overrides))
+  config = load_config(args.config, extra + list(overrides))
+  # The whole batch runs in one process, like the reference's one process: its denoising groups are formed over
+  # the batch (the released configs say 4 images per GPU, which a batch of 1 or 2 cannot divide).
+  if not any(o.startswith("model.decoder.dn_group_images=") for o in overrides) and "decoder" in config.model:
+    if config.model.decoder.get("dn_group_images") and args.batch % int(config.model.decoder.dn_group_images):
+      config.model.decoder.dn_group_images = args.batch
+  return config
 
 
 # ----------------------------------------------------------------------------- reference side

@@ -8,15 +8,14 @@ config, as scripts/bench_maskdino.py builds it: random weights, 8 ground-truth o
 
 - `memory_analysis()`: argument, output, alias (donated) and temporary bytes of the compiled step;
 - the largest values that live in the step's temporary allocation (shape, size, the JAX operation they
-  come from), and the same sizes summed by JAX scope. Values of the temporary allocation share offsets
-  when their lifetimes do not overlap, so the per-scope sums overcount the peak; they show which parts
-  of the model produce the big buffers, and the temporary total is the figure to compare.
+  come from);
+- the top of XLA's memory-usage report: the allocation's offset ranges, largest first, each with the
+  values that share it over time (what the temporary total is made of).
 
 Compilation only, so the figures do not depend on the machine's load. Compare configurations with
 `--config.` overrides (e.g. `--config.model.remat=...`).
 """
 import argparse
-import collections
 import os
 import pathlib
 import re
@@ -36,9 +35,7 @@ def temp_values(buffer_assignment: str) -> list[tuple[str, int, str]]:
   for line in buffer_assignment.splitlines():
     m = ALLOCATION.match(line)
     if m:
-      in_temp = "preallocated-temp" in m.group(2) or ("parameter" not in m.group(2)
-                                                      and "maybe-live-out" not in m.group(2)
-                                                      and "constant" not in m.group(2))
+      in_temp = "preallocated-temp" in m.group(2)
       continue
     m = VALUE.match(line)
     if m and in_temp:
@@ -54,14 +51,15 @@ def main() -> None:
   parser.add_argument("--num-gt", type=int, default=8)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--top", type=int, default=30)
+  parser.add_argument("--dump-dir", default=None, help="where XLA's dump goes (default: a new temporary directory)")
   args, rest = parser.parse_known_args()
   overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
   unknown = [a for a in rest if not a.startswith("--config.")]
   if unknown:
     parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-  dump = tempfile.mkdtemp(prefix="maskdino_memory_")
+  dump = args.dump_dir or tempfile.mkdtemp(prefix="maskdino_memory_")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}"
-                             " --xla_dump_hlo_module_re=.*train_step.*").strip()
+                             " --xla_dump_hlo_module_re=jit_step").strip()
   sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
   import absl.flags  # noqa: PLC0415  (grain reads absl flags)
   if not absl.flags.FLAGS.is_parsed():
@@ -91,7 +89,7 @@ def main() -> None:
         f"alias {ma.alias_size_in_bytes / gib:.2f} GiB, temp {ma.temp_size_in_bytes / gib:.2f} GiB; "
         f"argument + output - alias + temp = "
         f"{(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes) / gib:.2f} GiB")
-  files = sorted(pathlib.Path(dump).glob("*train_step*buffer-assignment.txt"), key=lambda p: p.stat().st_size)
+  files = sorted(pathlib.Path(dump).glob("*jit_step*buffer-assignment.txt"), key=lambda p: p.stat().st_size)
   if not files:
     print(f"no buffer-assignment dump under {dump}")
     return
@@ -101,15 +99,11 @@ def main() -> None:
   print("| bytes MiB | shape | from |\n|---|---|---|")
   for name, size, shape in sorted(values, key=lambda v: -v[1])[:args.top]:
     print(f"| {size / 2 ** 20:.1f} | {shape[:60]} | {source.get(name, name)[-100:]} |")
-  scopes = collections.Counter()
-  for name, size, _ in values:
-    src = source.get(name, "(no metadata)")
-    direction = "bwd" if "transpose(" in src else "fwd"
-    scope = "/".join(p for p in src.split("/")[:-1] if not p.startswith(("jit(", "jvp(", "transpose(")))
-    scopes[f"{direction} {scope}"] += size
-  print("\n| MiB (values summed, lifetimes ignored) | pass / scope |\n|---|---|")
-  for key, size in scopes.most_common(args.top):
-    print(f"| {size / 2 ** 20:.1f} | {key[-130:]} |")
+  report = sorted(pathlib.Path(dump).glob("*jit_step*memory-usage-report.txt"))
+  if report:
+    print(f"\nXLA's memory-usage report (offset ranges of the allocation, each with the values that share it; "
+          f"{report[-1]}), its first {args.top} rows:\n")
+    print("\n".join(report[-1].read_text().splitlines()[:args.top + 4]))
 
 
 if __name__ == "__main__":
