@@ -7,13 +7,15 @@ import importlib
 
 from dinoseg.errors import UserValueError
 
-HELP = "run a local browser demo (segnext: interactive segmentation with clicks, boxes and scribbles)"
-DESCRIPTION = ("Runs a local browser demo, served on 127.0.0.1 only. `dinoseg demo segnext --help` lists the "
-               "options of the SegNext demo.")
+HELP = ("run a local browser demo (segnext: interactive segmentation with clicks, boxes and scribbles; "
+        "dinov: paint example masks, see every similar object segmented)")
+DESCRIPTION = ("Runs a local browser demo, served on 127.0.0.1 only. `dinoseg demo segnext --help` (or "
+               "`dinov --help`) lists the options of a demo.")
 
 # name -> module implementing the demo.
 DEMOS: dict[str, str] = {
     "segnext": "dinoseg.demo.segnext.launch",
+    "dinov": "dinoseg.demo.dinov.launch",
 }
 
 

@@ -19,42 +19,17 @@ API (JSON unless noted):
 Only one image session is kept per server (the last opened image); model calls are serialized.
 The server binds 127.0.0.1 only: it is a local tool, not a service.
 """
-import base64
-import errno
-import http.server
-import io
 import json
 import pathlib
 import threading
 import time
 import uuid
-from typing import Any
 
 import numpy as np
 
+from dinoseg.demo.common import HOST, MAX_BODY, DemoHandler, bind_server, decode_image, encode_mask_png  # noqa: F401
+
 STATIC = pathlib.Path(__file__).resolve().parent / "static"
-MAX_BODY = 64 * 1024 * 1024
-HOST = "127.0.0.1"
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8"}
-
-
-def encode_mask_png(mask: np.ndarray) -> str:
-  """(H, W) bool -> base64 PNG (8-bit gray, 255 = object)."""
-  from PIL import Image  # noqa: PLC0415
-  buf = io.BytesIO()
-  Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
-  return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def decode_image(data: bytes) -> np.ndarray:
-  """PNG/JPEG/... bytes -> (H, W, 3) uint8 RGB (ValueError if unreadable)."""
-  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      return np.asarray(im.convert("RGB"), np.uint8)
-  except (UnidentifiedImageError, OSError) as e:
-    raise ValueError(f"the uploaded file is not a readable image: {e}") from e
 
 
 class DemoSession:
@@ -156,48 +131,28 @@ class DemoApp:
 
 
 def make_handler(app: DemoApp):
-  class Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "dinoseg-demo"
-
-    def log_message(self, fmt, *args):  # quiet by default
-      pass
-
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
-      self.send_response(code)
-      self.send_header("Content-Type", content_type)
-      self.send_header("Content-Length", str(len(body)))
-      self.send_header("Cache-Control", "no-store")
-      self.end_headers()
-      self.wfile.write(body)
-
-    def _json(self, code: int, obj: Any) -> None:
-      self._send(code, json.dumps(obj).encode(), "application/json")
+  class Handler(DemoHandler):
+    static_dir = STATIC
 
     def do_GET(self):  # noqa: N802
       path = self.path.split("?", 1)[0]
       if path == "/api/info":
-        return self._json(200, app.info())
-      name = "index.html" if path in ("/", "/index.html") else path[len("/static/"):] if path.startswith(
-          "/static/") else None
-      target = (STATIC / name).resolve() if name else None
-      if target is None or target.parent != STATIC or not target.is_file() or target.suffix not in _TYPES:
-        return self._json(404, {"error": f"not found: {path}"})
-      return self._send(200, target.read_bytes(), _TYPES[target.suffix])
+        return self.send_json(200, app.info())
+      return self.serve_static(path)
 
     def do_POST(self):  # noqa: N802
-      length = int(self.headers.get("Content-Length") or 0)
-      if length > MAX_BODY:
-        return self._json(413, {"error": f"request body larger than {MAX_BODY} bytes"})
-      body = self.rfile.read(length)
+      body = self.read_body()
+      if body is None:
+        return None
       routes = {"/api/interact": app.interact, "/api/undo": app.undo, "/api/reset": app.reset}
       try:
         if self.path == "/api/image":
-          return self._json(200, app.open_image(body))
+          return self.send_json(200, app.open_image(body))
         if self.path in routes:
-          return self._json(200, routes[self.path](json.loads(body or b"{}")))
-        return self._json(404, {"error": f"not found: {self.path}"})
+          return self.send_json(200, routes[self.path](json.loads(body or b"{}")))
+        return self.send_json(404, {"error": f"not found: {self.path}"})
       except (ValueError, KeyError, TypeError) as e:
-        return self._json(400, {"error": str(e)})
+        return self.send_json(400, {"error": str(e)})
 
   return Handler
 
@@ -209,13 +164,7 @@ def make_server(predictor, *, port: int = 0, model_name: str = "segnext", random
   Raises:
     UserError: the port cannot be bound (in use by another program, or privileged).
   """
-  from dinoseg.errors import UserError  # noqa: PLC0415
   app = DemoApp(predictor, model_name, random_init)
-  try:
-    server = http.server.ThreadingHTTPServer((HOST, port), make_handler(app))
-  except OSError as e:
-    reason = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror or e})"
-    raise UserError(f"port {port} on {HOST} {reason}; pick another with --port (0 takes any free port)") from None
-  server.daemon_threads = True
+  server = bind_server(make_handler(app), port)
   server.app = app
   return server

@@ -24,7 +24,13 @@ per padded input shape, output-size bucket (multiples of 64) and category count.
 
 `dinoseg.load`, `dinoseg predict` and `dinoseg dinov` read the weights through the trainer task "dinov"
 (`Task.variables_from_weights`; `load_variables`).
+
+Interactive use (the browser demo, `dinoseg demo dinov`): `image_features(image)` runs the backbone and the pixel
+decoder once per image and `predict_features(features)` the decoder and post-processing with the current
+prompts, which together give `predict`'s result; `set_prompts(names, prompts)` sets class prompts from
+embeddings (e.g. the means of `encoder.encode` outputs).
 """
+import dataclasses
 import logging
 import os
 from typing import Any, Mapping
@@ -164,66 +170,104 @@ class DINOvPredictor(MaskDINOPredictor):
   def _run(self, padded_hw, canvas_hw):
     """The jitted model + post-processing for a padded input shape, an output bucket and K prompts."""
     import jax  # noqa: PLC0415
-
-    from dinoseg.models.dinov.evaluate import masked_logits  # noqa: PLC0415
-    from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
     k = len(self.class_names)
     key = (padded_hw, canvas_hw, k)
     if key not in self._fns:
-      t = self.test
-      things = tuple(range(k))
+      model, test = self.model, self.test
 
       def run(variables, images, valid_hw, output_hw, prompts, prompt_valid):
-        out = self.model.apply(variables, images, valid_hw, prompts=prompts, prompt_valid=prompt_valid)
-        logits = masked_logits(out.logits[-1], prompt_valid)
-        boxes, masks = out.boxes[-1], out.masks[-1]
-        r = pp.instance_inference(logits, boxes, masks, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=output_hw,
-                                  canvas_hw=canvas_hw, top_k=min(int(t.detections_per_image),
-                                                                 logits.shape[1] * logits.shape[2]))
-        res = {"instances": r.replace(valid=r.valid & (r.scores > 0))}
-        if t.panoptic_on:
-          res["panoptic"] = pp.panoptic_inference(
-              logits, masks, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=output_hw, canvas_hw=canvas_hw,
-              thing_classes=things, object_mask_threshold=t.object_mask_threshold,
-              overlap_threshold=t.overlap_threshold, transform_eval=t.transform_eval, temperature=t.pano_temperature)
-        return res
+        out = model.apply(variables, images, valid_hw, prompts=prompts, prompt_valid=prompt_valid)
+        return _postprocess(out, prompt_valid, test, k, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=output_hw,
+                            canvas_hw=canvas_hw, panoptic=bool(test.panoptic_on))
       self._fns[key] = jax.jit(run)
     return self._fns[key]
+
+  def _model_input(self, image):
+    """image (a path, a PIL image or (H, W, 3) uint8) -> (H, W, the resized image padded to multiples of 32
+    (1, Hp, Wp, 3) float32, valid_hw (1, 2) int32: the resized size), as the test-time input of the model."""
+    from PIL import Image  # noqa: PLC0415
+
+    from dinoseg.predict import resize_shortest_edge  # noqa: PLC0415
+    from dinoseg.structures import pad_image  # noqa: PLC0415
+    image = as_image(image)
+    h, w = image.shape[:2]
+    nh, nw = resize_shortest_edge(h, w, int(self.test.min_size), int(self.test.max_size))
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), np.float32)
+    return h, w, pad_image(resized, (_round_up(nh, 32), _round_up(nw, 32)))[None], np.asarray([[nh, nw]], np.int32)
 
   def predict(self, image, examples: Any = None, score_threshold: float | None = None) -> Segmentation:
     """Instances of `image` (a path, a PIL image or (H, W, 3) uint8) resembling the examples (given here or
     before): masks (N, H, W), scores, labels / names (the example categories), boxes xyxy; plus `panoptic` /
     `segments` when `test.panoptic_on`."""
-    from PIL import Image  # noqa: PLC0415
-
-    from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
-    from dinoseg.predict import resize_shortest_edge  # noqa: PLC0415
-    from dinoseg.structures import pad_image  # noqa: PLC0415
     if examples is not None:
       self.set_examples(examples)
     if self.prompts is None:
       raise UserValueError("DINOv needs examples: predict(image, examples=...) or --examples=DIR (images with "
                            "<image file name>__<category>.png masks, a COCO JSON or a prompt bank)")
-    image = as_image(image)
-    h, w = image.shape[:2]
-    nh, nw = resize_shortest_edge(h, w, int(self.test.min_size), int(self.test.max_size))
-    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), np.float32)
-    padded_hw = (_round_up(nh, 32), _round_up(nw, 32))
-    canvas_hw = (_round_up(h, 64), _round_up(w, 64))
-    res = self._run(padded_hw, canvas_hw)(self.variables, pad_image(resized, padded_hw)[None],
-                                          np.asarray([[nh, nw]], np.int32), np.asarray([[h, w]], np.int32),
+    h, w, padded, valid_hw = self._model_input(image)
+    padded_hw, canvas_hw = tuple(padded.shape[1:3]), (_round_up(h, 64), _round_up(w, 64))
+    res = self._run(padded_hw, canvas_hw)(self.variables, padded, valid_hw, np.asarray([[h, w]], np.int32),
                                           self.prompts[None], self.prompt_valid[None])
-    extras: dict[str, Any] = {}
-    if "panoptic" in res:
-      extras["panoptic"] = np.asarray(res["panoptic"].segmentation[0])[:h, :w].astype(np.int32)
-      extras["segments"] = tuple(pp.panoptic_segments_info(res["panoptic"], 0))
-    r = res["instances"]
-    keep = np.asarray(r.valid[0])
-    labels = np.asarray(r.labels[0])[keep].astype(np.int32)
-    result = Segmentation(masks=np.asarray(r.masks[0])[keep][:, :h, :w].astype(bool),
-                          scores=np.asarray(r.scores[0])[keep].astype(np.float32), labels=labels,
-                          names=tuple(self.class_names[i] for i in labels), class_names=self.class_names,
-                          boxes=np.asarray(r.boxes[0])[keep].astype(np.float32), **extras)
+    result = _segmentation(res, h, w, self.class_names)
+    return result if score_threshold is None else result.select(result.scores >= score_threshold)
+
+  # -- interactive use (the browser demo, dinoseg/demo/dinov): an image's features are computed once, the
+  # decoder runs again for every new set of prompts. `image_features` + `predict_features` give what
+  # `predict` gives (the same model and post-processing, split at the pixel decoder's output).
+  def set_prompts(self, names, prompts: np.ndarray) -> None:
+    """Sets the K class prompts directly: names (K,) str, prompts (K, d) float (e.g. the means of
+    `self.encoder.encode` embeddings per category, as `set_examples` makes them); category ids 1..K."""
+    names = tuple(str(n) for n in names)
+    prompts = np.asarray(prompts, np.float32)
+    if not names or prompts.shape != (len(names), self.encoder.dim) or not np.isfinite(prompts).all():
+      raise UserValueError(f"prompts must be ({len(names)}, {self.encoder.dim}) finite floats for {len(names)} "
+                           f"name(s) (at least one), got {prompts.shape}")
+    self.class_names = names
+    self.category_ids = list(range(1, len(names) + 1))
+    self.prompts, self.prompt_valid = prompts, np.ones(len(names), bool)
+    self.missing = ()
+
+  def image_features(self, image) -> "ImageFeatures":
+    """The test-time input of `image` (a path, a PIL image or (H, W, 3) uint8; resized and padded as `predict`
+    does) through the backbone and the pixel decoder, kept on the device (`ImageFeatures`)."""
+    import jax  # noqa: PLC0415
+    h, w, padded, valid_hw = self._model_input(image)
+    padded_hw = tuple(padded.shape[1:3])
+    if "features" not in self._fns:
+      model = self.model
+      self._fns["features"] = jax.jit(
+          lambda variables, images, valid_hw: model.apply(variables, images, valid_hw, method=model.features))
+    mask_features, multi_scale = self._fns["features"](self.variables, padded, valid_hw)
+    return ImageFeatures(image_hw=(h, w), padded_hw=padded_hw, canvas_hw=(_round_up(h, 64), _round_up(w, 64)),
+                         valid_hw=valid_hw, mask_features=mask_features, multi_scale=tuple(multi_scale))
+
+  def _decode_features(self, padded_hw, canvas_hw, panoptic: bool):
+    """The jitted decoder + post-processing (as `_run`, from the pixel decoder's output) for K prompts."""
+    import jax  # noqa: PLC0415
+    key = ("decode", padded_hw, canvas_hw, len(self.class_names), panoptic)
+    if key not in self._fns:
+      model, test, k = self.model, self.test, len(self.class_names)
+
+      def run(variables, multi_scale, mask_features, valid_hw, output_hw, prompts, prompt_valid):
+        out = model.apply(variables, multi_scale, mask_features, prompts, prompt_valid, method=_decode_prompts)
+        return _postprocess(out, prompt_valid, test, k, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=output_hw,
+                            canvas_hw=canvas_hw, panoptic=panoptic)
+      self._fns[key] = jax.jit(run)
+    return self._fns[key]
+
+  def predict_features(self, features: "ImageFeatures", score_threshold: float | None = None,
+                       panoptic: bool | None = None) -> Segmentation:
+    """`predict` of the image behind `features` (`image_features`) with the current prompts (`set_examples`,
+    `set_prompts`): only the decoder and the post-processing run. `panoptic` (default `test.panoptic_on`):
+    whether to add the panoptic segments."""
+    if self.prompts is None:
+      raise UserValueError("DINOv needs examples: set_examples(...) or set_prompts(...) before predict_features")
+    panoptic = bool(self.test.panoptic_on if panoptic is None else panoptic)
+    h, w = features.image_hw
+    res = self._decode_features(features.padded_hw, features.canvas_hw, panoptic)(
+        self.variables, features.multi_scale, features.mask_features, features.valid_hw,
+        np.asarray([[h, w]], np.int32), self.prompts[None], self.prompt_valid[None])
+    result = _segmentation(res, h, w, self.class_names)
     return result if score_threshold is None else result.select(result.scores >= score_threshold)
 
 
@@ -231,4 +275,62 @@ def _round_up(x: int, m: int) -> int:
   return -(-int(x) // m) * m
 
 
-__all__ = ["DINOvPredictor", "load_variables"]
+@dataclasses.dataclass(frozen=True)
+class ImageFeatures:
+  """One image's pixel-decoder output for `DINOvPredictor.predict_features`.
+
+  Attributes:
+    image_hw: (H, W) of the image; padded_hw: the model's input canvas (multiples of 32); canvas_hw: the
+      output bucket (multiples of 64); valid_hw: (1, 2) int32 size of the resized image in the canvas;
+    mask_features: (1, Hp/4, Wp/4, mask_dim); multi_scale: the encoder levels, each (1, h_l, w_l, d).
+  """
+  image_hw: tuple[int, int]
+  padded_hw: tuple[int, int]
+  canvas_hw: tuple[int, int]
+  valid_hw: np.ndarray
+  mask_features: Any
+  multi_scale: tuple
+
+
+def _decode_prompts(model, multi_scale, mask_features, prompts, prompt_valid):
+  """`DINOv` method: the generic task of its predictor on given encoder levels and mask features."""
+  return model.predictor(multi_scale, mask_features, prompts=prompts, prompt_valid=prompt_valid)
+
+
+def _postprocess(out, prompt_valid, test, k: int, *, padded_hw, valid_hw, output_hw, canvas_hw, panoptic: bool):
+  """Post-processing of the generic task's outputs (B = 1): the instances (score > 0) and, with `panoptic`,
+  the panoptic segmentation, as `DINOvPredictor._run` computes them."""
+  from dinoseg.models.dinov.evaluate import masked_logits  # noqa: PLC0415
+  from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
+  logits = masked_logits(out.logits[-1], prompt_valid)
+  boxes, masks = out.boxes[-1], out.masks[-1]
+  r = pp.instance_inference(logits, boxes, masks, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=output_hw,
+                            canvas_hw=canvas_hw, top_k=min(int(test.detections_per_image),
+                                                           logits.shape[1] * logits.shape[2]))
+  res = {"instances": r.replace(valid=r.valid & (r.scores > 0))}
+  if panoptic:
+    res["panoptic"] = pp.panoptic_inference(
+        logits, masks, padded_hw=padded_hw, valid_hw=valid_hw, output_hw=output_hw, canvas_hw=canvas_hw,
+        thing_classes=tuple(range(k)), object_mask_threshold=test.object_mask_threshold,
+        overlap_threshold=test.overlap_threshold, transform_eval=test.transform_eval,
+        temperature=test.pano_temperature)
+  return res
+
+
+def _segmentation(res, h: int, w: int, class_names) -> Segmentation:
+  """The `Segmentation` of `_postprocess` results (batch entry 0) at the image's size (H, W)."""
+  from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
+  extras: dict[str, Any] = {}
+  if "panoptic" in res:
+    extras["panoptic"] = np.asarray(res["panoptic"].segmentation[0])[:h, :w].astype(np.int32)
+    extras["segments"] = tuple(pp.panoptic_segments_info(res["panoptic"], 0))
+  r = res["instances"]
+  keep = np.asarray(r.valid[0])
+  labels = np.asarray(r.labels[0])[keep].astype(np.int32)
+  return Segmentation(masks=np.asarray(r.masks[0])[keep][:, :h, :w].astype(bool),
+                      scores=np.asarray(r.scores[0])[keep].astype(np.float32), labels=labels,
+                      names=tuple(class_names[i] for i in labels), class_names=tuple(class_names),
+                      boxes=np.asarray(r.boxes[0])[keep].astype(np.float32), **extras)
+
+
+__all__ = ["DINOvPredictor", "ImageFeatures", "load_variables"]
