@@ -44,6 +44,8 @@ from jax.sharding import PartitionSpec as P
 from dinoseg.kernels import sharding
 from dinoseg.models.maskdino import denoising
 from dinoseg.models.maskdino.decoder import MATCHING_GROUP, DecoderOutputs
+from dinoseg.models.maskdino import mask_logits
+from dinoseg.models.maskdino.mask_logits import FactoredMasks
 from dinoseg.ops import (bilinear_gather, box_cxcywh_to_xyxy, box_l1_loss, importance_point_counts, point_sample,
                          sigmoid_focal_loss, softmax_cross_entropy)
 from dinoseg.ops.losses import dice_per_mask, sigmoid_ce_per_mask
@@ -66,9 +68,11 @@ def random_draws(key: jax.Array) -> Draws:
 
 def _tall_targets(masks: jax.Array) -> jax.Array:
   """(B, T, H, W) masks -> (1, B * T * (H + 1) * W, 1): stacked with a zero row after each mask, so the
-  bilinear taps of one mask never reach the next (`_sample_tall`)."""
+  bilinear taps of one mask never reach the next (`_sample_tall`). Binary masks stay one byte per pixel
+  (the taps become float when weighted: the same samples as from float32 masks, a quarter of the memory)."""
   b, t, h, w = masks.shape
-  return jnp.pad(masks.astype(jnp.float32), ((0, 0), (0, 0), (0, 1), (0, 0))).reshape(1, b * t * (h + 1) * w, 1)
+  dtype = jnp.uint8 if masks.dtype in (jnp.bool_, jnp.uint8) else jnp.float32
+  return jnp.pad(masks.astype(dtype), ((0, 0), (0, 0), (0, 1), (0, 0))).reshape(1, b * t * (h + 1) * w, 1)
 
 
 def _sample_tall(tall: jax.Array, hw: tuple[int, int], row: jax.Array, points: jax.Array) -> jax.Array:
@@ -82,9 +86,11 @@ def _sample_tall(tall: jax.Array, hw: tuple[int, int], row: jax.Array, points: j
   return bilinear_gather(tall, (n * (h + 1), w), px.reshape(1, r * p), py.reshape(1, r * p)).reshape(r, p)
 
 
-def _map_valid_chunks(fn: Callable, valid: jax.Array, args: tuple, chunk: int):
+def _map_valid_chunks(fn: Callable, valid: jax.Array, args: tuple, chunk: int, remat: bool = False):
   """fn(*args) for args with R leading rows, computed in chunks of `chunk` rows; a chunk without a
-  valid row is skipped (`lax.cond`) and gives zeros. valid: (R,) bool. Returns fn's outputs, (R, ...)."""
+  valid row is skipped (`lax.cond`) and gives zeros. valid: (R,) bool. Returns fn's outputs, (R, ...).
+  With `remat`, each chunk is recomputed in the backward pass (`jax.checkpoint` around the loop body, so
+  only the chunk's inputs are kept; the arrays fn closes over stay loop constants, never per-chunk copies)."""
   r = valid.shape[0]
   pad = (-r) % chunk
   split = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(  # noqa: E731
@@ -97,7 +103,7 @@ def _map_valid_chunks(fn: Callable, valid: jax.Array, args: tuple, chunk: int):
     return jax.lax.cond(jnp.any(v), lambda p: fn(*p),
                         lambda p: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), parts)
 
-  out = jax.lax.map(body, (split(valid), chunks))
+  out = jax.lax.map(jax.checkpoint(body) if remat else body, (split(valid), chunks))
   return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:r], out)
 
 
@@ -201,7 +207,10 @@ class SetCriterion:
     points (B, P, 2): uniform points shared by every prediction and target of an image (reference).
     """
     from dinoseg.kernels import matching_cost  # noqa: PLC0415
-    pred_pts = point_sample(masks.transpose(0, 2, 3, 1).astype(jnp.float32), points)  # (B, P, Q)
+    if isinstance(masks, FactoredMasks):
+      pred_pts = masks.at_shared_points(points)  # (B, P, Q)
+    else:
+      pred_pts = point_sample(masks.transpose(0, 2, 3, 1).astype(jnp.float32), points)  # (B, P, Q)
     tgt_pts = point_sample(targets.masks.astype(jnp.float32).transpose(0, 2, 3, 1), points)  # (B, P, T)
     return matching_cost(pred_logits=logits, target_labels=targets.labels, target_valid=targets.valid,
                          pred_boxes=boxes, target_boxes=targets.boxes,
@@ -243,22 +252,26 @@ class SetCriterion:
     """Per-row mask terms before normalization.
 
     Args:
-      src: (R, h, w) predicted mask logits of the rows.
+      src: (R, h, w) predicted mask logits of the rows, or a function (points (R, P, 2)) -> (R, P) logits.
       tall: (1, N * (H + 1) * W, 1) every target mask of the batch stacked (`_tall_targets`); hw: (H, W).
       row: (R,) int32 index of each row's target mask among the N = B * T.
       cand: (R, S, 2) oversampled candidate points; rand: (R, Rn, 2) extra random points.
     Returns:
       (bce (R,), dice (R,)): mean point BCE and dice of each row.
     """
-    src_sg = jax.lax.stop_gradient(src).astype(jnp.float32)
-    uncertainty = -jnp.abs(sample_masks(src_sg, cand))
+    if callable(src):
+      sample, sample_sg = src, lambda pts: jax.lax.stop_gradient(src(pts))  # noqa: E731
+    else:
+      sample = lambda pts: sample_masks(src.astype(jnp.float32), pts)  # noqa: E731
+      sample_sg = lambda pts: sample_masks(jax.lax.stop_gradient(src).astype(jnp.float32), pts)  # noqa: E731
+    uncertainty = -jnp.abs(sample_sg(cand))
     _, top = jax.lax.top_k(uncertainty, self.num_uncertain)
     coords = jnp.take_along_axis(cand, top[..., None], axis=1)
     if self.num_random:
       coords = jnp.concatenate([coords, rand], axis=1)
     coords = jax.lax.stop_gradient(coords)
     labels = jax.lax.stop_gradient(_sample_tall(tall, hw, row, coords))
-    logits = sample_masks(src.astype(jnp.float32), coords)
+    logits = sample(coords)
     return sigmoid_ce_per_mask(logits, labels), dice_per_mask(logits, labels)
 
   def _skip_padded(self) -> bool:
@@ -287,20 +300,28 @@ class SetCriterion:
     and devices that do not wait on different collectives (the 8-device XLA:CPU abort).
     """
     m, b, n = query_idx.shape
-    src = jnp.take_along_axis(masks, query_idx[..., None, None], axis=2)  # (M, B, N, h, w)
+    factored = isinstance(masks, FactoredMasks)
+    if factored:  # (M, B, N, C) embeddings of the slots' queries; the features are sampled per row
+      src = jnp.take_along_axis(masks.embed, query_idx[..., None], axis=2)
+      extra = (masks.features,)
+    else:
+      src = jnp.take_along_axis(masks, query_idx[..., None, None], axis=2)  # (M, B, N, h, w)
+      extra = ()
     per_slot = self._mask_slot_terms
     mesh = sharding.resolve_mesh(None)
     axes = sharding.split_axes(mesh, BATCH_AXES, b) if mesh is not None else ()
     if axes:
       one, lead = P(sharding.spec_entry(axes)), P(None, sharding.spec_entry(axes))
-      per_slot = sharding.shard_map(per_slot, mesh, (lead, one, one, one, lead, lead), (lead, lead))
-    bce, dice = per_slot(src, target, valid, tgt_masks, cand, rand)
+      per_slot = sharding.shard_map(per_slot, mesh, (lead, one, one, one, lead, lead) + (one,) * len(extra),
+                                    (lead, lead))
+    bce, dice = per_slot(src, target, valid, tgt_masks, cand, rand, *extra)
     weight = jnp.where(valid, jnp.broadcast_to(row_weight, (b, n)), 0.0)[None]
     return jnp.sum(bce * weight, axis=(1, 2)), jnp.sum(dice * weight, axis=(1, 2))
 
-  def _mask_slot_terms(self, src, target, valid, tgt_masks, cand, rand):
+  def _mask_slot_terms(self, src, target, valid, tgt_masks, cand, rand, features=None):
     """Mask BCE and dice (M, B, N) of each slot (zeros for invalid slots; shapes as `_mask_losses`,
-    with src (M, B, N, h, w) the slots' predicted masks)."""
+    with src (M, B, N, h, w) the slots' predicted masks, or with `features` (B, h, w, C) given, src
+    (M, B, N, C) the slots' mask embeddings: `mask_logits.FactoredMasks`)."""
     m, b, n = src.shape[:3]
     t = tgt_masks.shape[1]
     tall, hw = _tall_targets(tgt_masks), tuple(tgt_masks.shape[2:])
@@ -309,9 +330,20 @@ class SetCriterion:
     args = (src.reshape(rows, *src.shape[3:]), jnp.broadcast_to(row[None], (m, b, n)).reshape(rows),
             cand.reshape(rows, *cand.shape[3:]), rand.reshape(rows, *rand.shape[3:]))
     valid_rows = jnp.broadcast_to(valid[None], (m, b, n)).reshape(rows)
-    fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
-    if self._skip_padded():
-      bce, dice = _map_valid_chunks(fn, valid_rows, args, int(self.cfg.get("mask_row_chunk", 8)))
+    if features is not None:
+      # Each row samples its image's features at its points (R, P, C) and dots them with its embedding; the
+      # chunks are rematerialised in the backward pass so that no (R, P, C) sample is kept as a residual.
+      tall_f, fhw = mask_logits.tall_features(features), tuple(features.shape[1:3])
+      image = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[None, :, None], (m, b, n)).reshape(rows)
+      args = args + (image,)
+
+      def fn(e, r, c, rd, im):
+        return self._mask_row_terms(lambda pts: mask_logits.sample_rows(tall_f, fhw, im, e, pts), tall, hw, r, c, rd)
+    else:
+      fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
+    if self._skip_padded() or features is not None:  # factored rows always in chunks: (rows, points, C) samples
+      bce, dice = _map_valid_chunks(fn, valid_rows, args, int(self.cfg.get("mask_row_chunk", 8)),
+                                    remat=features is not None)
     else:
       bce, dice = fn(*args)
     return bce.reshape(m, b, n), dice.reshape(m, b, n)
@@ -346,7 +378,12 @@ class SetCriterion:
     if query_valid is None:
       query_valid = jnp.ones((b, q), bool)
     points = jnp.stack([draws(nm, "match", (b, self.cfg.num_points, 2)) for nm in names])
-    costs = jax.vmap(self.matching_cost, in_axes=(0, 0, 0, None, 0))(logits, boxes, masks, targets, points)
+    if isinstance(masks, FactoredMasks):
+      features = masks.features
+      cost = lambda lg, bx, e, tg, pt: self.matching_cost(lg, bx, FactoredMasks(e, features), tg, pt)  # noqa: E731
+      costs = jax.vmap(cost, in_axes=(0, 0, 0, None, 0))(logits, boxes, masks.embed, targets, points)
+    else:
+      costs = jax.vmap(self.matching_cost, in_axes=(0, 0, 0, None, 0))(logits, boxes, masks, targets, points)
     costs = jax.lax.stop_gradient(jnp.where(query_valid[None, :, :, None], costs, LARGE_COST))
     valid = jnp.broadcast_to(targets.valid[None], (m,) + targets.valid.shape)
     idx = self.assign(costs.reshape(m * b, *costs.shape[2:]), valid.reshape(m * b, t))
@@ -452,7 +489,7 @@ class HungarianLoss:
       suffixes.append("_interm")
       logits = jnp.concatenate([logits, outputs.interm.logits])
       boxes = jnp.concatenate([boxes, outputs.interm.boxes])
-      masks = jnp.concatenate([masks, outputs.interm.masks])
+      masks = mask_logits.concatenate([masks, outputs.interm.masks])
     values, idx = criterion.matched_losses(names, logits, boxes, masks, targets, normalizer, draws,
                                            query_valid=preds.valid)
     return criterion.weighted(values, suffixes), {name: idx[i] for i, name in enumerate(names)}

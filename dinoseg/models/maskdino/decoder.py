@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from dinoseg.models import query_groups
 from dinoseg.models.maskdino import denoising, query_selection
 from dinoseg.models.maskdino.deformable_attention import MSDeformAttn
-from dinoseg.models.maskdino.layers import MLP, dense, torch_layer_norm, xavier_uniform, zeros
+from dinoseg.models.maskdino.layers import MLP, dense, relu, torch_layer_norm, xavier_uniform, zeros
+from dinoseg.models.maskdino.mask_logits import FactoredMasks
 from dinoseg.models.query_groups import GroupPredictions, QueryGroup
 from dinoseg.ops import inverse_sigmoid, sine_embedding_for_boxes
 from dinoseg.ops.attention import dot_product_attention
@@ -128,7 +129,7 @@ class DecoderLayer(nn.Module):
     tgt2 = MSDeformAttn(self.d_model, self.n_levels, self.n_heads, self.n_points, impl=self.msda_impl,
                         dtype=self.dtype, name="cross_attn")(tgt + query_pos, refs, memory, spatial_shapes)
     tgt = torch_layer_norm("norm1", self.dtype)(tgt + tgt2)
-    hidden = nn.relu(dense(self.d_ffn, self.d_model, "linear1", kernel_init=xavier_uniform, dtype=self.dtype)(tgt))
+    hidden = relu(dense(self.d_ffn, self.d_model, "linear1", kernel_init=xavier_uniform, dtype=self.dtype)(tgt))
     tgt2 = dense(self.d_model, self.d_ffn, "linear2", kernel_init=xavier_uniform, dtype=self.dtype)(hidden)
     return torch_layer_norm("norm3", self.dtype)(tgt + tgt2)
 
@@ -194,6 +195,9 @@ class MaskDINODecoder(nn.Module):
     query_pad_multiple: the decoder's query count is padded to a multiple of this (`decode`).
     total_num_feature_levels: encoder levels.
     semantic_ce_loss: class_embed has C + 1 outputs (softmax CE, ADE/Cityscapes).
+    factored_train_masks: in training, the predictions' masks are `mask_logits.FactoredMasks` (the queries'
+      mask embeddings and the mask features) instead of (P, B, Q, h, w) logits; the losses sample them at points
+      (same values up to float rounding, without the full-resolution logits of every prediction in memory).
   """
   num_classes: int = 80
   hidden_dim: int = 256
@@ -214,6 +218,7 @@ class MaskDINODecoder(nn.Module):
   query_pad_multiple: int = 8
   total_num_feature_levels: int = 4
   semantic_ce_loss: bool = False
+  factored_train_masks: bool = False
   msda_impl: str = "auto"
   dtype: Any = jnp.float32
 
@@ -242,13 +247,16 @@ class MaskDINODecoder(nn.Module):
                                       self.nheads, self.n_points, self.msda_impl, self.dtype, name="decoder")
     self.bbox_embed = MLP(d, 4, 3, zero_last=True, dtype=self.dtype, name="bbox_embed")
 
-  def prediction_heads(self, output, mask_features, pred_mask: bool = True):
-    """output (B, N, d), mask_features (B, h, w, mask_dim) -> logits (B, N, C'), masks (B, N, h, w) or None."""
+  def prediction_heads(self, output, mask_features, pred_mask: bool = True, embed_only: bool = False):
+    """output (B, N, d), mask_features (B, h, w, mask_dim) -> logits (B, N, C'), masks (B, N, h, w) or None
+    (with `embed_only`, the mask embeddings (B, N, mask_dim) instead of the masks)."""
     x = self.decoder_norm(output)
     logits = self.class_embed(x).astype(jnp.float32)
     if not pred_mask:
       return logits, None
     embed = self.mask_embed(x)
+    if embed_only:
+      return logits, embed
     masks = jnp.einsum("bqc,bhwc->bqhw", embed, mask_features.astype(embed.dtype)).astype(jnp.float32)
     return logits, masks
 
@@ -266,7 +274,7 @@ class MaskDINODecoder(nn.Module):
     memory = jnp.concatenate([x.reshape(b, -1, self.hidden_dim) for x in levels], 1).astype(self.dtype)
     return memory, spatial_shapes
 
-  def matching_queries(self, memory: jax.Array, spatial_shapes, mask_features: jax.Array
+  def matching_queries(self, memory: jax.Array, spatial_shapes, mask_features: jax.Array, factored: bool = False
                        ) -> tuple[QueryGroup, GroupPredictions | None]:
     """Mask DINO's matching queries (group "queries", Q per image) and the two-stage encoder
     prediction (GroupPredictions with P = 1; None without two-stage).
@@ -288,7 +296,8 @@ class MaskDINODecoder(nn.Module):
     refpoint_undetached = query_selection.gather_tokens(enc_boxes, topk)
     refpoint = jax.lax.stop_gradient(refpoint_undetached)
     tgt_undetached = query_selection.gather_tokens(output_memory, topk)
-    interm_logits, interm_masks = self.prediction_heads(tgt_undetached, mask_features)
+    interm_logits, interm_embed = self.prediction_heads(tgt_undetached, mask_features, embed_only=True)
+    interm_masks = FactoredMasks(interm_embed, mask_features).materialize()
     tgt = jax.lax.stop_gradient(tgt_undetached)
     if self.learn_tgt:
       tgt = jnp.broadcast_to(self.query_feat.embedding[None], (b, q, self.hidden_dim)).astype(self.dtype)
@@ -296,7 +305,8 @@ class MaskDINODecoder(nn.Module):
       refpoint = query_selection.mask_boxes(interm_masks, self.initialize_box_type)
     valid_q = jnp.ones((b, q), bool)
     interm = GroupPredictions(logits=interm_logits[None], boxes=jax.nn.sigmoid(refpoint_undetached)[None],
-                              masks=interm_masks[None], hidden=tgt_undetached[None], valid=valid_q)
+                              masks=(FactoredMasks(interm_embed[None], mask_features) if factored else interm_masks[None]),
+                              hidden=tgt_undetached[None], valid=valid_q)
     return QueryGroup(name=MATCHING_GROUP, content=tgt, boxes=refpoint, valid=valid_q), interm
 
   def denoising_queries(self, targets, dn_noise: denoising.DNNoise) -> QueryGroup:
@@ -331,14 +341,15 @@ class MaskDINODecoder(nn.Module):
     tgt = tgt.astype(self.dtype)
     attn_mask = query_groups.attention_mask(padded)
     all_logits, all_masks, hidden = [], [], []
+    factored = train and self.factored_train_masks
     if self.initial_pred:
-      logits, masks = self.prediction_heads(tgt, mask_features, pred_mask=train)
+      logits, masks = self.prediction_heads(tgt, mask_features, pred_mask=train, embed_only=factored)
       all_logits.append(logits)
       all_masks.append(masks)
       hidden.append(tgt)
     hs, refs = self.decoder(tgt, memory, refpoint, spatial_shapes, self.decoder_norm, self.bbox_embed, attn_mask)
     for i, h in enumerate(hs):
-      logits, masks = self.prediction_heads(h, mask_features, pred_mask=train or i == len(hs) - 1)
+      logits, masks = self.prediction_heads(h, mask_features, pred_mask=train or i == len(hs) - 1, embed_only=factored)
       all_logits.append(logits)
       all_masks.append(masks)
     hidden.extend(hs)
@@ -348,6 +359,8 @@ class MaskDINODecoder(nn.Module):
     stacked = dict(logits=jnp.stack(all_logits), boxes=jnp.stack(boxes), hidden=jnp.stack(hidden),
                    masks=jnp.stack(all_masks) if train else all_masks[-1][None])
     parts = {k: query_groups.split(padded, v, axis=2) for k, v in stacked.items()}
+    if factored:  # the stacked "masks" are the (P, B, N, mask_dim) mask embeddings
+      parts["masks"] = {name: FactoredMasks(e, mask_features) for name, e in parts["masks"].items()}
     return {g.name: GroupPredictions(**{k: parts[k][g.name] for k in stacked}, valid=g.valid, aux=g.aux)
             for g in groups}
 
@@ -369,7 +382,8 @@ class MaskDINODecoder(nn.Module):
     if self.is_initializing():  # the label embedding is used only by denoising: create it at init
       self.label_enc(jnp.zeros((1,), jnp.int32))
     memory, spatial_shapes = self.encoder_memory(multi_scale)
-    matching, interm = self.matching_queries(memory, spatial_shapes, mask_features)
+    matching, interm = self.matching_queries(memory, spatial_shapes, mask_features,
+                                             factored=train and self.factored_train_masks)
     groups = [matching]
     if train and self.dn != "no" and self.dn_num > 0 and targets is not None:
       if dn_noise is None:

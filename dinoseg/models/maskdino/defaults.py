@@ -68,6 +68,11 @@ def model_config(num_classes: int = 80) -> ml_collections.ConfigDict:
           # Images over which that largest count is taken: the reference takes it per GPU (its per-GPU
           # batch, e.g. 4 for batch 16 on 4 GPUs); 0 = the whole global batch.
           dn_group_images=0,
+          # How training hands the predictions' masks to the losses: "factored" (query mask embeddings x mask
+          # features, sampled at the loss's points: no full-resolution logits of every prediction in memory),
+          # "full" (the (P, B, Q, H/4, W/4) logits, as the reference) or "auto" (factored on the CPU, full on
+          # accelerators, where they are not measured yet). Same values up to float rounding.
+          train_mask_logits="auto",
       ),
   ))
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dinoseg import backbones
+from dinoseg.errors import UserValueError
 from dinoseg.models.maskdino.decoder import DecoderOutputs, MaskDINODecoder
 from dinoseg.models.maskdino.defaults import PIXEL_MEAN, PIXEL_STD
 from dinoseg.models.maskdino.denoising import DNNoise
@@ -89,10 +90,20 @@ def build_model(config: ml_collections.ConfigDict, dtype: Any = None) -> MaskDIN
       two_stage=dec.two_stage, initialize_box_type=dec.initialize_box_type, initial_pred=dec.initial_pred,
       learn_tgt=dec.learn_tgt, dn=dec.dn, dn_num=dec.dn_num, noise_scale=dec.dn_noise_scale,
       dn_group_images=dec.get("dn_group_images", 0),
+      factored_train_masks=train_mask_logits(dec),
       total_num_feature_levels=enc.total_num_feature_levels, semantic_ce_loss=config.semantic_ce_loss,
       msda_impl=config.msda_impl, dtype=dtype)
   return MaskDINO(backbone=build_backbone(config.backbone), pixel_decoder=pixel_decoder, predictor=predictor,
                   pixel_mean=tuple(config.pixel_mean), pixel_std=tuple(config.pixel_std))
+
+
+def train_mask_logits(decoder_config) -> bool:
+  """Whether `decoder.train_mask_logits` ("auto" | "factored" | "full") gives factored mask logits in training;
+  "auto" picks them on the CPU (measured there: docs/maskdino.md), the full logits on accelerators."""
+  mode = decoder_config.get("train_mask_logits", "full")
+  if mode not in ("auto", "factored", "full"):
+    raise UserValueError(f"model.decoder.train_mask_logits must be 'auto', 'factored' or 'full', got {mode!r}")
+  return mode == "factored" or (mode == "auto" and jax.default_backend() == "cpu")
 
 
 __all__ = ["MaskDINO", "build_model", "build_backbone", "PIXEL_MEAN", "PIXEL_STD"]

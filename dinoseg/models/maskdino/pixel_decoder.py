@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinoseg.models.maskdino.deformable_attention import MSDeformAttn
-from dinoseg.models.maskdino.layers import (ConvNorm, c2_xavier_fill, dense, torch_layer_norm, xavier_uniform)
+from dinoseg.models.maskdino.layers import ConvNorm, c2_xavier_fill, dense, relu, torch_layer_norm, xavier_uniform
 from dinoseg.ops import interpolate, sine_position_embedding
 from dinoseg.ops.conv import ConvGeneralDilated
 
@@ -67,7 +67,7 @@ class EncoderLayer(nn.Module):
     attn = MSDeformAttn(self.d_model, self.n_levels, self.n_heads, self.n_points, impl=self.msda_impl,
                         dtype=self.dtype, name="self_attn")
     src = torch_layer_norm("norm1", self.dtype)(src + attn(src + pos, reference_points, src, spatial_shapes))
-    hidden = nn.relu(dense(self.d_ffn, self.d_model, "linear1", kernel_init=xavier_uniform, dtype=self.dtype)(src))
+    hidden = relu(dense(self.d_ffn, self.d_model, "linear1", kernel_init=xavier_uniform, dtype=self.dtype)(src))
     src2 = dense(self.d_model, self.d_ffn, "linear2", kernel_init=xavier_uniform, dtype=self.dtype)(hidden)
     return torch_layer_norm("norm2", self.dtype)(src + src2)
 

@@ -112,9 +112,11 @@ def _padded_targets(fx, max_instances=None, rows=None):
                          valid=jnp.asarray(gt["valid"]), masks=jnp.asarray(gt["masks"]))
 
 
-def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8, max_instances=None, rows=None):
+def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8, max_instances=None, rows=None,
+                  train_mask_logits="factored"):
   spec, fx = fixture_config(name), load_fixture(name)
   cfg = model_config_for(spec)
+  cfg.decoder.train_mask_logits = train_mask_logits
   model = head_modules(cfg)
   variables = fixture_head_variables(name)
   feats = fixture_features(name)
@@ -161,13 +163,16 @@ def _train_parity(name, padded_mask_rows="auto", mask_row_chunk=8, max_instances
     assert_close(torch_grads[key], fx[f"grad/{key}"], RTOL, f"grad {key}")
 
 
-@pytest.mark.parametrize("mode,chunk", [("skip", 3), pytest.param("compute", 8, marks=pytest.mark.slow)])
-def test_train_parity_r50(mode, chunk):
+@pytest.mark.parametrize("mode,chunk,logits", [("skip", 3, "factored"), ("skip", 3, "full"),
+                                               pytest.param("compute", 8, "factored", marks=pytest.mark.slow),
+                                               pytest.param("compute", 8, "full", marks=pytest.mark.slow)])
+def test_train_parity_r50(mode, chunk, logits):
   """Both mask-loss paths: chunks of padded slots skipped under lax.cond (3 rows: chunks straddle
-  images and the padding of the last chunk), and every row in one batch."""
+  images and the padding of the last chunk), and every row in one batch; each with the masks handed to the
+  losses as factored logits (the default) and as the full (P, B, Q, h, w) logits (the reference's way)."""
   spec = load_fixture("r50_4lvl")
   assert not np.asarray(spec["gt/valid"]).all()  # the fixture has padded target slots
-  _train_parity("r50_4lvl", mode, chunk)
+  _train_parity("r50_4lvl", mode, chunk, train_mask_logits=logits)
 
 
 @pytest.mark.slow
