@@ -17,7 +17,9 @@ enough), from the embedded config configs/maskdino/quickstart.py; nothing is dow
 
 and a short report (seconds per phase, APs, paths), also written as DIR/report.json.
 `dinoseg quickstart ov2seg` (or `--system=ov2seg`) runs OV2Seg's job instead (synthetic videos, video AP with
-base / novel classes, overlay GIFs: dinoseg/commands/quickstart_ov2seg.py) under the same workdir rules. Running it
+base / novel classes, overlay GIFs: dinoseg/commands/quickstart_ov2seg.py) and `dinoseg quickstart dinov` DINOv's
+(synthetic shapes, mask AP with visual prompts from the training images, J&F on synthetic DAVIS-layout videos:
+dinoseg/commands/quickstart_dinov.py) under the same workdir rules. Running it
 again reuses the data when `quickstart.*` is unchanged (else rebuilds everything) and resumes
 training from DIR/train's checkpoints; `--fresh` starts over. `config.data.path` is always DIR/data.
 
@@ -34,6 +36,7 @@ records (stderr); the report is printed to stdout.
 import datetime
 import json
 import logging
+import math
 import pathlib
 import platform
 import shutil
@@ -46,7 +49,8 @@ from dinoseg.errors import UserValueError
 logger = logging.getLogger(__name__)
 
 HELP = ("the main job: synthetic shapes -> train a small Mask DINO on the CPU -> evaluate, export, overlays "
-        "(`quickstart ov2seg`: OV2Seg on synthetic videos -> video AP base / novel, overlay GIFs)")
+        "(`quickstart ov2seg`: OV2Seg on synthetic videos -> video AP base / novel, overlay GIFs; "
+        "`quickstart dinov`: DINOv on synthetic shapes -> mask AP with visual prompts, J&F on synthetic videos)")
 DEFAULT_CONFIG = "configs/maskdino/quickstart.py"
 DEFAULT_WORKDIR = "dinoseg_quickstart"
 OUTPUTS = ("raw", "data", "train", "eval", "export", "overlays", "report.json")
@@ -55,21 +59,30 @@ WORKDIR_STAMP = "quickstart.json"
 
 
 # `dinoseg quickstart [SYSTEM]` / `--system=SYSTEM`: the job of each system, with its default config and workdir
-# (Mask DINO without an argument; "ov2seg": dinoseg/commands/quickstart_ov2seg.py).
+# (Mask DINO without an argument; "ov2seg": dinoseg/commands/quickstart_ov2seg.py; "dinov":
+# dinoseg/commands/quickstart_dinov.py).
 SYSTEMS = {"maskdino": (DEFAULT_CONFIG, DEFAULT_WORKDIR),
-           "ov2seg": ("configs/ov2seg/quickstart.py", "dinoseg_quickstart_ov2seg")}
+           "ov2seg": ("configs/ov2seg/quickstart.py", "dinoseg_quickstart_ov2seg"),
+           "dinov": ("configs/dinov/quickstart.py", "dinoseg_quickstart_dinov")}
+# The `config.task` each system's job trains (a config without `task` counts as Mask DINO's) and the module whose
+# `run(args, overrides, config, workdir, start, stop)` runs the job (None: `_run` below).
+SYSTEM_TASKS = {"maskdino": "maskdino", "ov2seg": "ov2seg", "dinov": "dinov"}
+SYSTEM_JOBS = {"maskdino": None, "ov2seg": "dinoseg.commands.quickstart_ov2seg",
+               "dinov": "dinoseg.commands.quickstart_dinov"}
 
 
 def add_arguments(parser):
   parser.add_argument("system", nargs="?", choices=tuple(SYSTEMS), default=None,
-                      help="which system's quickstart: maskdino (default) or ov2seg (synthetic videos, video AP)")
+                      help="which system's quickstart: maskdino (default), ov2seg (synthetic videos, video AP) or "
+                           "dinov (visual prompts: mask AP, J&F)")
   parser.add_argument("--system", dest="system_option", choices=tuple(SYSTEMS), default=None,
                       help="the same as the positional SYSTEM")
   parser.add_argument("--workdir", default=None,
-                      help=f"output directory (default ./{DEFAULT_WORKDIR}; ov2seg: ./{SYSTEMS['ov2seg'][1]})")
+                      help=f"output directory (default ./{DEFAULT_WORKDIR}; ov2seg: ./{SYSTEMS['ov2seg'][1]}; "
+                           f"dinov: ./{SYSTEMS['dinov'][1]})")
   parser.add_argument("--config", default=None,
                       help=f"config file with a `quickstart` group, optionally :variant (default {DEFAULT_CONFIG}; "
-                           f"ov2seg: {SYSTEMS['ov2seg'][0]})")
+                           f"ov2seg: {SYSTEMS['ov2seg'][0]}; dinov: {SYSTEMS['dinov'][0]})")
   parser.add_argument("--fresh", action="store_true", help="delete the workdir's outputs first (no reuse, no resume)")
   compile_cache.add_argument(parser)
 
@@ -126,8 +139,11 @@ def data_options(config) -> dict:
           "image_size": [lo, hi], "max_objects": int(q.max_objects), "seed": int(q.seed)}
 
 
-def make_data(config, workdir: pathlib.Path) -> dict:
+def make_data(config, workdir: pathlib.Path, system: str | None = None) -> dict:
   """Synthesizes DIR/raw and prepares DIR/data (reused when its stamp matches). Returns a summary.
+
+  `system`: another quickstart using this dataset (e.g. "dinov"); it is part of the data stamp, so a workdir
+  of one system's job is rebuilt, not resumed, by another's (Mask DINO's stamp stays `data_options`).
 
   Raises:
     UserError: DIR holds entries of `OUTPUTS` that the quickstart did not create (`claim_workdir`).
@@ -135,6 +151,8 @@ def make_data(config, workdir: pathlib.Path) -> dict:
   from dinoseg.data_pipelines import synth, writer  # noqa: PLC0415
   claim_workdir(workdir)
   options = data_options(config)
+  if system is not None and system != "maskdino":
+    options = {"system": system, **options}
   raw, data = workdir / "raw", workdir / "data"
   stamp = data / DATA_STAMP
   if stamp.is_file() and json.loads(stamp.read_text()) == options and (data / writer.MANIFEST).is_file():
@@ -168,13 +186,19 @@ def write_overlays(config, weights: pathlib.Path, images: list[pathlib.Path], ou
   """Runs the registered predictor (weights from the exported .pth) on `images`; overlay PNGs in out_dir."""
   from dinoseg import predict  # noqa: PLC0415
   out_dir.mkdir(parents=True, exist_ok=True)
-  predictor = predict.build_predictor(config, weights)
+  return predict_images(predict.build_predictor(config, weights), images, out_dir,
+                        float(config.quickstart.score_threshold))
+
+
+def predict_images(predictor, images: list[pathlib.Path], out_dir: pathlib.Path, score_threshold: float) -> list:
+  """`predictor` (dinoseg.predict's) on each image file: overlays etc. in out_dir (`write`, then `finish`);
+  returns the files written."""
+  from dinoseg import predict  # noqa: PLC0415
   written = []
   for path in images:
     image = predict.read_image(path)
-    result = predictor.predict(image)
-    written += predictor.write(result, image, out_dir, predict.output_name(path),
-                               score_threshold=float(config.quickstart.score_threshold))
+    written += predictor.write(predictor.predict(image), image, out_dir, predict.output_name(path),
+                               score_threshold=score_threshold)
   predictor.finish(out_dir)
   return written
 
@@ -184,13 +208,23 @@ def _metric(results: dict, key: str) -> float:
   return float(value) if value is not None else float("nan")
 
 
+def fmt(value) -> str:
+  """A figure with one decimal ("nan" for a missing or non-finite one)."""
+  return f"{value:.1f}" if value is not None and math.isfinite(float(value)) else "nan"
+
+
+def phase_lines(title: str, report: dict) -> list[str]:
+  """The title and the per-phase seconds of a quickstart report (every system's report starts so)."""
+  lines = [f"{title} ({report['config']}), {report['machine']}", f"  {'phase':<9} {'seconds':>8}"]
+  for name, seconds in report["seconds"].items():
+    lines.append(f"  {name:<9} {seconds:8.1f}   {report['notes'].get(name, '')}")
+  return lines
+
+
 def report_lines(report: dict) -> list[str]:
   """The printed summary of a report dict (see `main`)."""
   r, p = report["results"], report["paths"]
-  lines = [f"dinoseg quickstart: Mask DINO on synthetic shapes ({report['config']}), {report['machine']}",
-           f"  {'phase':<9} {'seconds':>8}"]
-  for name, seconds in report["seconds"].items():
-    lines.append(f"  {name:<9} {seconds:8.1f}   {report['notes'].get(name, '')}")
+  lines = phase_lines("dinoseg quickstart: Mask DINO on synthetic shapes", report)
   lines.append(f"  box AP {_metric(r, 'bbox/AP'):.1f} (AP50 {_metric(r, 'bbox/AP50'):.1f}), "
                f"mask AP {_metric(r, 'segm/AP'):.1f} (AP50 {_metric(r, 'segm/AP50'):.1f}, "
                f"AP75 {_metric(r, 'segm/AP75'):.1f}) on {r.get('num_images', 0)} synthetic val images, step {report['step']}")
@@ -235,10 +269,12 @@ def _main(args, overrides) -> int:
   config = load_config(args.config, overrides)
   if "quickstart" not in config:
     raise UserValueError(f"{args.config} has no `quickstart` group (data and output settings of this command)")
-  if (config.get("task") == "ov2seg") != (system == "ov2seg"):
+  task = config.get("task") or SYSTEM_TASKS["maskdino"]
+  if task != SYSTEM_TASKS[system]:
+    owner = [name for name, t in SYSTEM_TASKS.items() if t == task]
     raise UserValueError(f"--config={args.config} is a config of task {config.get('task')!r}, not one of the "
-                         f"{system} quickstart" + ("; run `dinoseg quickstart ov2seg` for OV2Seg configs"
-                                                   if system != "ov2seg" else ""))
+                         f"{system} quickstart" + (f"; run `dinoseg quickstart {owner[0]}` for its configs"
+                                                   if owner else ""))
   _prepare_absl()
   import jax  # noqa: PLC0415
   if jax.default_backend() == "cpu":
@@ -255,9 +291,9 @@ def _main(args, overrides) -> int:
     claim_workdir(workdir)
     if args.fresh:
       _clear(workdir, why=" (--fresh)")
-    if system == "ov2seg":
-      from dinoseg.commands import quickstart_ov2seg  # noqa: PLC0415
-      return quickstart_ov2seg.run(args, overrides, config, workdir, start, stop)
+    if SYSTEM_JOBS[system] is not None:
+      import importlib  # noqa: PLC0415
+      return importlib.import_module(SYSTEM_JOBS[system]).run(args, overrides, config, workdir, start, stop)
     return _run(args, overrides, config, workdir, start, stop)
 
 

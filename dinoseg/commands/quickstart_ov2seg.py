@@ -220,25 +220,18 @@ def write_overlays(config, variables, class_embeddings: np.ndarray, names, video
   return written
 
 
-def _fmt(value) -> str:
-  return f"{value:.1f}" if value is not None and np.isfinite(value) else "nan"
-
-
 def report_lines(report: dict) -> list[str]:
   """The printed summary of a report dict (see `run`)."""
   r, p, ident = report["results"], report["paths"], report["track_identity"]
-  lines = [f"dinoseg quickstart ov2seg: OV2Seg on synthetic videos ({report['config']}), {report['machine']}",
-           f"  {'phase':<9} {'seconds':>8}"]
-  for name, seconds in report["seconds"].items():
-    lines.append(f"  {name:<9} {seconds:8.1f}   {report['notes'].get(name, '')}")
-  lines.append(f"  video mask AP {_fmt(r.get('AP'))} (AP50 {_fmt(r.get('AP50'))}, AP75 {_fmt(r.get('AP75'))}); "
-               f"base APb {_fmt(r.get('APb'))} ({', '.join(report['base_classes'])}), novel APn {_fmt(r.get('APn'))} "
+  lines = qs.phase_lines("dinoseg quickstart ov2seg: OV2Seg on synthetic videos", report)
+  lines.append(f"  video mask AP {qs.fmt(r.get('AP'))} (AP50 {qs.fmt(r.get('AP50'))}, AP75 {qs.fmt(r.get('AP75'))}); "
+               f"base APb {qs.fmt(r.get('APb'))} ({', '.join(report['base_classes'])}), novel APn {qs.fmt(r.get('APn'))} "
                f"({', '.join(report['novel_classes'])}; random class embeddings, never trained) on "
                f"{int(r.get('num_videos', 0))} val videos, step {report['step']}")
   lines.append(f"  track identity: {ident['all']['kept']} of {ident['all']['objects']} objects "
-               f"({_fmt(ident['all']['consistency'])}%) keep one track at frame IoU >= {ident['iou_threshold']:g} "
-               f"in all their frames (base {_fmt(ident['base']['consistency'])}%); frames covered "
-               f"{_fmt(ident['all']['frame_fraction'])}%")
+               f"({qs.fmt(ident['all']['consistency'])}%) keep one track at frame IoU >= {ident['iou_threshold']:g} "
+               f"in all their frames (base {qs.fmt(ident['base']['consistency'])}%); frames covered "
+               f"{qs.fmt(ident['all']['frame_fraction'])}%")
   for name in ("data", "train", "eval", "overlays", "report"):
     lines.append(f"  {name + ':':<10}{p[name]}")
   return lines

@@ -68,6 +68,14 @@ class MixedIterator:
     for name, it in self.iterators.items():
       it.set_state(_decode_state(state[name]))
 
+  def start_prefetch(self) -> None:
+    """Starts each source's background prefetch where it has one (grain's checkpoint restore calls this after
+    `set_state`)."""
+    for it in self.iterators.values():
+      start = getattr(it, "start_prefetch", None)
+      if start is not None:
+        start()
+
 
 def _generic_train(module, images, valid_hw, instance_masks, members, slot_valid, targets, dn_noise):
   """Generic training forward (a `DINOv.apply` method): one prompt embedding per instance on its own image,
