@@ -91,6 +91,7 @@ def _smoke(tmp_path, sections):
   return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_smoke_association_beside_the_reference(tmp_path):
   """The association section at tiny sizes (no model to compile): the reference's host loop and dinoseg's
   on-device association find the same tracks, the generated ones."""
