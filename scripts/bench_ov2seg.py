@@ -88,14 +88,9 @@ def _sibling(name: str):
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def reset_peak_rss() -> bool:
-  """Resets this process's peak-RSS counter (VmHWM); False where the kernel does not allow it."""
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
+# The peak-RSS counter of this process: scripts/bench_maskdino.py's.
+reset_peak_rss = _sibling("bench_maskdino").reset_peak_rss
+peak_rss_mb = _sibling("bench_maskdino").peak_rss_mb
 
 
 def _status_mb(field: str) -> float:
@@ -103,11 +98,6 @@ def _status_mb(field: str) -> float:
     if line.startswith(field + ":"):
       return int(line.split()[1]) / 1024
   return float("nan")
-
-
-def peak_rss_mb() -> float:
-  """VmHWM of this process in MiB."""
-  return _status_mb("VmHWM")
 
 
 def rss_mb() -> float:

@@ -169,14 +169,19 @@ def make_data(config, workdir: pathlib.Path, system: str | None = None) -> dict:
   return {"reused": False, "manifest": manifest}
 
 
-def export_weights(config, state, path: pathlib.Path) -> dict:
-  """Writes the (EMA, if kept) params + model_state as a reference state dict; returns it (NumPy)."""
+def trained_variables(state) -> dict:
+  """The trained model's variables on the host: the evaluated params (EMA, if kept) and the model state."""
   import jax  # noqa: PLC0415
 
+  from dinoseg.train import trainer  # noqa: PLC0415
+  return jax.device_get({"params": trainer.eval_params(None, state), **dict(state.model_state)})
+
+
+def export_weights(config, state, path: pathlib.Path) -> dict:
+  """Writes the (EMA, if kept) params + model_state as a reference state dict; returns it (NumPy)."""
   from dinoseg.convert.pth_writer import write_pth  # noqa: PLC0415
   from dinoseg.models.maskdino import convert  # noqa: PLC0415
-  params = state.ema_params if state.ema_params is not None else state.params
-  variables = jax.device_get({"params": params, **dict(state.model_state)})
+  variables = trained_variables(state)
   torch_state = convert.to_torch(variables, config.model, no_object_weight=float(config.loss.no_object_weight))
   write_pth(torch_state, path)
   return torch_state

@@ -238,8 +238,7 @@ def run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> i
   eval_dir = workdir / "eval"
   eval_dir.mkdir(parents=True, exist_ok=True)
   state = result.state
-  variables = jax.device_get({"params": state.ema_params if state.ema_params is not None else state.params,
-                              **dict(state.model_state)})
+  variables = qs.trained_variables(state)
   model = build_model(config.model)
   _say(f"[quickstart] eval: prompt bank from the {config.data.coco.train_split} split -> {eval_dir / 'bank'}")
   bank, bank_images = build_train_bank(config, model, variables, data_path, eval_dir / "bank")

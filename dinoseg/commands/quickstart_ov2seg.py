@@ -277,8 +277,7 @@ def run(args, overrides, config, workdir: pathlib.Path, start: float, stop) -> i
   config.test.eval_results = str(eval_dir / "results.json")
   _say(f"[quickstart] eval: video AP / APb / APn on the {video_splits['val']['num_records']} val videos")
   state = result.state
-  variables = jax.device_get({"params": state.ema_params if state.ema_params is not None else state.params,
-                              **dict(state.model_state)})
+  variables = qs.trained_variables(state)
   dataset = ov2seg_eval.open_eval_dataset(config)
   embeddings = random_class_embeddings(dataset.category_ids, int(config.model.classifier.embed_dim),
                                        int(config.vocabulary.get("random_seed", 0)))

@@ -11,12 +11,15 @@ import errno
 import http.server
 import io
 import json
+import logging
 import pathlib
 from typing import Any
 
 import numpy as np
 
 from dinoseg.errors import UserError, UserValueError
+
+logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024 * 1024
@@ -132,5 +135,22 @@ def bind_server(handler_class, port: int) -> http.server.ThreadingHTTPServer:
   return server
 
 
-__all__ = ["HOST", "MAX_BODY", "STATIC_TYPES", "encode_mask_png", "decode_mask_png", "decode_image",
+def serve(server, name: str, random_init: bool, prepare) -> int:
+  """Runs `prepare()` (e.g. loading the model into the server's app), then serves `server` (`bind_server`'s)
+  until Ctrl-C; the server is closed however this ends. Returns 0."""
+  try:
+    prepare()
+    host, port = server.server_address[:2]
+    label = " (RANDOM WEIGHTS)" if random_init else ""
+    logger.info("%s demo%s: open http://%s:%s/ (Ctrl-C stops it)", name, label, host, port)
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+  return 0
+
+
+__all__ = ["HOST", "MAX_BODY", "serve", "STATIC_TYPES", "encode_mask_png", "decode_mask_png", "decode_image",
            "encode_image_png", "check_port", "DemoHandler", "bind_server"]
+

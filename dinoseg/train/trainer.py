@@ -174,8 +174,8 @@ def _gather(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def eval_params(run: Run, state: state_lib.TrainState):
-  """The params evaluated: the EMA params when the run keeps them, else the params."""
+def eval_params(run: Run | None, state: state_lib.TrainState):
+  """The params evaluated: the EMA params when the run keeps them, else the params (`run` is not needed)."""
   return state.ema_params if state.ema_params is not None else state.params
 
 

@@ -17,10 +17,7 @@ import json
 import math
 import pathlib
 import socket
-import subprocess
 import threading
-import time
-import urllib.request
 import zipfile
 
 import jax
@@ -29,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo.test_segnext_demo import CHROMIUM_FLAGS, DevTools, _find_or_install_chromium
+from demo.test_segnext_demo import chromium_page
 from dinoseg import cli
 from dinoseg.config import load_config
 from dinoseg.demo import common
@@ -343,38 +340,11 @@ def test_command_bad_weights_and_config(capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, predictor):
-  chromium = _find_or_install_chromium()
   server = make_server(predictor, port=0, model_name="dinov tiny", random_init=True)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  url = "http://%s:%d/" % server.server_address[:2]
-  profile = tmp_path_factory.mktemp("chromium_profile_dinov")
-  proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + 30
-    while not port_file.exists() or not port_file.read_text().strip():
-      if time.monotonic() > deadline or proc.poll() is not None:
-        pytest.skip("headless chromium did not start")
-      time.sleep(0.05)
-    port = int(port_file.read_text().split()[0])
-    pages = []
-    while not pages and time.monotonic() < deadline:
-      targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5).read())
-      pages = [t for t in targets if t.get("type") == "page" and t.get("url", "").startswith(url)]
-      time.sleep(0.05)
-    devtools = DevTools(pages[0]["webSocketDebuggerUrl"])
-    devtools.wait_for("document.readyState === 'complete' && !!window.dinovDemo && window.dinovDemo.state.ready")
+  with chromium_page(server, tmp_path_factory.mktemp("chromium_profile_dinov"),
+                     "document.readyState === 'complete' && !!window.dinovDemo && window.dinovDemo.state.ready"
+                     ) as devtools:
     yield devtools, server
-    devtools.close()
-  finally:
-    proc.terminate()
-    try:
-      proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-    server.shutdown()
-    server.server_close()
 
 
 def _set_files(devtools, selector, paths):

@@ -6,6 +6,7 @@ prompts. Uses Debian's `chromium` (installed with apt-get when missing and possi
 test is skipped with the reason) and `websocket-client` (test extra).
 """
 import base64
+import contextlib
 import json
 import math
 import os
@@ -121,12 +122,20 @@ def predictor():
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, predictor):
-  chromium = _find_or_install_chromium()
   server = make_server(predictor, port=0, model_name="segnext_tiny", random_init=True)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
+  with chromium_page(server, tmp_path_factory.mktemp("chromium_profile"),
+                     "document.readyState === 'complete' && !!window.segnextDemo") as devtools:
+    yield devtools, server
+
+
+@contextlib.contextmanager
+def chromium_page(server, profile: pathlib.Path, ready: str):
+  """Serves `server` in a thread, opens its page in headless Chromium (profile dir `profile`), waits until the
+  JavaScript expression `ready` holds and yields the page's DevTools; then closes the browser and the server.
+  Skips the test when Chromium does not start."""
+  chromium = _find_or_install_chromium()
+  threading.Thread(target=server.serve_forever, daemon=True).start()
   url = "http://%s:%d/" % server.server_address[:2]
-  profile = tmp_path_factory.mktemp("chromium_profile")
   proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -143,8 +152,8 @@ def browser(tmp_path_factory, predictor):
       pages = [t for t in targets if t.get("type") == "page" and t.get("url", "").startswith(url)]
       time.sleep(0.05)
     devtools = DevTools(pages[0]["webSocketDebuggerUrl"])
-    devtools.wait_for("document.readyState === 'complete' && !!window.segnextDemo")
-    yield devtools, server
+    devtools.wait_for(ready)
+    yield devtools
     devtools.close()
   finally:
     proc.terminate()

@@ -5,13 +5,11 @@ so a busy port or a missing folder fails at once, then loads DINOv and serves th
 object on one to four example images (one category name per example; examples sharing a name are averaged)
 and see the instances of that category on the target images, updated after each edit.
 """
-import logging
 import pathlib
 
+from dinoseg.demo import common
 from dinoseg.demo.common import check_port
 from dinoseg.errors import UserFileNotFoundError, UserValueError
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/dinov/swint_sam_coco.py"
 DEFAULT_PORT = 8009
@@ -62,14 +60,7 @@ def main(args, overrides) -> int:
   check_arguments(args)
   server = make_server(None, port=args.port, random_init=args.random_init, examples_dir=args.examples,
                        inputs_dir=args.inputs, output_dir=args.output)  # UserError: busy port, bad folders
-  try:
+
+  def prepare():
     server.app.predictor, server.app.model_name = build_predictor(args, overrides)
-    host, port = server.server_address[:2]
-    label = " (RANDOM WEIGHTS)" if args.random_init else ""
-    logger.info("DINOv demo%s: open http://%s:%s/ (Ctrl-C stops it)", label, host, port)
-    server.serve_forever()
-  except KeyboardInterrupt:
-    pass
-  finally:
-    server.server_close()
-  return 0
+  return common.serve(server, "DINOv", args.random_init, prepare)

@@ -3,11 +3,8 @@
 `dinoseg demo segnext` binds the port before the model loads (loading takes a while), so a busy port
 fails at once, then loads SegNext and serves the demo page.
 """
-import logging
-
+from dinoseg.demo import common
 from dinoseg.errors import UserValueError
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/segnext/vitb_sax2.py"
 
@@ -41,14 +38,7 @@ def main(args, overrides) -> int:
   from dinoseg.demo.segnext.server import make_server  # noqa: PLC0415
   check_arguments(args)
   server = make_server(None, port=args.port, random_init=args.random_init)  # UserError if the port is busy
-  try:
+
+  def prepare():
     server.app.predictor, server.app.model_name = build_predictor(args, overrides)
-    host, port = server.server_address[:2]
-    label = " (RANDOM WEIGHTS)" if args.random_init else ""
-    logger.info("SegNext demo%s: open http://%s:%s/ (Ctrl-C stops it)", label, host, port)
-    server.serve_forever()
-  except KeyboardInterrupt:
-    pass
-  finally:
-    server.server_close()
-  return 0
+  return common.serve(server, "SegNext", args.random_init, prepare)

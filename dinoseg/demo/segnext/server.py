@@ -27,7 +27,7 @@ import uuid
 
 import numpy as np
 
-from dinoseg.demo.common import HOST, MAX_BODY, DemoHandler, bind_server, decode_image, encode_mask_png  # noqa: F401
+from dinoseg.demo.common import DemoHandler, bind_server, decode_image, encode_mask_png
 
 STATIC = pathlib.Path(__file__).resolve().parent / "static"
 
