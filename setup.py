@@ -61,12 +61,18 @@ INSTALL_REQUIRES = [
 # `dinoseg data prepare --format tfds` (TFDS builders); importlib_resources: tfds imports it undeclared.
 TFDS = ["tensorflow-datasets>=4.9.10", "importlib_resources>=7.1.0"]
 
+# Video files as `dinoseg predict` input (OV2Seg): PyAV, whose wheels bundle ffmpeg (dinoseg/video_io.py).
+VIDEO = ["av>=18.1.0"]
+
 EXTRAS = {
     "tfds": TFDS,
+    "video": VIDEO,
     "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "pytest-timeout>=2.4.0", "setuptools>=84.0.0",
              "wheel>=0.46.3",
              # SegNext demo end-to-end test: drives Debian's chromium over the DevTools protocol.
-             "websocket-client>=1.9.2", *TFDS],
+             "websocket-client>=1.9.2", *TFDS,
+             # Video files (.mp4, ...) in the OV2Seg predict tests (tests/test_video_io_mp4.py).
+             *VIDEO],
     # PyTorch is only an oracle (parity tests) and a weight-file format. Install the
     # CPU build: `pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`.
     "torch": ["torch>=2.13.0"],

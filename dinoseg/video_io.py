@@ -15,33 +15,45 @@ A long video is never held in memory: frames are decoded when iterated (and agai
   any frame is processed. A frame whose header is fine but whose data is corrupt (truncated) fails the
   same way when it is decoded. Frames are never skipped: a video's results need one mask per frame (the
   LV-VIS / YouTube-VIS results format), so a dropped frame would shift every later one.
-- **Video files** (`VIDEO_SUFFIXES`): decoded with PyAV (`pip install av`; its wheels bundle ffmpeg) or,
-  if that is not installed, imageio with imageio-ffmpeg (`pip install imageio imageio-ffmpeg`). Without
-  either, opening one is a one-line `UserValueError` naming the package to install; frames directories
-  always work. The frame count and size come from a first decoding pass (frames are not kept).
+- **Video files** (`VIDEO_SUFFIXES`): decoded with PyAV (`pip install av`, or `pip install dinoseg[video]`;
+  its wheels bundle ffmpeg) or, if that is not installed, imageio with imageio-ffmpeg (`pip install imageio
+  imageio-ffmpeg`). Without either, opening one is a one-line `UserValueError` naming the package to install;
+  frames directories always work. Opening with PyAV reads the packets without decoding them (the frame count:
+  the packets an edit list drops are not frames) and decodes the first frame (the size); the imageio reader
+  decodes the video once to count its frames. `fps` is the stream's average frame rate (None when unknown).
+  Frames are RGB uint8 as a player shows them: PyAV applies the stream's display matrix (`display_oriented`:
+  rotations by multiples of 90 degrees and flips, as ffmpeg's autorotation; other angles are refused), the
+  imageio reader gets ffmpeg's own autorotation. A file that is not a video, has no video stream or no frames,
+  is truncated (fewer packets than its header lists, a packet cut short) or corrupt (a decoder error, or fewer
+  frames decoding than its packets hold), or whose resolution changes mid-stream, is a one-line
+  `UnreadableFrameError` (a `UserValueError`): at opening, or when the bad frame is reached.
 
 `list_videos(path)`: a video file or frames directory is one video; a directory of frames directories
 and / or video files is several (sorted by name).
 """
+import contextlib
 import importlib.util
 import logging
+import math
 import os
 import pathlib
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from dinoseg.errors import UserFileNotFoundError, UserValueError
+from dinoseg.errors import UserError, UserFileNotFoundError, UserValueError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-READER_HINT = "pip install av (PyAV, bundles ffmpeg) or pip install imageio imageio-ffmpeg"
+READER_HINT = ("pip install av (PyAV, bundles ffmpeg; or pip install dinoseg[video]) "
+               "or pip install imageio imageio-ffmpeg")
 
 
 class UnreadableFrameError(UserValueError):
-  """A frame that cannot be read: missing, not an image, corrupt, or of another size than the video's."""
+  """A frame or video file that cannot be read: missing, not an image / video, corrupt, truncated, empty, or a
+  frame of another size than the video's."""
 
 
 def _frame_files(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -96,19 +108,20 @@ class Video:
 
   def windows(self, window_size: int) -> Iterator[tuple[int, list[str], np.ndarray]]:
     """Yields (first frame index, names, (n, H, W, 3) uint8) for consecutive windows of <= window_size frames."""
-    if int(window_size) < 1:
+    window_size = int(window_size)
+    if window_size < 1:
       raise UserValueError(f"window_size must be >= 1, got {window_size}")
-    names, frames, start = [], [], 0
+    names, window, start = [], None, 0
     for index, name, frame in self.frames():
-      if not frames:
-        start = index
+      if not names:  # a new array per window (the caller may keep it); frames are copied in as they decode
+        start, window = index, np.empty((window_size, *frame.shape), frame.dtype)
+      window[len(names)] = frame
       names.append(name)
-      frames.append(frame)
-      if len(frames) == window_size:
-        yield start, names, np.stack(frames)
-        names, frames = [], []
-    if frames:
-      yield start, names, np.stack(frames)
+      if len(names) == window_size:
+        yield start, names, window
+        names, window = [], None
+    if names:
+      yield start, names, window[:len(names)]
 
 
 class FramesDirectory(Video):
@@ -145,45 +158,174 @@ def available_reader() -> str | None:
   return None
 
 
-def _iter_video_file(path: pathlib.Path, reader: str) -> Iterator[np.ndarray]:
+# ----------------------------------------------------------------------------- video files
+
+
+@contextlib.contextmanager
+def _video_errors(path: pathlib.Path):
+  """Turns the readers' errors (missing file, not a video, decoder errors) into one-line UnreadableFrameErrors."""
   try:
-    if reader == "av":
-      import av  # noqa: PLC0415
-      with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-          yield np.asarray(frame.to_ndarray(format="rgb24"), np.uint8)
-    else:
-      import imageio.v3 as iio  # noqa: PLC0415
-      for frame in iio.imiter(str(path), plugin="FFMPEG"):
-        yield np.asarray(frame, np.uint8)[..., :3]
-  except UserValueError:
+    yield
+  except UserError:
     raise
-  except Exception as e:  # noqa: BLE001  (decoder errors of either library)
+  except EOFError as e:  # av.EOFError is one: raised where ffmpeg needs more data than the file has
+    raise UnreadableFrameError(f"{path}: the file ends early: an empty or truncated video ({type(e).__name__}: "
+                               f"{e})") from None
+  except Exception as e:  # noqa: BLE001  (av.FFmpegError subclasses, OSError, imageio's errors, ...)
     raise UnreadableFrameError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
 
 
-class VideoFile(Video):
-  """A video file decoded with PyAV or imageio-ffmpeg (frames named 00000, 00001, ...)."""
+def display_oriented(image: np.ndarray, matrix, path: str | os.PathLike = "video") -> np.ndarray:
+  """`image` (H, W, C) as displayed under an ffmpeg display matrix (AV_PKT_DATA_DISPLAYMATRIX: 9 int32,
+  16.16 fixed point), the way ffmpeg's autorotation applies it: rotations by multiples of 90 degrees, with the
+  matrix's flips. None: `image` unchanged. Another angle: UnreadableFrameError (re-encode the video upright).
 
-  def __init__(self, path: pathlib.Path):
-    reader = available_reader()
+  Returns (H, W, C) or (W, H, C), a view of `image` where possible.
+  """
+  if matrix is None:
+    return image
+  m = [float(v) for v in matrix]
+  scale_x, scale_y = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+  if scale_x == 0 or scale_y == 0:  # not a transformation: ffmpeg ignores it too
+    return image
+  # Clockwise rotation to apply for display, in [-0.9, 359.1) degrees (ffmpeg's get_rotation).
+  theta = float(round(math.degrees(math.atan2(m[1] / scale_y, m[0] / scale_x))))
+  theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+  if abs(theta - 90) < 1:
+    return image.swapaxes(0, 1) if m[3] > 0 else np.rot90(image, -1)  # transpose / 90 degrees clockwise
+  if abs(theta - 180) < 1:
+    image = image[:, ::-1] if m[0] < 0 else image
+    return image[::-1] if m[4] < 0 else image
+  if abs(theta - 270) < 1:
+    return image[::-1, ::-1].swapaxes(0, 1) if m[3] < 0 else np.rot90(image, 1)  # anti-transpose / counterclockwise
+  if abs(theta) > 1:
+    raise UnreadableFrameError(f"{path}: the video is displayed rotated by {theta:g} degrees clockwise (its display "
+                               "matrix); only multiples of 90 are supported: re-encode it upright")
+  return image[::-1] if m[4] < 0 else image
+
+
+def _av_display_matrix(frame) -> np.ndarray | None:
+  """The frame's display matrix (9 int32) or None (PyAV attaches the stream's to every decoded frame).
+
+  Reading `frame.side_data` makes a reference cycle (the frame caches a container that refers to it), so a
+  frame read this way is freed by the cyclic garbage collector, not at once: call it on few frames."""
+  side_data = frame.side_data.get("DISPLAYMATRIX")
+  return None if side_data is None else np.frombuffer(bytes(side_data), np.int32)[:9].copy()
+
+
+def _av_video_stream(container, path: pathlib.Path):
+  if not container.streams.video:
+    raise UnreadableFrameError(f"{path}: no video stream in this file (streams: "
+                               f"{', '.join(s.type for s in container.streams) or 'none'})")
+  return container.streams.video[0]
+
+
+def _av_frames(path: pathlib.Path) -> Iterator[np.ndarray]:
+  import av  # noqa: PLC0415
+  with _video_errors(path), av.open(str(path)) as container:
+    rotation, matrix = None, None
+    for frame in container.decode(_av_video_stream(container, path)):
+      if frame.rotation != rotation:  # the first frame, or a new display matrix (read without the side-data cycle)
+        rotation, matrix = frame.rotation, _av_display_matrix(frame)
+      yield np.ascontiguousarray(display_oriented(frame.to_ndarray(format="rgb24"), matrix, path))
+
+
+class _Probe(NamedTuple):
+  count: int  # the number of frames
+  size: tuple[int, int]  # (height, width) of the first frame as displayed
+  fps: float | None
+
+
+def _first_frame(frames: Iterator[np.ndarray], path: pathlib.Path) -> np.ndarray:
+  """The first frame of `frames` (the iterator is closed; nothing else is decoded)."""
+  try:
+    first = next(frames, None)
+  finally:
+    frames.close()
+  if first is None:
+    raise UnreadableFrameError(f"{path}: the video has no frames")
+  return first
+
+
+def _probe_av(path: pathlib.Path) -> _Probe:
+  """The frame count from the packets (read, not decoded): those an edit list drops are not frames; a packet
+  the demuxer marks corrupt (cut short) or fewer packets than the header lists is a truncated file."""
+  import av  # noqa: PLC0415
+  with _video_errors(path):
+    with av.open(str(path)) as container:
+      stream = _av_video_stream(container, path)
+      listed = int(stream.frames or 0)  # the header's count (0: none, e.g. Matroska); includes dropped packets
+      fps = float(stream.average_rate) if stream.average_rate else None
+      packets = count = 0
+      for packet in container.demux(stream):
+        if not packet.size:  # the demuxer's final empty packet
+          continue
+        if packet.is_corrupt:
+          raise UnreadableFrameError(f"{path}: the data of frame {packets} is corrupt or cut short (a truncated "
+                                     "file?)")
+        packets += 1
+        count += not packet.is_discard
+    if listed and packets < listed:
+      raise UnreadableFrameError(f"{path}: its header lists {listed} frames but the file holds {packets} (a "
+                                 "truncated file?)")
+    if not count:
+      raise UnreadableFrameError(f"{path}: the video has no frames")
+    first = _first_frame(_av_frames(path), path)
+  return _Probe(count, (int(first.shape[0]), int(first.shape[1])), fps)
+
+
+def _imageio_frames(path: pathlib.Path) -> Iterator[np.ndarray]:
+  import imageio.v3 as iio  # noqa: PLC0415
+  with _video_errors(path):
+    for frame in iio.imiter(str(path), plugin="FFMPEG"):  # ffmpeg autorotates
+      yield np.ascontiguousarray(np.asarray(frame, np.uint8)[..., :3])
+
+
+def _probe_imageio(path: pathlib.Path) -> _Probe:
+  """The count by decoding every frame once (frames are not kept): imageio gives no count that accounts for
+  edit lists and dropped frames."""
+  first = _first_frame(_imageio_frames(path), path)
+  count = sum(1 for _ in _imageio_frames(path))
+  return _Probe(count, (int(first.shape[0]), int(first.shape[1])), None)
+
+
+_READERS: dict[str, tuple[Callable[[pathlib.Path], _Probe], Callable[[pathlib.Path], Iterator[np.ndarray]]]] = {
+    "av": (_probe_av, _av_frames), "imageio": (_probe_imageio, _imageio_frames)}
+
+
+class VideoFile(Video):
+  """A video file decoded with PyAV or imageio-ffmpeg (frames named 00000, 00001, ...; module docstring).
+
+  Attributes (besides `Video`'s): fps: the average frame rate, None when unknown. reader: "av" or "imageio".
+  """
+
+  def __init__(self, path: pathlib.Path, reader: str | None = None):
+    reader = reader or available_reader()
     if reader is None:
       raise UserValueError(f"{path}: reading video files needs a video reader ({READER_HINT}); "
                            "or pass a directory of frame images")
-    self._reader = reader
-    count, size = 0, None
-    for frame in _iter_video_file(path, reader):  # one pass for the count and size; frames are not kept
-      size = size or frame.shape[:2]
-      count += 1
-    if not count:
-      raise UserValueError(f"{path}: the video has no frames")
-    super().__init__(path, [f"{i:05d}" for i in range(count)], (int(size[0]), int(size[1])))
+    if reader not in _READERS:
+      raise ValueError(f"unknown video reader {reader!r} (known: {', '.join(_READERS)})")
+    self.reader = reader
+    probe, self._decode_frames = _READERS[reader]
+    count, size, self.fps = probe(path)
+    super().__init__(path, [f"{i:05d}" for i in range(count)], size)
 
   def frames(self):
-    for i, frame in enumerate(_iter_video_file(self.path, self._reader)):
+    decoded = 0
+    for i, frame in enumerate(self._decode_frames(self.path)):
       if i >= self.num_frames:
-        break
+        raise UnreadableFrameError(f"{self.path}: more frames decode than the {self.num_frames} its packets hold")
+      if frame.shape[:2] != self.size:
+        raise UnreadableFrameError(
+            f"{self.path}: frame {i} is {frame.shape[0]}x{frame.shape[1]} but the first frame is "
+            f"{self.size[0]}x{self.size[1]} (the resolution changes mid-stream); all frames of a video must have "
+            "one size: re-encode it at one size")
+      decoded += 1
       yield i, self.frame_names[i], frame
+    if decoded != self.num_frames:  # a decoder that drops undecodable frames
+      raise UnreadableFrameError(f"{self.path}: only {decoded} of its {self.num_frames} frames decode (a truncated "
+                                 "or corrupt file?)")
 
 
 def open_video(path: str | os.PathLike) -> Video:
@@ -218,4 +360,4 @@ def list_videos(path: str | os.PathLike) -> list[pathlib.Path]:
 
 
 __all__ = ["Video", "FramesDirectory", "VideoFile", "UnreadableFrameError", "open_video", "list_videos",
-           "available_reader", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "READER_HINT"]
+           "available_reader", "display_oriented", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "READER_HINT"]

@@ -520,6 +520,60 @@ def test_cli_video_file_without_or_with_a_reader(cli_setup, tmp_path, capsys):
     _one_line_error(capsys, "not a readable video")
 
 
+def test_cli_predicts_an_mp4_like_its_frames(cli_setup, tmp_path, capsys):
+  """`--input=clip.mp4` (H.264 written with PyAV) writes the per-frame overlays, the GIF, results.json and
+  videos.json, and its results equal those of its decoded frames given as a frames directory."""
+  pytest.importorskip("av")
+  from PIL import Image
+  from test_video_io_mp4 import moving_squares, write_video
+  clip = write_video(tmp_path / "clip.mp4", moving_squares(5, 48, 48))  # the other tests' frame size: no compile
+  frames_dir = tmp_path / "frames" / "clip"
+  frames_dir.mkdir(parents=True)
+  for _, name, frame in video_io.open_video(clip).frames():
+    Image.fromarray(frame).save(frames_dir / f"{name}.png")
+  vocab = write_vocabulary(tmp_path / "v.npy", 3)
+  for source, out in ((clip, tmp_path / "out_mp4"), (frames_dir, tmp_path / "out_frames")):
+    assert _run(cli_setup, f"--input={source}", f"--output={out}", f"--vocabulary={vocab}",
+                "--score-threshold=0") == 0, capsys.readouterr().err
+  out = tmp_path / "out_mp4"
+  assert sorted(p.name for p in (out / "clip.mp4").iterdir()) == [f"{i:05d}.png" for i in range(5)]
+  with Image.open(out / "clip.mp4.gif") as gif:
+    assert gif.n_frames == 5
+  videos = json.loads((out / "videos.json").read_text())
+  assert videos == [{"id": 1, "name": "clip.mp4", "frames": [f"{i:05d}" for i in range(5)], "height": 48,
+                     "width": 48}]
+  results = json.loads((out / "results.json").read_text())
+  assert len(results) == 10 and all(len(r["segmentations"]) == 5 for r in results)
+  assert results == json.loads((tmp_path / "out_frames" / "results.json").read_text())
+  for i in range(5):  # the overlays too: the same frames, masks and colours
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "clip.mp4" / f"{i:05d}.png")),
+                                  np.asarray(Image.open(tmp_path / "out_frames" / "clip" / f"{i:05d}.png.png")))
+
+
+def test_cli_bad_video_files(cli_setup, tmp_path, capsys):
+  """Truncated .mp4s (index at the end: no index; index first: fewer frames than the index lists) and a text
+  file named .mp4: one line, exit status 2; among several videos they are skipped and listed (exit status 1)."""
+  pytest.importorskip("av")
+  from test_video_io_mp4 import moving_squares, write_video
+  vocab = write_vocabulary(tmp_path / "v.npy", 3)
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  data = write_video(videos / "a_good.mp4", moving_squares(4, 48, 48)).read_bytes()
+  (videos / "b_half.mp4").write_bytes(data[:len(data) // 2])
+  faststart = write_video(tmp_path / "faststart.mp4", moving_squares(4, 48, 48),
+                          container_options={"movflags": "faststart"}).read_bytes()
+  (videos / "c_faststart_half.mp4").write_bytes(faststart[:len(faststart) // 2])
+  (videos / "d_notes.mp4").write_text("not a video\n")
+  for i, (name, words) in enumerate((("b_half.mp4", "not a readable video"), ("c_faststart_half.mp4", "truncated"),
+                                     ("d_notes.mp4", "not a readable video"))):
+    assert _run(cli_setup, f"--input={videos / name}", f"--output={tmp_path / f'o{i}'}", f"--vocabulary={vocab}") == 2
+    _one_line_error(capsys, name, words)
+  assert _run(cli_setup, f"--input={videos}", f"--output={tmp_path / 'all'}", f"--vocabulary={vocab}") == 1
+  err = capsys.readouterr().err
+  assert "3 unreadable video(s) skipped" in err and all(n in err for n in ("b_half", "c_faststart", "d_notes"))
+  assert [v["name"] for v in json.loads((tmp_path / "all" / "videos.json").read_text())] == ["a_good.mp4"]
+
+
 def test_cli_bad_vocabularies(cli_setup, tmp_path, capsys):
   good = _frames(tmp_path, name="clip")
   out = f"--output={tmp_path / 'out'}"
