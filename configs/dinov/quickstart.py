@@ -11,9 +11,8 @@ with the VOS protocol and scores J&F, and writes overlays; nothing is downloaded
   dinoseg quickstart --system=dinov --workdir=/tmp/dinoseg_quickstart_dinov --config.train.num_steps=300
 
 Measured (docs/dinov.md, "Quickstart"): 1000 steps of 4 + 4 images at 128 x 128 gave mask AP 46.7 (AP50 64.8) on
-the 64 held-out images with prompts from the train images and J&F 77.3 on the 8 synthetic videos, in 33:00 wall
-on 2 CPU cores shared with other jobs (load average 5-6; 25.1 CPU minutes; 242 s of it compiling the train step).
-Not measured idle; the issue's 15 minutes is not shown (estimated 16-18 minutes idle).
+the 64 held-out images with prompts from the train images and J&F 77.3 on the 8 synthetic videos, in 14:06 wall
+on 2 idle CPU cores (AMD EPYC; 126 s of it compiling the train step, 0.63-0.67 s per step).
 
 The model keeps the structure of configs/dinov/swint_sam_coco.py (a Swin backbone, res3-res5 + one extra level,
 low2high, 300 -> 16 learned queries and anchors without two-stage selection, class-agnostic denoising, the prompt

@@ -17,9 +17,10 @@ model (used by dinoseg.models.dinov.model.build_model and convert.py)
   num_classes                     ENCODER.NUM_CLASSES (133; classes come from prompts, the count is data)
 evaluation                      `dinoseg eval`: the generic protocol (bank, example draws) and the
                                   VOS dataset (evaluation_config)
-prompts, loss, test               recorded for the training / data / evaluation slices (not used yet):
+prompts, loss, test               read by training (dinov.task), the criterion and the protocols:
                                   prompt sampling (MAX_NUM_INSTANCE, MAX_NUM_INSTANCE_CONTENT,
-                                  MAX_TRAIN_EXAMPLE, INFERENCE_EXAMPLE, STROKE_SAMPLER, NMS_THRESHOLD,
+                                  MAX_TRAIN_EXAMPLE, INFERENCE_EXAMPLE, STROKE_SAMPLER (candidates and
+                                  their probabilities: sampling.shape_prompts), NMS_THRESHOLD,
                                   MAX_MEMORY_SIZE, point_per_side, MANY2MANY, softmax), loss and cost
                                   weights, point sampling, test thresholds.
 """
@@ -77,6 +78,10 @@ def prompt_config() -> ml_collections.ConfigDict:
       cross_gpu_batch=True,  # class prompts from the whole global batch
       use_shape_sampler=True,  # SA-1B content prompts are scribbles
       openset_use_shape_sampler=False,  # COCO class prompts are the full GT masks
+      shape_candidates=("Scribble",),  # STROKE_SAMPLER.CANDIDATE_NAMES: of "Scribble", "Point", "Box", "Mask"
+      shape_probs=(1.0,),  # STROKE_SAMPLER.CANDIDATE_PROBS: one weight >= 0 per candidate, positive sum
+      shape_point_radius=3.0,  # "Point": the click's disc radius in pixels of the prompt canvas
+      drop_empty_shapes=False,  # True: a prompt whose drawn shape is empty takes no part (the reference keeps it)
       stroke_num_strokes=5,
       stroke_presets=("rand_curve", "rand_curve_small"),
       stroke_probs=(0.5, 0.5),
@@ -187,6 +192,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("max_batches", "max_videos"):
       if int(e[key]) < 0:
         raise ValueError(f"evaluation.{key} must be >= 0, got {e[key]}")
+  p = c.get("prompts")
+  if p is not None and p.get("shape_candidates") is not None:
+    from dinoseg.models.dinov import sampling  # noqa: PLC0415
+    sampling.check_shape_config(p.shape_candidates, p.get("shape_probs", ()))
+    if not float(p.get("shape_point_radius", 0.0)) >= 0.0:
+      raise ValueError(f"prompts.shape_point_radius must be >= 0, got {p.shape_point_radius}")
+    unknown = [n for n in p.stroke_presets if n not in sampling.STROKE_PRESETS]
+    if unknown or len(p.stroke_presets) != len(p.stroke_probs):
+      raise ValueError(f"prompts.stroke_presets must name presets of {tuple(sampling.STROKE_PRESETS)} with one "
+                       f"prompts.stroke_probs value each, got {tuple(p.stroke_presets)} and {tuple(p.stroke_probs)}")
   if c.model.pixel_decoder.conv_dim != d.hidden_dim:
     raise ValueError("model.pixel_decoder.conv_dim must equal model.decoder.hidden_dim (no input projection)")
 

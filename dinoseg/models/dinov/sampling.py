@@ -14,6 +14,12 @@ counts, no per-click random image); the level targets of a click are the instanc
 random T of them when more); the
 content prompts are the first K instances of the permutation (`scribbles` draws the reference's random strokes
 inside them).
+
+Shape sampler (`shape_prompts`, the reference's `ShapeSampler`): per prompt one candidate drawn with the
+configured probabilities ("Scribble": `scribbles`; "Point": a disc around a uniform random pixel of the
+instance; "Box": the instance's filled bounding box; "Mask": the full mask), every drawn candidate computed for
+all prompts at static shapes and the drawn one selected; an empty result is reported (`nonempty` False, the
+reference's type 'none').
 """
 from typing import Any
 
@@ -35,13 +41,16 @@ class ClassPrompts:
 
 
 def class_prompts(key: jax.Array, labels: jax.Array, valid: jax.Array, *, num_classes: int, num_slots: int,
-                  max_examples: int) -> ClassPrompts:
+                  max_examples: int, eligible: jax.Array | None = None) -> ClassPrompts:
   """Class-prompt sampling over the global batch.
 
   Args:
     key: PRNG key; labels (B, T) int category (contiguous, < num_classes); valid (B, T) bool.
     num_slots: K, the class-prompt budget (categories beyond the first K present ones are dropped with
       their targets); max_examples: MAX_TRAIN_EXAMPLE (4).
+    eligible: optional (B, T) bool, the instances that may serve as examples (e.g. those whose sampled prompt
+      shape is not empty); None: every valid instance (the same draws as all True). A category present with no
+      eligible instance gets no prompt: its slot is invalid and its targets do not take part.
   """
   b, t = labels.shape
   flat_l = labels.reshape(-1).astype(jnp.int32)
@@ -52,17 +61,21 @@ def class_prompts(key: jax.Array, labels: jax.Array, valid: jax.Array, *, num_cl
   slot_of_class = jnp.where(slot_of_class < num_slots, slot_of_class, -1)
   slot = jnp.where(flat_v, slot_of_class[safe_l], -1)
   take = slot >= 0
+  example = take if eligible is None else take & jnp.asarray(eligible).reshape(-1).astype(bool)
   k_rank, k_num = jax.random.split(key)
   u = jax.random.uniform(k_rank, flat_l.shape)
-  same = (slot[:, None] == slot[None, :]) & take[:, None] & take[None, :]
+  same = (slot[:, None] == slot[None, :]) & example[:, None] & example[None, :]
   rank = jnp.sum(same & (u[None, :] < u[:, None]), axis=1)
-  count = jnp.zeros((num_slots,), jnp.int32).at[jnp.where(take, slot, 0)].add(take.astype(jnp.int32))
+  count = jnp.zeros((num_slots,), jnp.int32).at[jnp.where(example, slot, 0)].add(example.astype(jnp.int32))
   limit = jnp.clip(jnp.minimum(count, max_examples), 1, None)
   num = jnp.floor(jax.random.uniform(k_num, (num_slots,)) * limit).astype(jnp.int32) + 1  # randint(1, limit)
-  chosen = take & (rank < num[jnp.where(take, slot, 0)])
+  chosen = example & (rank < num[jnp.where(example, slot, 0)])
   onehot = (jnp.arange(num_slots)[:, None] == slot[None, :]) & chosen[None, :]
   members = onehot.astype(jnp.float32) / num[:, None].astype(jnp.float32)
-  return ClassPrompts(members=members, slot_valid=count > 0, labels=jnp.where(take, slot, 0).reshape(b, t),
+  slot_valid = count > 0
+  if eligible is not None:
+    take = take & slot_valid[jnp.where(take, slot, 0)]
+  return ClassPrompts(members=members, slot_valid=slot_valid, labels=jnp.where(take, slot, 0).reshape(b, t),
                       valid=take.reshape(b, t))
 
 
@@ -241,5 +254,120 @@ def scribbles(key: jax.Array, masks: jax.Array, *, num_strokes: int = 5,
   return (stroke & m).astype(jnp.float32)
 
 
+# The shape sampler's candidates (the reference's STROKE_SAMPLER.CANDIDATE_NAMES; its released configs use only
+# "Scribble").
+SHAPE_CANDIDATES = ("Scribble", "Point", "Box", "Mask")
+
+
+def check_shape_config(candidates, probs) -> None:
+  """Raises ValueError for shape-sampler settings `shape_prompts` cannot use (unknown or repeated candidate
+  names, a probability list of another length, a negative or non-finite probability, no positive one)."""
+  candidates, probs = tuple(candidates), tuple(probs)
+  if not candidates:
+    raise ValueError(f"prompts.shape_candidates must name at least one of {SHAPE_CANDIDATES}")
+  unknown = [c for c in candidates if c not in SHAPE_CANDIDATES]
+  if unknown:
+    raise ValueError(f"prompts.shape_candidates: unknown candidate(s) {unknown}; known: {SHAPE_CANDIDATES}")
+  if len(set(candidates)) != len(candidates):
+    raise ValueError(f"prompts.shape_candidates names a candidate twice: {candidates}")
+  if len(probs) != len(candidates):
+    raise ValueError(f"prompts.shape_probs has {len(probs)} values for {len(candidates)} candidates {candidates}")
+  try:
+    values = [float(p) for p in probs]
+  except (TypeError, ValueError):
+    raise ValueError(f"prompts.shape_probs must be numbers, got {probs}") from None
+  if any(not (v >= 0.0) or v == float("inf") for v in values):
+    raise ValueError(f"prompts.shape_probs must be finite and >= 0, got {probs}")
+  if sum(values) <= 0.0:
+    raise ValueError(f"prompts.shape_probs must have a positive sum, got {probs}")
+
+
+@flax.struct.dataclass
+class ShapePrompts:
+  """masks: (B, K, H, W) float32 {0, 1} prompt shapes; kind: (B, K) int32 index of each prompt's drawn
+  candidate in `candidates`; nonempty: (B, K) bool, False where the drawn shape has no pixel (the reference's
+  type 'none')."""
+  masks: Any
+  kind: Any
+  nonempty: Any
+
+
+def point_discs(key: jax.Array, masks: jax.Array, radius: float = 3.0) -> jax.Array:
+  """A click per mask: a uniform random pixel of the mask (`uniform_pixels`) drawn as a disc of `radius`
+  pixels (pixels at distance <= radius from it), cut to the mask.
+
+  Args:
+    masks: (B, K, H, W) masks (> 0 is inside). Returns (B, K, H, W) bool (empty for an empty mask).
+  """
+  b, k, h, w = masks.shape
+  index = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[None], (b, k))
+  pixel = uniform_pixels(key, masks, index)  # (B, K)
+  cy, cx = (pixel // w).astype(jnp.float32), (pixel % w).astype(jnp.float32)
+  gy = jnp.arange(h, dtype=jnp.float32)[:, None]
+  gx = jnp.arange(w, dtype=jnp.float32)[None, :]
+  dist2 = (gy - cy[..., None, None]) ** 2 + (gx - cx[..., None, None]) ** 2
+  return (dist2 <= float(radius) ** 2) & (masks > 0)
+
+
+def box_shapes(masks: jax.Array) -> jax.Array:
+  """Each mask's bounding box as a filled rectangle (rows between its first and last row holding a pixel,
+  columns likewise).
+
+  Args:
+    masks: (B, K, H, W) masks (> 0 is inside). Returns (B, K, H, W) bool (empty for an empty mask).
+  """
+  m = masks > 0
+  rows, cols = jnp.any(m, axis=-1), jnp.any(m, axis=-2)  # (B, K, H), (B, K, W)
+
+  def span(line):  # positions between the first and the last True
+    return (jnp.cumsum(line, axis=-1) > 0) & (jnp.cumsum(line[..., ::-1], axis=-1)[..., ::-1] > 0)
+
+  return span(rows)[..., :, None] & span(cols)[..., None, :]
+
+
+def shape_prompts(key: jax.Array, masks: jax.Array, *, candidates=("Scribble",), probs=(1.0,), num_strokes: int = 5,
+                  stroke_presets=("rand_curve", "rand_curve_small"), stroke_probs=(0.5, 0.5),
+                  point_radius: float = 3.0) -> ShapePrompts:
+  """The reference's training `ShapeSampler`: per mask one candidate drawn with `probs`, its shape drawn.
+
+  Candidates (names of SHAPE_CANDIDATES): "Scribble" (`scribbles` with `num_strokes`, `stroke_presets`,
+  `stroke_probs`), "Point" (`point_discs` with `point_radius`), "Box" (`box_shapes`), "Mask" (the mask).
+  The draw is one categorical per mask over log `probs` (a single candidate draws nothing); every candidate
+  with a positive probability is computed for all masks (static shapes, about one (B, K, H, W) array each) and
+  the drawn one selected. `scribbles` gets `key` itself, so "Scribble" alone gives exactly `scribbles(key, ...)`.
+
+  Args:
+    key: PRNG key; masks: (B, K, H, W) instance masks (> 0 is inside); candidates, probs: the candidate names
+      and their weights (Python values, checked by `check_shape_config`).
+  Returns:
+    ShapePrompts: masks (B, K, H, W) float32, kind (B, K) int32 index into `candidates`, nonempty (B, K) bool.
+  """
+  check_shape_config(candidates, probs)
+  candidates = tuple(candidates)
+  weights = [float(p) for p in probs]
+  b, k, h, w = masks.shape
+  if len(candidates) == 1:
+    kind = jnp.zeros((b, k), jnp.int32)
+  else:
+    log_p = jnp.log(jnp.asarray(weights, jnp.float32))  # a zero weight: -inf, never drawn
+    kind = jax.random.categorical(jax.random.fold_in(key, 101), log_p, shape=(b, k)).astype(jnp.int32)
+  out = jnp.zeros((b, k, h, w), bool)
+  for i, name in enumerate(candidates):
+    if weights[i] <= 0.0:
+      continue
+    if name == "Scribble":
+      shape = scribbles(key, masks, num_strokes=num_strokes, presets=tuple(stroke_presets),
+                        probs=tuple(stroke_probs)) > 0
+    elif name == "Point":
+      shape = point_discs(jax.random.fold_in(key, 102), masks, point_radius)
+    elif name == "Box":
+      shape = box_shapes(masks)
+    else:  # "Mask"
+      shape = masks > 0
+    out = jnp.where((kind == i)[..., None, None], shape, out)
+  return ShapePrompts(masks=out.astype(jnp.float32), kind=kind, nonempty=jnp.any(out, axis=(2, 3)))
+
+
 __all__ = ["class_prompts", "ClassPrompts", "uniform_pixels", "refer_targets", "ReferSample", "scribbles",
-           "STROKE_PRESETS"]
+           "STROKE_PRESETS", "SHAPE_CANDIDATES", "check_shape_config", "ShapePrompts", "point_discs", "box_shapes",
+           "shape_prompts"]

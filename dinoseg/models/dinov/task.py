@@ -11,8 +11,11 @@ batch size each), and the loss is the sum of
   (sampling.class_prompts), encoded from the instances' full masks on their own images and averaged, the
   class-agnostic DN group, criterion.DINOvCriterion.generic; metrics "generic/<loss name>";
 - the referring task on the SA-1B images (`visual_refer`): clicks, level targets and content prompts
-  (sampling.refer_targets; with `prompts.use_shape_sampler` the content prompts are scribbles inside their
-  instances, sampling.scribbles), criterion.DINOvCriterion.refer; metrics "refer/<loss name>".
+  (sampling.refer_targets; with `prompts.use_shape_sampler` the content prompts are shapes drawn inside their
+  instances by sampling.shape_prompts, scribbles in the released configs; an empty shape stays a prompt, as the
+  reference, or with `prompts.drop_empty_shapes` is left out), criterion.DINOvCriterion.refer; metrics
+  "refer/<loss name>"; with `prompts.openset_use_shape_sampler` the generic task's class-prompt examples are such
+  shapes too (with `drop_empty_shapes` an instance with an empty shape is no example).
 The reference runs the two as separate forward passes and sums the loss dictionaries; so does this task
 (one jitted step, two model applications with static shapes).
 """
@@ -158,20 +161,35 @@ class DINOvTask(task_lib.Task):
     return evaluate_lib.run_protocols(model, jax.device_get(dict(variables)), self.config)
 
   # -- loss
+  def _shapes(self, key, masks):
+    """The configured shape sampler (`prompts.shape_candidates` / `shape_probs`, sampling.shape_prompts) on
+    (B, K, H, W) masks."""
+    p = self.config.prompts
+    return sampling.shape_prompts(key, masks, candidates=tuple(p.get("shape_candidates", ("Scribble",))),
+                                  probs=tuple(p.get("shape_probs", (1.0,))), num_strokes=int(p.stroke_num_strokes),
+                                  stroke_presets=tuple(p.stroke_presets), stroke_probs=tuple(p.stroke_probs),
+                                  point_radius=float(p.get("shape_point_radius", 3.0)))
+
   def _generic_loss(self, params, model_state, batch, key):
     p, dec = self.config.prompts, self.config.model.decoder
     labels, valid = batch["coco.labels"].astype(jnp.int32), batch["coco.valid"].astype(bool)
     b, t = labels.shape
     k_prompt, k_dn, k_points = jax.random.split(key, 3)
     num_slots = min(int(self.config.model.num_classes), b * t)
+    masks = prompt_masks = batch["coco.masks"]
+    eligible = None
+    if p.openset_use_shape_sampler:  # class-prompt examples are shapes drawn inside the instances
+      shapes = self._shapes(jax.random.fold_in(k_prompt, 1), masks)
+      prompt_masks = shapes.masks
+      if p.get("drop_empty_shapes", False):  # an empty shape is no example (the reference keeps it)
+        eligible = shapes.nonempty
     cls = sampling.class_prompts(k_prompt, labels, valid, num_classes=int(self.config.model.num_classes),
-                                 num_slots=num_slots, max_examples=int(p.max_train_example))
-    masks = batch["coco.masks"]
+                                 num_slots=num_slots, max_examples=int(p.max_train_example), eligible=eligible)
     targets = PaddedInstances(labels=cls.labels, boxes=batch["coco.boxes"].astype(jnp.float32), valid=cls.valid,
                               masks=masks)
     noise = denoising.sample_dn_noise(k_dn, b, dec.dn_num, 1) if dec.dn != "no" else None
-    out = self.model.apply({"params": params, **model_state}, batch["coco.image"], batch["coco.valid_hw"], masks,
-                           cls.members, cls.slot_valid, targets, noise, method=_generic_train)
+    out = self.model.apply({"params": params, **model_state}, batch["coco.image"], batch["coco.valid_hw"],
+                           prompt_masks, cls.members, cls.slot_valid, targets, noise, method=_generic_train)
     losses = self.criterion.generic(out, targets, md_criterion.random_draws(k_points))
     return losses, {"num_classes": jnp.sum(cls.slot_valid.astype(jnp.float32))}
 
@@ -183,16 +201,18 @@ class DINOvTask(task_lib.Task):
                                num_tokens=int(self.config.model.decoder.num_mask_tokens),
                                num_content=int(p.max_content), half_size=int(p.click_half_size))
     content_masks = jnp.take_along_axis(masks, s.refer.content_index[:, :, None, None], axis=1)
-    if p.use_shape_sampler:  # the reference's SA-1B content prompts are scribbles inside the instances
-      content_masks = sampling.scribbles(jax.random.fold_in(k_sample, 1), content_masks,
-                                         num_strokes=int(p.stroke_num_strokes), presets=tuple(p.stroke_presets),
-                                         probs=tuple(p.stroke_probs))
+    refer = s.refer
+    if p.use_shape_sampler:  # the reference's SA-1B content prompts are shapes (scribbles) inside the instances
+      shapes = self._shapes(jax.random.fold_in(k_sample, 1), content_masks)
+      content_masks = shapes.masks
+      if p.get("drop_empty_shapes", False):  # an empty shape: no prompt (the reference keeps it)
+        refer = refer.replace(content_valid=refer.content_valid & shapes.nonempty)
     noise = jax.random.uniform(k_noise, s.clicks.shape, jnp.float32)
     out = self.model.apply({"params": params, **model_state}, batch["sam.image"], batch["sam.valid_hw"],
-                           content_masks, s.refer.content_valid, s.clicks, s.click_valid, noise, method=_refer_train)
+                           content_masks, refer.content_valid, s.clicks, s.click_valid, noise, method=_refer_train)
     instances = PaddedInstances(labels=jnp.zeros(valid.shape, jnp.int32), boxes=batch["sam.boxes"].astype(jnp.float32),
                                 valid=valid, masks=masks)
-    losses = self.criterion.refer(out, instances, s.refer, md_criterion.random_draws(k_points))
+    losses = self.criterion.refer(out, instances, refer, md_criterion.random_draws(k_points))
     return losses, {"num_level_targets": jnp.sum(s.refer.level_valid.astype(jnp.float32))}
 
   def loss_fn(self, params, model_state, batch, rng, *, train=True):
