@@ -15,7 +15,10 @@ written here from the semantics), forward and forward + backward.
 Matching (batch 16, 300 queries, 100 targets, 80 classes, 12544 points): matching cost + assignment
 with the device Hungarian, with the host scipy path, and the reference procedure (per image: the
 cost in PyTorch, then scipy's linear_sum_assignment). Point sampling is excluded everywhere: all
-three start from the same sampled point logits and targets.
+three start from the same sampled point logits and targets. The row "before issue 19" is dinoseg's
+previous XLA cost (`previous_xla_matching_cost`), timed in the same rounds for the comparison.
+
+  python scripts/bench_kernels.py --only matching --no-match-pallas --repeats 5   # matching rows only
 
 Prints Markdown tables: medians of --repeats timed runs after one warm-up. The runs of the compared
 implementations are interleaved (one run of each, then the next round), so that a machine shared
@@ -30,8 +33,8 @@ import time
 import numpy as np
 
 
-def _interleaved_medians(fns: dict, repeats: int) -> dict:
-  """{name: callable} -> {name: median seconds}; one warm-up each, then rounds of one run each."""
+def _interleaved_times(fns: dict, repeats: int) -> dict:
+  """{name: callable} -> {name: [seconds per round]}; one warm-up each, then rounds of one run each."""
   for fn in fns.values():
     fn()
   times = {name: [] for name in fns}
@@ -40,7 +43,12 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
       start = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  return times
+
+
+def _interleaved_medians(fns: dict, repeats: int) -> dict:
+  """{name: callable} -> {name: median seconds} (see _interleaved_times)."""
+  return {name: statistics.median(t) for name, t in _interleaved_times(fns, repeats).items()}
 
 
 # ----------------------------------------------------------------------------- deformable attention
@@ -242,6 +250,35 @@ def torch_reference_matching(torch, inputs, weights):
   return out
 
 
+def previous_xla_matching_cost(inputs, weights):
+  """dinoseg's XLA matching cost as it was before issue 19, kept as a labelled row for the comparison.
+
+  Mask terms with sigmoid = 1 / (1 + exp(-x)) and a separate softplus (two exps and a log per point
+  logit); class and box terms as `matching_cost_xla`. inputs: matching_inputs' arrays, all targets
+  valid (no target_box_valid). Returns (B, Q, T) float32.
+  """
+  import jax.numpy as jnp
+
+  from dinoseg.kernels.matching_cost import formulas
+
+  logits, labels = inputs["pred_logits"], inputs["target_labels"]
+  table = formulas.class_cost_table(logits, weights)
+  index = jnp.broadcast_to(labels[:, None, :], (*logits.shape[:2], labels.shape[-1]))
+  cost = weights.class_weight * jnp.take_along_axis(table, index, axis=-1)
+  pred, target = inputs["pred_boxes"], inputs["target_boxes"]
+  l1, giou = formulas.box_costs(tuple(pred[..., i, None] for i in range(4)),
+                                tuple(target[..., None, :, i] for i in range(4)))
+  cost = cost + weights.bbox_weight * l1 + weights.giou_weight * giou
+  x, t = inputs["pred_mask_points"], inputs["target_mask_points"]
+  prob = formulas.sigmoid(x)
+  dot = lambda a: jnp.einsum("bqk,btk->bqt", a, t, precision=formulas.HIGHEST)
+  bce, dice = formulas.mask_costs(jnp.sum(formulas.softplus(x), -1, keepdims=True), dot(x),
+                                  jnp.sum(prob, -1, keepdims=True), dot(prob), jnp.sum(t, -1)[:, None, :],
+                                  x.shape[-1])
+  cost = cost + weights.mask_weight * bce + weights.dice_weight * dice
+  return formulas.finalize(cost, inputs["target_valid"][:, None, :], weights.pad_cost)
+
+
 def bench_matching(args, rng):
   import jax
   import torch
@@ -256,7 +293,10 @@ def bench_matching(args, rng):
   cost_fn = jax.jit(lambda kw: matching_cost(**kw, weights=weights))
   cost = cost_fn(jax_inputs)
   valid = jax_inputs["target_valid"]
-  fns = {"matching cost only (dinoseg XLA)": lambda: jax.block_until_ready(cost_fn(jax_inputs))}
+  previous_fn = jax.jit(lambda kw: previous_xla_matching_cost(kw, weights))
+  difference = float(jax.numpy.max(jax.numpy.abs(previous_fn(jax_inputs) - cost)) / jax.numpy.max(jax.numpy.abs(cost)))
+  fns = {"matching cost only (dinoseg XLA)": lambda: jax.block_until_ready(cost_fn(jax_inputs)),
+         "matching cost only (dinoseg XLA before issue 19)": lambda: jax.block_until_ready(previous_fn(jax_inputs))}
   if args.match_pallas:
     pallas_fn = jax.jit(lambda kw: matching_cost(**kw, weights=weights, impl="pallas"))
     name = "matching cost only (dinoseg Pallas%s)" % (" interpret" if jax.default_backend() == "cpu" else "")
@@ -273,14 +313,16 @@ def bench_matching(args, rng):
       torch_reference_matching(torch, tensors, weights)
 
   fns["cost + assignment, reference procedure (PyTorch cost + scipy per image)"] = reference_procedure
-  rows = list(_interleaved_medians(fns, args.repeats).items())
-  reference = rows[-1][1]
+  times = _interleaved_times(fns, args.repeats)
+  rows = [(name, statistics.median(t), min(t)) for name, t in times.items()]
+  reference, reference_min = rows[-1][1], rows[-1][2]
   print(f"\n### Matching (batch {args.match_batch}, {args.match_queries} queries, {args.match_targets} targets, "
         f"80 classes, {args.match_points} points)\n")
-  print("| step | ms | reference / this |")
-  print("|---|---|---|")
-  for name, t in rows:
-    print(f"| {name} | {t * 1e3:.1f} | {reference / t:.2f}x |")
+  print("| step | median ms | min ms | reference / this (medians) | reference / this (minima) |")
+  print("|---|---|---|---|---|")
+  for name, t, fastest in rows:
+    print(f"| {name} | {t * 1e3:.1f} | {fastest * 1e3:.1f} | {reference / t:.2f}x | {reference_min / fastest:.2f}x |")
+  print(f"\nXLA cost now vs before issue 19: max |difference| / max |cost| = {difference:.1e}")
 
 
 def main():
