@@ -412,6 +412,7 @@ class MaskDINOPredictor(Predictor):
 
   def predict(self, image, score_threshold: float | None = None) -> Segmentation:
     """Segmentation of `image` (a path, a PIL image or (H, W, 3) uint8); see the class docstring."""
+    import jax  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
     from dinoseg.models.maskdino import postprocess as pp  # noqa: PLC0415
@@ -425,6 +426,7 @@ class MaskDINOPredictor(Predictor):
     valid_hw = np.asarray([[nh, nw]], np.int32)
     outputs = self._forward(padded_hw)(self.variables, canvas, valid_hw)
     res = self._postprocess(padded_hw, canvas_hw)(*outputs, valid_hw, np.asarray([[h, w]], np.int32))
+    res = jax.device_get(res)  # indexed on the host (indexing device arrays compiles a program per shape)
     extras: dict[str, Any] = {}
     if "panoptic" in res:
       extras["panoptic"] = np.asarray(res["panoptic"].segmentation[0])[:h, :w].astype(np.int32)
