@@ -30,14 +30,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dinoseg.backbones.vit import PatchEmbed, PlainViT, VitBlock
+from dinoseg.backbones.vit import PlainViT, VitBlock
 from dinoseg.models.segnext import prompts as prompt_lib
 from dinoseg.models.segnext import resize
 from dinoseg.models.segnext.head import SegmentationHead
-from dinoseg.models.segnext.neck import SimpleFPN
+from dinoseg.models.segnext.neck import PatchConv, SimpleFPN
 from dinoseg.ops import interpolate, pixels
 
 FUSION_NORM_EPS = 1e-5  # torch's LayerNorm default in the fusion blocks (the backbone uses 1e-6)
+
+
+class PromptPatchEmbed(nn.Module):
+  """The prompt maps' 16x16 stride-16 patch embedding with bias (`proj`, the reference `PatchEmbed`).
+
+  Same parameters as `dinoseg.backbones.vit.PatchEmbed` (`proj/kernel` (p, p, Cin, D), `proj/bias`),
+  computed as a patchify + matmul (`PatchConv`), which is faster than XLA CPU's convolution on
+  the per-click path: (P, S, S, Cin) -> (P, S/p, S/p, D).
+  """
+  patch_size: int = 16
+  embed_dim: int = 768
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, maps: jax.Array) -> jax.Array:
+    return PatchConv(self.embed_dim, self.patch_size, kernel_init=nn.initializers.xavier_uniform(),
+                     dtype=self.dtype, name="proj")(maps)
 
 
 class SegNext(nn.Module):
@@ -94,12 +111,11 @@ class SegNext(nn.Module):
     if self.fusion_depth < 0:
       raise ValueError(f"fusion_depth must be >= 0, got {self.fusion_depth}")
     self.backbone = self.make_backbone()
-    self.visual_prompts_encoder = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype)
+    self.visual_prompts_encoder = PromptPatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype)
     if self.extra_prompts:
       p = self.patch_size
-      self.extra_prompts_encoder = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                                           use_bias=False, dtype=self.dtype,
-                                           kernel_init=nn.initializers.zeros)
+      self.extra_prompts_encoder = PatchConv(self.embed_dim, p, use_bias=False, dtype=self.dtype,
+                                             kernel_init=nn.initializers.zeros)
     self.fusion_blocks = [VitBlock(self.num_heads, self.mlp_ratio, True, FUSION_NORM_EPS, dtype=self.dtype,
                                    name=f"fusion_blocks_{i}") for i in range(self.fusion_depth)]
     self.neck = SimpleFPN(tuple(self.neck_dims), dtype=self.dtype)
@@ -146,7 +162,14 @@ class SegNext(nn.Module):
     clicks, extras = self.prompt_maps(prompts, prev_mask, original_hw)
     feats = self.visual_prompts_encoder(clicks.astype(self.dtype))
     if extras is not None:
-      feats = feats + self.extra_prompts_encoder(extras.astype(self.dtype))
+      # Click-only prompt sets (all extra maps zero) skip the bias-free extra encoder: its output
+      # would be exactly zero. Static shapes either way; on CPU only the taken branch runs.
+      # (`nn.cond` cannot create parameters, so `init` calls the encoder directly.)
+      extras = extras.astype(self.dtype)
+      if self.is_initializing():
+        feats = _add_extra_prompts(self, feats, extras)
+      else:
+        feats = nn.cond(jnp.any(extras != 0), _add_extra_prompts, _keep_features, self, feats, extras)
     return feats
 
   def decode(self, features: jax.Array, prompt_features: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -198,6 +221,16 @@ class SegNext(nn.Module):
     """embed_image + predict on matching batches (used by `init` and training)."""
     features = self.embed_image(images, image_hw)
     return self.predict(features, prompts, prev_mask, image_hw, deterministic=deterministic)
+
+
+def _add_extra_prompts(model: SegNext, feats: jax.Array, extras: jax.Array) -> jax.Array:
+  """(P, g, g, D) prompt features + the extra encoder of (P, S, S, 3) extra maps."""
+  return feats + model.extra_prompts_encoder(extras)
+
+
+def _keep_features(model: SegNext, feats: jax.Array, extras: jax.Array) -> jax.Array:
+  del model, extras
+  return feats
 
 
 def build_segnext(model_config) -> SegNext:

@@ -36,8 +36,42 @@ class ConvTranspose2x2(nn.Module):
                         (2, 2, cin, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     b, h, w, _ = x.shape
-    y = jnp.einsum("bhwc,ijcd->bhiwjd", x.astype(self.dtype), kernel.astype(self.dtype))
+    # One (B*H*W, Cin) x (Cin, 4*Cout) matmul, then the 2x2 pixel shuffle: faster on XLA CPU than
+    # the equivalent einsum straight into the (B, H, 2, W, 2, Cout) layout (same products and sums).
+    k = kernel.astype(self.dtype).transpose(2, 0, 1, 3).reshape(cin, 4 * self.features)  # (Cin, [i, j, Cout])
+    y = jnp.dot(x.astype(self.dtype).reshape(b * h * w, cin), k)
+    y = y.reshape(b, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
+class PatchConv(nn.Module):
+  """`nn.Conv(features, (k, k), strides=(k, k), padding="VALID")` as a patchify + matmul.
+
+  Same parameters as that `nn.Conv` (`kernel` (k, k, Cin, Cout), `bias` (Cout,)) and the same
+  products; for non-overlapping kernels (1x1, and the k x k stride-k patch convs) a matmul is
+  faster than XLA CPU's convolution. Input and kernel are cast to `dtype` as `nn.Conv` does.
+  """
+  features: int
+  kernel_size: int = 1
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x (B, H, W, Cin), H and W multiples of k -> (B, H/k, W/k, Cout)."""
+    k = self.kernel_size
+    b, h, w, cin = x.shape
+    if h % k or w % k:
+      raise ValueError(f"input {h}x{w} is not a multiple of the kernel size {k}")
+    kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features))
+    x = x.astype(self.dtype)
+    if k > 1:  # (B, H/k, k, W/k, k, Cin) -> (B, H/k, W/k, [k, k, Cin]), the kernel's (i, j, c) order
+      x = x.reshape(b, h // k, k, w // k, k, cin).transpose(0, 1, 3, 2, 4, 5)
+    y = jnp.dot(x.reshape(b, h // k, w // k, k * k * cin), kernel.astype(self.dtype).reshape(k * k * cin, -1))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
 
 
 def _group_norm(name: str, dtype) -> nn.GroupNorm:
@@ -63,7 +97,7 @@ class SimpleFPN(nn.Module):
     """x (B, h, w, D) -> [(B, 4h, 4w, d0), (B, 2h, 2w, d1), (B, h, w, d2), (B, h/2, w/2, d3)]."""
     in_dim = x.shape[-1]
     dt = self.dtype
-    conv = lambda f, name, k=1: nn.Conv(f, (k, k), strides=(k, k), padding="VALID", dtype=dt, name=name)  # noqa: E731
+    conv = lambda f, name, k=1: PatchConv(f, k, dtype=dt, name=name)  # noqa: E731
     c4 = max(self.out_dims[0] * 2, in_dim // 2)
     y = ConvTranspose2x2(c4, dtype=dt, name="down_4_0")(x)
     y = _gelu(_group_norm("down_4_1", dt)(y))
