@@ -196,6 +196,9 @@ def run_reference(args, overrides, workdir: pathlib.Path) -> dict:
   build_s = time.perf_counter() - t0
   state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
   np.savez(workdir / "weights.npz", **state)
+  if getattr(args, "no_reference", False):  # only the shared weights
+    return {"side": "reference", "scores": [], "torch": torch.__version__,
+            "num_params": int(sum(p.numel() for p in model.parameters()))}
   device = getattr(args, "device", "cpu")
   cuda = device.startswith("cuda")
   amp = bool(getattr(args, "amp", False))
@@ -350,6 +353,8 @@ def _child(args, overrides, side: str, workdir: pathlib.Path) -> dict:
          f"--config={args.config}", f"--size={args.size}", f"--iters={args.iters}", f"--batch={args.batch}",
          f"--num-gt={args.num_gt}", f"--seed={args.seed}", f"--threads={args.threads}",
          f"--maskdino={args.maskdino}", f"--detectron2={args.detectron2}"] + [f"--config.{o}" for o in overrides]
+  if args.no_reference:
+    cmd.append("--no-reference")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -359,7 +364,8 @@ def _child(args, overrides, side: str, workdir: pathlib.Path) -> dict:
               f" intra_op_parallelism_threads={args.threads}")
     env["XLA_FLAGS"] = flags.strip()
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
-  print(f"running the {side} side ...", file=sys.stderr, flush=True)
+  print(f"running the {side} side{' (weights only)' if side == 'reference' and args.no_reference else ''} ...",
+        file=sys.stderr, flush=True)
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
   if proc.returncode != 0:
     raise RuntimeError(f"the {side} side failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")

@@ -30,7 +30,9 @@ Random draws: the matcher's uniform points (B, P, 2) per output, and the mask lo
 candidates (B, N, P * oversample, 2) and extra random points (B, N, P - P * importance, 2) per output
 (N = T for matched outputs, the slot count for fixed assignments) come from
 `draws(output_name, kind, shape)`; `random_draws(key)` gives jax.random ones. The parity test feeds
-the reference's draws through the same hook.
+the reference's draws through the same hook. With factored mask logits the mask-loss points of each
+row are drawn inside its chunk from a per-row key (`RandomDraws.row_keys`; providers without
+`row_keys`, such as the parity fixtures, give the arrays up front).
 """
 import zlib
 from typing import Any, Callable, Mapping
@@ -58,12 +60,36 @@ AssignFn = Callable[[jax.Array, jax.Array], jax.Array]
 LARGE_COST = 1e6
 
 
-def random_draws(key: jax.Array) -> Draws:
-  """Uniform [0, 1) draws keyed by (output name, kind), independent across names and kinds."""
-  def draw(name: str, kind: str, shape: tuple) -> jax.Array:
-    sub = jax.random.fold_in(key, zlib.crc32(f"{name}/{kind}".encode()) & 0x7FFFFFFF)
-    return jax.random.uniform(sub, shape, jnp.float32)
-  return draw
+class RandomDraws:
+  """Uniform [0, 1) draws keyed by (output name, kind), independent across names and kinds: `draws(name, kind,
+  shape)`. `row_keys(name, kind, rows)` gives one key per row instead (uint32 key data, rows + (2,) for the default
+  PRNG), for draws made where they are used (`row_points`): the factored mask losses draw each chunk's candidate
+  points inside the chunk, so the (M, B, N, S, 2) candidates of every slot, padded ones included, never exist."""
+
+  def __init__(self, key: jax.Array):
+    self.key = key
+
+  def _sub(self, name: str, kind: str) -> jax.Array:
+    return jax.random.fold_in(self.key, zlib.crc32(f"{name}/{kind}".encode()) & 0x7FFFFFFF)
+
+  def __call__(self, name: str, kind: str, shape: tuple) -> jax.Array:
+    return jax.random.uniform(self._sub(name, kind), shape, jnp.float32)
+
+  def row_keys(self, name: str, kind: str, rows: tuple) -> jax.Array:
+    sub = self._sub(name, kind)
+    count = int(np.prod(rows))
+    data = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(sub, i)))(jnp.arange(count, dtype=jnp.uint32))
+    return data.reshape(tuple(rows) + data.shape[1:])
+
+
+def random_draws(key: jax.Array) -> RandomDraws:
+  """jax.random draws for the criterion (`RandomDraws`)."""
+  return RandomDraws(key)
+
+
+def row_points(keys: jax.Array, shape: tuple) -> jax.Array:
+  """Per-row uniform [0, 1) draws: keys (R, K) from `RandomDraws.row_keys` -> (R,) + shape float32."""
+  return jax.vmap(lambda k: jax.random.uniform(jax.random.wrap_key_data(k), shape, jnp.float32))(keys)
 
 
 def _tall_targets(masks: jax.Array) -> jax.Array:
@@ -255,7 +281,8 @@ class SetCriterion:
       src: (R, h, w) predicted mask logits of the rows, or a function (points (R, P, 2)) -> (R, P) logits.
       tall: (1, N * (H + 1) * W, 1) every target mask of the batch stacked (`_tall_targets`); hw: (H, W).
       row: (R,) int32 index of each row's target mask among the N = B * T.
-      cand: (R, S, 2) oversampled candidate points; rand: (R, Rn, 2) extra random points.
+      cand: (R, S, 2) oversampled candidate points; rand: (R, Rn, 2) extra random points (either may instead be
+        (R, K) uint32 per-row keys, `RandomDraws.row_keys`: the points are then drawn here).
     Returns:
       (bce (R,), dice (R,)): mean point BCE and dice of each row.
     """
@@ -264,6 +291,10 @@ class SetCriterion:
     else:
       sample = lambda pts: sample_masks(src.astype(jnp.float32), pts)  # noqa: E731
       sample_sg = lambda pts: sample_masks(jax.lax.stop_gradient(src).astype(jnp.float32), pts)  # noqa: E731
+    if not jnp.issubdtype(cand.dtype, jnp.floating):
+      cand = row_points(cand, (self.num_sampled, 2))
+    if not jnp.issubdtype(rand.dtype, jnp.floating):
+      rand = row_points(rand, (self.num_random, 2))
     uncertainty = -jnp.abs(sample_sg(cand))
     _, top = jax.lax.top_k(uncertainty, self.num_uncertain)
     coords = jnp.take_along_axis(cand, top[..., None], axis=1)
@@ -342,8 +373,8 @@ class SetCriterion:
     else:
       fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
     if self._skip_padded() or features is not None:  # factored rows always in chunks: (rows, points, C) samples
-      bce, dice = _map_valid_chunks(fn, valid_rows, args, int(self.cfg.get("mask_row_chunk", 8)),
-                                    remat=features is not None)
+      chunk = self.cfg.get("factored_mask_row_chunk", 4) if features is not None else self.cfg.get("mask_row_chunk", 8)
+      bce, dice = _map_valid_chunks(fn, valid_rows, args, int(chunk), remat=features is not None)
     else:
       bce, dice = fn(*args)
     return bce.reshape(m, b, n), dice.reshape(m, b, n)
@@ -355,7 +386,14 @@ class SetCriterion:
       out["loss_bbox"], out["loss_giou"] = self._box_losses(boxes, query_idx, tgt_boxes, valid, image_weight)
     return out
 
-  def _point_draws(self, names, draws: Draws, b: int, n: int):
+  def _point_draws(self, names, draws: Draws, b: int, n: int, per_row: bool = False):
+    """Candidate (M, B, N, S, 2) and extra random (M, B, N, Rn, 2) points of M outputs; with `per_row` and a
+    provider that has `row_keys` (RandomDraws), per-row keys (M, B, N, K) instead, drawn where they are used."""
+    if per_row and hasattr(draws, "row_keys"):
+      cand = jnp.stack([draws.row_keys(nm, "cand", (b, n)) for nm in names])
+      rand = jnp.stack([draws.row_keys(nm, "rand", (b, n)) for nm in names]) if self.num_random else \
+          jnp.zeros((len(names), b, n, 0, 2), jnp.float32)
+      return cand, rand
     cand = jnp.stack([draws(nm, "cand", (b, n, self.num_sampled, 2)) for nm in names])
     if self.num_random:
       rand = jnp.stack([draws(nm, "rand", (b, n, self.num_random, 2)) for nm in names])
@@ -388,7 +426,7 @@ class SetCriterion:
     valid = jnp.broadcast_to(targets.valid[None], (m,) + targets.valid.shape)
     idx = self.assign(costs.reshape(m * b, *costs.shape[2:]), valid.reshape(m * b, t))
     idx = jax.lax.stop_gradient(idx).astype(jnp.int32).reshape(m, b, t)
-    cand, rand = self._point_draws(names, draws, b, t)
+    cand, rand = self._point_draws(names, draws, b, t, per_row=isinstance(masks, FactoredMasks))
     target = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
     weight = 1.0 / normalizer
 
@@ -411,7 +449,7 @@ class SetCriterion:
     take = lambda x: jnp.take_along_axis(x, assignment.target.reshape((b, n) + (1,) * (x.ndim - 2)), axis=1)  # noqa: E731
     labels, tboxes, matched = take(targets.labels), take(targets.boxes), assignment.matched
     weight = 1.0 / (normalizer * assignment.normalizer_scale)
-    cand, rand = self._point_draws(names, draws, b, n)
+    cand, rand = self._point_draws(names, draws, b, n, per_row=isinstance(masks, FactoredMasks))
 
     def one(lg, bx):
       return self._losses(lg, bx, query_idx, labels, tboxes, matched, weight, assignment.active)
@@ -520,5 +558,5 @@ def total_loss(losses: Mapping[str, jax.Array]) -> jax.Array:
   return sum(losses.values())
 
 
-__all__ = ["SetCriterion", "HungarianLoss", "FixedAssignmentLoss", "random_draws", "focal_class_cost", "mask_costs", "generalized_box_iou_eps",
+__all__ = ["SetCriterion", "HungarianLoss", "FixedAssignmentLoss", "RandomDraws", "random_draws", "row_points", "focal_class_cost", "mask_costs", "generalized_box_iou_eps",
            "sample_masks", "matching_assign", "total_loss", "LARGE_COST"]

@@ -95,6 +95,9 @@ def loss_config() -> ml_collections.ConfigDict:
       # on the CPU, "compute" elsewhere.
       padded_mask_rows="auto",
       mask_row_chunk=8,
+      # Rows per chunk with factored mask logits (decoder.train_mask_logits): each chunk gathers (rows, 3 x
+      # num_points, 256) features for the uncertainty, so fewer rows hold less at the step's peak.
+      factored_mask_row_chunk=4,
   ))
 
 

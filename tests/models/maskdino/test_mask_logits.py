@@ -52,3 +52,46 @@ def test_the_option_and_its_values():
   assert train_mask_logits({"train_mask_logits": "auto"}) is (jax.default_backend() == "cpu")
   with pytest.raises(UserValueError, match="train_mask_logits"):
     train_mask_logits({"train_mask_logits": "sparse"})
+
+
+def test_points_drawn_per_row_inside_the_chunks_equal_the_same_points_given_up_front():
+  """With factored logits the mask-loss points come from per-row keys (RandomDraws.row_keys) and are drawn inside
+  each chunk; handing the criterion those same points as arrays (the parity fixtures' path) gives equal losses and
+  gradients."""
+  from dinoseg.models.maskdino import defaults  # noqa: PLC0415
+  from dinoseg.structures import PaddedInstances  # noqa: PLC0415
+  loss = defaults.loss_config()
+  loss.num_points, loss.mask_row_chunk = 24, 2
+  crit = crit_lib.SetCriterion(3, loss)
+  m, b, q, t, h, w = 2, 2, 5, 4, 12, 9
+  masks = _factored(p=m, b=b, q=q, h=h, w=w)
+  rng = np.random.default_rng(0)
+  tmasks = np.zeros((b, t, 2 * h, 2 * w), np.uint8)
+  tmasks[:, :, 4:14, 3:12] = 1
+  targets = PaddedInstances(labels=jnp.asarray(rng.integers(0, 3, (b, t)), jnp.int32),
+                            boxes=jnp.asarray(rng.uniform(0.2, 0.5, (b, t, 4)), jnp.float32),
+                            valid=jnp.asarray([[True, True, False, False], [True, False, False, False]]),
+                            masks=jnp.asarray(tmasks))
+  logits = jax.random.normal(jax.random.key(3), (m, b, q, 3))
+  boxes = jax.nn.sigmoid(jax.random.normal(jax.random.key(4), (m, b, q, 4)))
+  lazy = crit_lib.random_draws(jax.random.key(5))
+  assert lazy.row_keys("pred0", "cand", (b, t)).dtype == jnp.uint32
+
+  def eager(name, kind, shape):  # the same points, materialised (a provider without row_keys)
+    if kind in ("cand", "rand"):
+      keys = lazy.row_keys(name, kind, shape[:2])
+      return crit_lib.row_points(keys.reshape(-1, keys.shape[-1]), shape[2:]).reshape(shape)
+    return lazy(name, kind, shape)
+
+  def total(embed, draws):
+    out, _ = crit.matched_losses(["pred0", "pred1"], logits, boxes, mask_logits.FactoredMasks(embed, masks.features),
+                                 targets, 3.0, draws)
+    return out["loss_mask"].sum() + out["loss_dice"].sum(), out
+
+  (v1, out1), g1 = jax.jit(jax.value_and_grad(lambda e: total(e, lazy), has_aux=True))(masks.embed)
+  (v2, out2), g2 = jax.jit(jax.value_and_grad(lambda e: total(e, eager), has_aux=True))(masks.embed)
+  assert float(v1) > 0
+  for key in ("loss_mask", "loss_dice"):
+    np.testing.assert_allclose(out1[key], out2[key], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(g1).sum()) > 0
