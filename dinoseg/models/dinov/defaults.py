@@ -28,6 +28,8 @@ import ml_collections
 
 from dinoseg.models.maskdino.defaults import NO_WEIGHT_DECAY, PIXEL_MEAN, PIXEL_STD  # noqa: F401
 
+VOS_LATE_OBJECT_MODES = ("clean", "reference")  # test.vos_late_objects (dinoseg.models.dinov.vos)
+
 
 def model_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -123,6 +125,8 @@ def test_config() -> ml_collections.ConfigDict:
       min_size=800,
       max_size=1333,
       davis_min_size=640,  # video object segmentation (DAVIS.INPUT.MIN_SIZE_TEST; Swin-L: 800)
+      vos_late_objects="clean",  # VOS objects entering after frame 0: "clean" | "reference" (the reference's
+                                 # key_frame path; dinoseg.models.dinov.vos)
   ))
 
 
@@ -192,6 +196,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("max_batches", "max_videos"):
       if int(e[key]) < 0:
         raise ValueError(f"evaluation.{key} must be >= 0, got {e[key]}")
+  t = c.get("test")
+  if t is not None and t.get("vos_late_objects") is not None:
+    if t.vos_late_objects not in VOS_LATE_OBJECT_MODES:
+      raise ValueError(f"test.vos_late_objects must be one of {VOS_LATE_OBJECT_MODES}, got {t.vos_late_objects!r}")
   p = c.get("prompts")
   if p is not None and p.get("shape_candidates") is not None:
     from dinoseg.models.dinov import sampling  # noqa: PLC0415
@@ -207,4 +215,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 __all__ = ["model_config", "prompt_config", "loss_config", "test_config", "evaluation_config", "tiny", "validate",
-           "NO_WEIGHT_DECAY"]
+           "NO_WEIGHT_DECAY", "VOS_LATE_OBJECT_MODES"]

@@ -25,12 +25,23 @@ Everything has static shapes: one jitted `first` call and one jitted `step` per 
 `max_objects` slots with an active flag; the objects starting on a frame come as a (O,) flag and their masks,
 so a late start does not retrace; the memory a fixed ring buffer with validity, NMS a fixed-size greedy loop).
 
-Differences from the reference: a later-starting object (the reference's `key_frame`) starts from an empty
-memory here, while the reference has stored embeddings of its empty mask from every earlier frame (the
-first of them, keyed as the reference frame, never leaves the queue), encodes its given mask on the
-previous frame's features and outputs its prediction, not the given mask, on the start frame; a frame where
-no proposal survives gives an empty mask (the reference would fail); fp32 (the reference runs under fp16
-autocast); batched over objects only (one video at a time, as the reference).
+Objects that enter after frame 0 (`VOSSettings.late_objects`, config `test.vos_late_objects`):
+- "clean" (default): as above; nothing before the start frame, the given mask output on it, the memory
+  started from that mask encoded on that frame's features.
+- "reference": the reference's `key_frame` path (`test_tracking_prev`). Every object is tracked from frame 0.
+  A late object (start frame k > 0) has an empty mask until frame k: its frame-0 entry (keyed as the reference
+  frame, never evicted) is the embedding of the empty mask on frame 0's features (the prompt encoder's fully
+  blocked rows attend everywhere), and so is its frame-1 entry when k > 1; from frame 1 on it is decoded from
+  its memory as any object is, its prediction on frame t - 1 becoming its entry of frame t (encoded on frame
+  t - 1's features), except on frame k, whose entry is the given mask of frame k encoded on frame k - 1's
+  features. Its output is hidden before frame k (the reference's `acc_key`); from frame k on it is its
+  prediction, on frame k too (not the given mask; its score there is the prediction's). Objects given on
+  frame 0 are the same in both modes.
+
+Other differences from the reference: a frame where no proposal survives gives an empty mask (the reference
+would fail); objects are not hidden after their last annotated frame (the reference's `end_frame`, read from
+its `video_objects_info.json`); fp32 (the reference runs under fp16 autocast); batched over objects only (one
+video at a time, as the reference).
 
 `evaluate_vos` scores a DAVIS-2017 download (dinoseg.evaluation.davis.read_davis_sequence) or a prepared video
 dataset's tracks with dinoseg.evaluation.davis (J&F).
@@ -44,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinoseg.errors import UserValueError
+from dinoseg.models.dinov.defaults import VOS_LATE_OBJECT_MODES
 from dinoseg.ops import box_cxcywh_to_xyxy, box_iou, interpolate
 
 logger = logging.getLogger(__name__)
@@ -51,6 +63,7 @@ logger = logging.getLogger(__name__)
 CLICK_HALF_SIZE = 3.0  # clicks are +-3 px boxes
 MIN_IOU = 0.5  # proposals need a predicted IoU above this
 MIN_AREA = 50  # and more than this many positive stride-4 mask pixels
+LATE_OBJECT_MODES = VOS_LATE_OBJECT_MODES  # VOSSettings.late_objects: "clean" | "reference" (module docstring)
 
 
 def point_grid(n_per_side: int) -> np.ndarray:
@@ -115,12 +128,14 @@ class VOSSettings:
   nms_threshold: float = 0.7
   max_objects: int = 8
   min_area: int = MIN_AREA
+  late_objects: str = "clean"  # objects entering after frame 0: one of LATE_OBJECT_MODES
 
   @classmethod
   def from_config(cls, config, **overrides) -> "VOSSettings":
     p = config.prompts
     values = dict(memory_size=int(p.max_memory_size), point_per_side=int(p.point_per_side),
-                  nms_threshold=float(p.nms_threshold))
+                  nms_threshold=float(p.nms_threshold),
+                  late_objects=str(config.get("test", {}).get("vos_late_objects", "clean")))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
 
@@ -140,6 +155,8 @@ class VideoObjectSegmenter:
     if self.settings.memory_size < 2:
       raise UserValueError(f"memory_size must be >= 2 (the reference frame + recent ones), got "
                            f"{self.settings.memory_size}")
+    if self.settings.late_objects not in LATE_OBJECT_MODES:
+      raise UserValueError(f"late_objects must be one of {LATE_OBJECT_MODES}, got {self.settings.late_objects!r}")
     self.variables = jax.device_put(dict(variables))
     self.canvas_hw = test_canvas(config)
     # frames are resized with the DAVIS shortest edge (test.davis_min_size: the reference's DAVIS.INPUT.MIN_SIZE_TEST)
@@ -174,26 +191,49 @@ class VideoObjectSegmenter:
               "active": state["active"] | start}
     return jax.lax.cond(jnp.any(start), begin, lambda state: state, state)
 
-  def _first_fn(self, variables, image, valid_hw, masks, start):
-    """Frame 0: image (1, H, W, 3), masks (1, O, H, W) on the canvas, start (O,) bool (objects given on frame 0)
-    -> state (memory (O, M, d) and memory_valid (O, M), masks (1, O, H, W), active (O,), t, multi_scale)."""
+  def _first_fn(self, variables, image, valid_hw, masks, start, tracked=None):
+    """Frame 0: image (1, H, W, 3), masks (1, O, H, W) on the canvas, start (O,) bool (objects given on frame 0),
+    tracked (O,) bool (the video's objects, padding slots False; needed by late_objects="reference", ignored
+    by "clean") -> state (memory (O, M, d) and memory_valid (O, M), masks (1, O, H, W), active (O,), t,
+    multi_scale).
+
+    "reference": every tracked object is active from here; its mask is its given one when it starts on frame 0,
+    else empty, and its memory starts from that mask encoded on frame 0's features (slot 0, the reference
+    entry: for a late object the empty mask's embedding)."""
     _, multi_scale = self._features(variables, image, valid_hw)
     o, m = masks.shape[1], self.settings.memory_size
     d = int(self.config.model.decoder.hidden_dim)
     state = {"multi_scale": multi_scale, "masks": jnp.zeros_like(masks, jnp.float32),
              "memory": jnp.zeros((o, m, d), jnp.float32), "memory_valid": jnp.zeros((o, m), bool),
              "t": jnp.zeros((), jnp.int32), "active": jnp.zeros((o,), bool)}
-    return self._start_objects(variables, state, masks.astype(jnp.float32), start)
+    if self.settings.late_objects == "clean":
+      return self._start_objects(variables, state, masks.astype(jnp.float32), start)
+    if tracked is None:
+      raise ValueError('late_objects="reference" needs the tracked (O,) flag')
+    tracked = jnp.asarray(tracked, bool)
+    masks = jnp.where(start[None, :, None, None], masks.astype(jnp.float32), 0.0)
+    emb = self._encode(variables, multi_scale, masks)[0]  # (O, d)
+    first_slot = jnp.arange(m) == 0
+    memory_valid = tracked[:, None] & first_slot[None]
+    memory = jnp.where(memory_valid[..., None], emb[:, None], 0.0)
+    return {**state, "masks": masks, "memory": memory, "memory_valid": memory_valid, "active": tracked}
 
   def _step_fn(self, variables, state, image, valid_hw, start_masks, start):
     """Frame t >= 1: image (1, H, W, 3), valid_hw (1, 2); start_masks (1, O, H, W) / start (O,): the objects
-    given on this frame (their output is the given mask, chosen by the caller). Returns (state, the predicted
-    mask logits (O, H, W) on the canvas, scores (O,); -1 / 0 for inactive objects and where no proposal
-    survives)."""
+    given on this frame. Returns (state, the predicted mask logits (O, H, W) on the canvas, scores (O,); -1 / 0
+    for inactive objects and where no proposal survives).
+
+    "clean": the starting objects' output is the given mask (chosen by the caller) and their memory starts
+    from it, encoded on this frame's features, after this frame's decoding. "reference": their given mask
+    replaces their previous-frame prediction before step 2, so it is encoded on the previous frame's
+    features, and this frame's prediction is their output."""
     s = self.settings
     active = state["active"]
+    previous = state["masks"]
+    if s.late_objects == "reference":
+      previous = jnp.where(start[None, :, None, None], start_masks.astype(jnp.float32), previous)
     # 2. the previous frame's masks of the active objects -> memory (ring buffer over slots 1..memory_size-1)
-    emb = self._encode(variables, state["multi_scale"], state["masks"])[0]
+    emb = self._encode(variables, state["multi_scale"], previous)[0]
     slot = 1 + state["t"] % (s.memory_size - 1)
     memory = state["memory"].at[:, slot].set(jnp.where(active[:, None], emb, state["memory"][:, slot]))
     memory_valid = state["memory_valid"].at[:, slot].set(active | state["memory_valid"][:, slot])
@@ -216,7 +256,8 @@ class VideoObjectSegmenter:
     masks = (up > 0) & rows & cols
     new_state = {"multi_scale": multi_scale, "masks": masks[None].astype(jnp.float32), "memory": memory,
                  "memory_valid": memory_valid, "t": state["t"] + 1, "active": active}
-    new_state = self._start_objects(variables, new_state, start_masks.astype(jnp.float32), start)
+    if s.late_objects == "clean":
+      new_state = self._start_objects(variables, new_state, start_masks.astype(jnp.float32), start)
     return new_state, up, score
 
   # -- host side
@@ -228,9 +269,11 @@ class VideoObjectSegmenter:
       frames: (T, H, W, 3) uint8.
       first_masks: (O, H, W) each object's given mask on its first frame.
       start_frames: (O,) int, the frame of each given mask (default: all 0). An object predicts nothing
-        before it, outputs its given mask there and is tracked from the next frame on.
+        before it; on it, it outputs its given mask and is tracked from the next frame on ("clean"), or,
+        for a start frame > 0 with late_objects="reference", outputs its prediction (module docstring).
     Returns:
-      masks (O, T, H, W) bool, scores (O, T) float32 (1 on the start frame, 0 before).
+      masks (O, T, H, W) bool, scores (O, T) float32 (0 before the start frame; 1 on it where the given mask
+      is output).
     """
     from PIL import Image  # noqa: PLC0415
 
@@ -252,6 +295,8 @@ class VideoObjectSegmenter:
     if starts.shape != (o,) or not np.issubdtype(starts.dtype, np.integer) or ((starts < 0) | (starts >= t)).any():
       raise UserValueError(f"start_frames must be {o} integers in [0, {t}), got {starts.tolist()}")
     n = self.settings.max_objects
+    reference = self.settings.late_objects == "reference"
+    tracked = np.arange(n) < o
     out = np.zeros((o, t, h, w), bool)
     scores = np.zeros((o, t), np.float32)
     state = None
@@ -262,16 +307,19 @@ class VideoObjectSegmenter:
       given[:o][start[:o]] = first_masks[start[:o]]
       canvas, cmasks, valid_hw = resize_for_model(frames[f], given, self.resize_config, self.canvas_hw)
       if state is None:
-        state = self._first(self.variables, canvas[None], valid_hw[None], cmasks[None], start)
+        extra = (tracked,) if reference else ()  # "clean" keeps the 5-argument call (one trace)
+        state = self._first(self.variables, canvas[None], valid_hw[None], cmasks[None], start, *extra)
       else:
         state, logits, score = self._step(self.variables, state, canvas[None], valid_hw[None], cmasks[None], start)
         logits, nh, nw = np.asarray(logits[:o]), int(valid_hw[0]), int(valid_hw[1])
-        for i in np.nonzero(starts < f)[0]:  # canvas crop -> original size (bilinear logits, as sem_seg_postprocess)
+        shown = (starts <= f) if reference else (starts < f)
+        for i in np.nonzero(shown)[0]:  # canvas crop -> original size (bilinear logits, as sem_seg_postprocess)
           crop = Image.fromarray(logits[i, :nh, :nw].astype(np.float32), mode="F")
           out[i, f] = np.asarray(crop.resize((w, h), Image.BILINEAR)) > 0
-        scores[:, f] = np.where(starts < f, np.asarray(score[:o]), 0.0)
-      out[start[:o], f] = first_masks[start[:o]]
-      scores[start[:o], f] = 1.0
+        scores[:, f] = np.where(shown, np.asarray(score[:o]), 0.0)
+      if f == 0 or not reference:
+        out[start[:o], f] = first_masks[start[:o]]
+        scores[start[:o], f] = 1.0
     return out, scores
 
 
@@ -281,9 +329,10 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
   JPEGImages/ and Annotations/ and ImageSets/; `split` names ImageSets/2017/<split>.txt) or a prepared video
   dataset (`dinoseg data prepare`; its non-crowd tracks).
 
-  Each object is given on its first annotated frame (start frame; DAVIS semi-supervised) and tracked from there;
-  before it, it predicts nothing; an object that is never present (a DAVIS id without a mask) is scored with an
-  empty prediction, as the official evaluation does. Returns the DAVIS summary (DavisEvaluator.result) plus
+  Each object is given on its first annotated frame (start frame; DAVIS semi-supervised) and tracked from there
+  (the segmenter's `late_objects` decides what a later start means); before it, it predicts nothing; an
+  object that is never present (a DAVIS id without a mask) is scored with an empty prediction, as the official
+  evaluation does. Returns the DAVIS summary (DavisEvaluator.result) plus
   `num_videos` and `objects_after_first_frame` (objects whose start frame is not frame 0). With `out_dir`,
   writes each video's predictions as `<out_dir>/<video>.npz` (masks (O, T, H, W), start_frames (O,), -1 for
   objects never present).
@@ -336,5 +385,5 @@ def _videos(data_path: str, split: str):
     yield str(ex["image_id"]), ex["frames"], (tr["masks"][use] > 0) & tr["present"][use][:, :, None, None]
 
 
-__all__ = ["point_grid", "grid_clicks", "fixed_nms", "select_proposals", "VOSSettings", "VideoObjectSegmenter",
-           "evaluate_vos"]
+__all__ = ["LATE_OBJECT_MODES", "point_grid", "grid_clicks", "fixed_nms", "select_proposals", "VOSSettings",
+           "VideoObjectSegmenter", "evaluate_vos"]

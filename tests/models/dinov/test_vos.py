@@ -1,6 +1,8 @@
 """DINOv video object segmentation: objects that enter after frame 0 (DAVIS semi-supervised start frames) and
 the DAVIS-2017 raw layout (a tiny tree written here), on the tiny model with random weights."""
+import dataclasses
 import json
+import queue
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoseg.config import load_config
+from dinoseg.config import ConfigError, load_config
 from dinoseg.errors import UserFileNotFoundError, UserValueError
 from dinoseg.evaluation import davis
 from dinoseg.models.dinov import vos
@@ -102,6 +104,157 @@ def test_step_state_memory_of_a_late_object(segmenter):
   assert [c[1] for c in counts] == [0, 0, 1, 2, 3]
   assert [c[0] for c in counts] == [2, 3, 3, 3, 3]
   assert np.asarray(state["active"]).tolist() == [True, True, False]
+
+
+# ----------------------------------------------------------------------------- late objects, the reference's way
+
+@pytest.fixture(scope="module")
+def reference_segmenter(segmenter):
+  """The `segmenter` fixture's model with late_objects="reference" (test.vos_late_objects)."""
+  settings = dataclasses.replace(segmenter.settings, late_objects="reference")
+  return vos.VideoObjectSegmenter(segmenter.model, segmenter.variables, segmenter.config, settings)
+
+
+REFERENCE_FRAME_KEY = 10000  # the reference's priority-queue key of frame 0 (the smallest key leaves a full queue)
+
+
+def _reference_transcription(seg, frames, first, starts):
+  """Runs the reference-mode `_first` / `_step` over a video beside a host transcription of the reference's
+  bookkeeping (train_net.py `test_tracking_prev`): per object a queue.PriorityQueue(maxsize=memory_size) of
+  (key, embedding), key 10000 on frame 0 and t on frame t, the smallest key leaving a full queue; the entry of
+  frame t is `rand_shape` encoded on frame t-1's features (frame 0's: on frame 0's); `rand_shape` is the given
+  mask on an object's start frame, its prediction of the previous frame from frame 2 on, empty before. The
+  transcription takes only the frames' features (the states' `multi_scale`) and predictions from the steps.
+
+  Returns one dict per frame: entries (per object the queue, sorted by key), the step's memory (O, M, d) /
+  memory_valid (O, M) / scores (O,) (None on frame 0), rand_shape after the frame (O, Hc, Wc), that frame's
+  features (multi-scale list) and valid_hw (2,).
+  """
+  from dinoseg.models.dinov.bank import resize_for_model
+  n, m, o = seg.settings.max_objects, seg.settings.memory_size, len(first)
+  encode = jax.jit(seg._encode)
+  queues = [queue.PriorityQueue(maxsize=m) for _ in range(o)]
+  rand_shape = np.zeros((n, *seg.canvas_hw), np.float32)
+  tracked = np.arange(n) < o
+  state, record = None, []
+  for f in range(len(frames)):
+    start = np.zeros(n, bool)
+    start[:o] = starts == f
+    given = np.zeros((n, H, W), bool)
+    given[:o][start[:o]] = first[start[:o]]
+    canvas, cmasks, hw = resize_for_model(frames[f], given, seg.resize_config, seg.canvas_hw)
+    rand_shape[start] = cmasks[start]
+    score = None
+    previous_features = None if state is None else state["multi_scale"]  # frame f-1's
+    if f == 0:
+      state = seg._first(seg.variables, canvas[None], hw[None], cmasks[None], start, tracked)
+      previous_features = state["multi_scale"]  # frame 0's entry: on frame 0's features
+    else:
+      state, logits, score = seg._step(seg.variables, state, canvas[None], hw[None], cmasks[None], start)
+    emb = np.asarray(encode(seg.variables, previous_features, rand_shape[None])[0])
+    for i in range(o):
+      if queues[i].full():
+        queues[i].get()
+      queues[i].put((f if f else REFERENCE_FRAME_KEY, emb[i]))
+    if f:
+      inside = (np.arange(seg.canvas_hw[0])[:, None] < hw[0]) & (np.arange(seg.canvas_hw[1])[None, :] < hw[1])
+      rand_shape = ((np.asarray(logits) > 0) & inside).astype(np.float32)
+      score = np.asarray(score)
+    record.append({"entries": [sorted(q.queue, key=lambda e: e[0]) for q in queues],
+                   "memory": np.asarray(state["memory"]), "valid": np.asarray(state["memory_valid"]),
+                   "scores": score, "rand_shape": rand_shape.copy(), "features": state["multi_scale"], "hw": hw})
+  return record
+
+
+def test_reference_late_objects_memory_and_output(segmenter, reference_segmenter):
+  """late_objects="reference": the memory of every object equals the reference's priority queue on every frame
+  (objects entering at frames 3 and 2, memory_size 3: evictions included); a late object's reference entry is
+  the empty mask's embedding on frame 0, its frame-k entry the given mask encoded on frame k-1's features, the
+  entries between are its own pre-start predictions; its output starts on frame k with its prediction."""
+  seg = reference_segmenter
+  m = seg.settings.memory_size
+  assert m == 3 and seg.settings.max_objects == 3
+  frames, gt = _davis_video()
+  starts = np.asarray([0, 3, 2])  # the square (DAVIS id 3) is given on frame 2
+  first = gt[np.arange(3), starts]
+  record = _reference_transcription(seg, frames, first, starts)
+
+  def slot(key):
+    return 0 if key == REFERENCE_FRAME_KEY else 1 + (key - 1) % (m - 1)
+
+  for t, r in enumerate(record):
+    assert r["valid"].sum(1).tolist() == [len(e) for e in r["entries"]]
+    for i, entries in enumerate(r["entries"]):
+      for key, emb in entries:
+        assert r["valid"][i, slot(key)]
+        np.testing.assert_allclose(r["memory"][i, slot(key)], emb, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"frame {t}, object {i}, entry of frame {key}")
+  assert [r["valid"].sum(1).tolist() for r in record] == [[1, 1, 1]] + [[2, 2, 2]] + [[3, 3, 3]] * (T - 2)
+
+  def keys(t, i):
+    return [key for key, _ in record[t]["entries"][i]]
+  # frames k..k+2 of the object entering at k = 3, and of the one entering at k = 2
+  assert [keys(t, 1) for t in (3, 4, 5)] == [[2, 3, REFERENCE_FRAME_KEY], [3, 4, REFERENCE_FRAME_KEY],
+                                             [4, 5, REFERENCE_FRAME_KEY]]
+  assert [keys(t, 2) for t in (2, 3, 4)] == [[1, 2, REFERENCE_FRAME_KEY], [2, 3, REFERENCE_FRAME_KEY],
+                                             [3, 4, REFERENCE_FRAME_KEY]]
+  encode = jax.jit(seg._encode)
+  zeros = np.zeros((1, 3, *seg.canvas_hw), np.float32)
+  empty = np.asarray(encode(seg.variables, record[0]["features"], zeros)[0])  # (3, d): the empty mask on frame 0
+  assert np.isfinite(empty).all()
+  for r in record:  # the late objects' reference entry, never evicted
+    np.testing.assert_allclose(r["memory"][1:, 0], empty[1:], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(record[2]["memory"][2, slot(1)], empty[2], rtol=1e-4, atol=1e-5)  # frame 1: empty again
+  # before its start the object entering at 3 is tracked from that memory: its frame-1 prediction is a real
+  # mask and its frame-2 entry encodes it (not the empty mask)
+  assert record[1]["rand_shape"][1].any()
+  assert not np.allclose(record[2]["memory"][1, slot(2)], empty[1], rtol=1e-3, atol=1e-3)
+  from dinoseg.models.dinov.bank import resize_for_model
+  for i, k in ((1, 3), (2, 2)):  # the entry of frame k: the given mask of frame k on frame k-1's features
+    _, given, _ = resize_for_model(frames[k], first[i:i + 1], seg.resize_config, seg.canvas_hw)
+    prompt = zeros.copy()
+    prompt[0, i] = given[0]
+    expected = np.asarray(encode(seg.variables, record[k - 1]["features"], prompt)[0, i])
+    np.testing.assert_allclose(record[k]["memory"][i, slot(k)], expected, rtol=1e-4, atol=1e-5)
+
+  masks, scores = seg.segment(frames, first, starts)
+  assert (masks[0, 0] == first[0]).all() and scores[0, 0] == 1.0  # frame 0: the given mask
+  for i, k in ((1, 3), (2, 2)):
+    assert not masks[i, :k].any() and (scores[i, :k] == 0).all()  # hidden before its start frame
+    # on its start frame: its prediction (the step's score; not the given mask)
+    np.testing.assert_allclose(scores[i, k:], [record[t]["scores"][i] for t in range(k, T)], rtol=1e-5, atol=1e-6)
+    assert scores[i, k] > 0.0 and masks[i, k].any() and not (masks[i, k] == first[i]).all()
+    nh, nw = record[k]["hw"]
+    pred = Image.fromarray(record[k]["rand_shape"][i, :nh, :nw].astype(np.uint8) * 255).resize((W, H), Image.NEAREST)
+    pred = np.asarray(pred) > 0
+    assert (pred & masks[i, k]).sum() / (pred | masks[i, k]).sum() > 0.8
+  # objects given on frame 0 are those of "clean" (objects are independent)
+  clean, clean_scores = segmenter.segment(frames, first, starts)
+  assert np.mean(masks[0] == clean[0]) > 0.999
+  np.testing.assert_allclose(scores[0], clean_scores[0], rtol=1e-4, atol=1e-5)
+
+
+def test_reference_late_objects_without_late_objects_is_clean(segmenter, reference_segmenter):
+  frames, gt = _davis_video()
+  first = gt[[0, 2], 0]
+  ref, ref_scores = reference_segmenter.segment(frames, first)
+  clean, clean_scores = segmenter.segment(frames, first)
+  assert np.mean(ref == clean) > 0.999 and ref[:, 1:].any()
+  np.testing.assert_allclose(ref_scores, clean_scores, rtol=1e-4, atol=1e-5)
+
+
+def test_late_objects_setting_is_checked(segmenter, tmp_path, capsys):
+  from dinoseg import cli
+  assert vos.VOSSettings.from_config(segmenter.config).late_objects == "clean"
+  config = load_config(TINY, ["test.vos_late_objects=reference"])
+  assert vos.VOSSettings.from_config(config).late_objects == "reference"
+  with pytest.raises(ConfigError, match="test.vos_late_objects"):
+    load_config(TINY, ["test.vos_late_objects=newest"])
+  with pytest.raises(UserValueError, match="late_objects"):
+    vos.VideoObjectSegmenter(segmenter.model, segmenter.variables, segmenter.config,
+                             vos.VOSSettings(late_objects="newest"))
+  assert cli.main(["eval", f"--config={TINY}", f"--weights={tmp_path}", "--config.test.vos_late_objects=newest"]) == 2
+  assert "test.vos_late_objects must be one of" in capsys.readouterr().err
 
 
 def _write_davis(root, sequences):
