@@ -133,14 +133,10 @@ def run_passes(predict_one, paths: list[str], on_pass_start=None) -> dict:
 
 
 def reference_output_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-  """detectron2's ResizeShortestEdge.get_output_shape: short side to `short`, then the long side capped at
-  `max_size` (the scale of the already-scaled size), each side rounded half up."""
-  scale = short / min(h, w)
-  newh, neww = (short, scale * w) if h < w else (scale * h, short)
-  if max(newh, neww) > max_size:
-    cap = max_size / max(newh, neww)
-    newh, neww = newh * cap, neww * cap
-  return int(newh + 0.5), int(neww + 0.5)
+  """detectron2's ResizeShortestEdge.get_output_shape (data_pipelines.transforms.shortest_edge_size)."""
+  sys.path.insert(0, str(ROOT))
+  from dinoseg.data_pipelines.transforms import shortest_edge_size  # noqa: PLC0415
+  return shortest_edge_size((h, w), short, max_size)
 
 
 def build_reference_model(job: dict, maskdino: str, detectron2: str, seed: int):

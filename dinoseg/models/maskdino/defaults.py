@@ -51,6 +51,9 @@ def model_config(num_classes: int = 80) -> ml_collections.ConfigDict:
           num_encoder_layers=6,
           nheads=8,
           common_stride=4,
+          # Recompute the encoder layers' FFNs in the backward pass (only the attention outputs are kept): the six
+          # (S, dim_feedforward) activations (170 MiB each at 1024 px) are not held through the step.
+          remat_ffn=True,
       ),
       decoder=dict(
           hidden_dim=256,

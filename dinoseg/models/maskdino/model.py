@@ -83,7 +83,7 @@ def build_model(config: ml_collections.ConfigDict, dtype: Any = None) -> MaskDIN
       total_num_feature_levels=enc.total_num_feature_levels, feature_order=enc.feature_order,
       conv_dim=enc.conv_dim, mask_dim=enc.mask_dim, dim_feedforward=enc.dim_feedforward,
       num_encoder_layers=enc.num_encoder_layers, nheads=enc.nheads, common_stride=enc.common_stride,
-      msda_impl=config.msda_impl, dtype=dtype)
+      msda_impl=config.msda_impl, dtype=dtype, remat_ffn=bool(enc.get("remat_ffn", False)))
   predictor = MaskDINODecoder(
       num_classes=config.num_classes, hidden_dim=dec.hidden_dim, num_queries=dec.num_queries, nheads=dec.nheads,
       dim_feedforward=dec.dim_feedforward, dec_layers=dec.dec_layers, mask_dim=enc.mask_dim,

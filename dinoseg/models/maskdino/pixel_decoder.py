@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from dinoseg.models.maskdino.deformable_attention import MSDeformAttn
 from dinoseg.models.maskdino.layers import ConvNorm, c2_xavier_fill, dense, relu, torch_layer_norm, xavier_uniform
@@ -51,6 +52,11 @@ def encoder_reference_points(spatial_shapes: Sequence[tuple[int, int]]) -> np.nd
   return np.concatenate(refs, 0).astype(np.float32)
 
 
+# The name of each encoder layer's deformable-attention output: the one value a rematerialised layer
+# (MaskDINOEncoder.remat_ffn) keeps for the backward pass.
+MSDA_OUTPUT = "pixel_decoder_msda_output"
+
+
 class EncoderLayer(nn.Module):
   """Post-norm deformable encoder layer (`self_attn`, `norm1`, `linear1`, `linear2`, `norm2`)."""
   d_model: int = 256
@@ -66,7 +72,8 @@ class EncoderLayer(nn.Module):
     """src, pos (B, S, C); reference_points (B, S, L, 2) -> (B, S, C)."""
     attn = MSDeformAttn(self.d_model, self.n_levels, self.n_heads, self.n_points, impl=self.msda_impl,
                         dtype=self.dtype, name="self_attn")
-    src = torch_layer_norm("norm1", self.dtype)(src + attn(src + pos, reference_points, src, spatial_shapes))
+    attended = checkpoint_name(attn(src + pos, reference_points, src, spatial_shapes), MSDA_OUTPUT)
+    src = torch_layer_norm("norm1", self.dtype)(src + attended)
     hidden = relu(dense(self.d_ffn, self.d_model, "linear1", kernel_init=xavier_uniform, dtype=self.dtype)(src))
     src2 = dense(self.d_model, self.d_ffn, "linear2", kernel_init=xavier_uniform, dtype=self.dtype)(hidden)
     return torch_layer_norm("norm2", self.dtype)(src + src2)
@@ -84,6 +91,8 @@ class MaskDINOEncoder(nn.Module):
     common_stride: stride of the mask features (4).
     msda_impl: deformable-attention kernel implementation.
     dtype: compute dtype (the reference runs the encoder in fp32).
+    remat_ffn: recompute each encoder layer's FFN and norms in the backward pass, keeping only its deformable-
+      attention output (the (B, S, dim_feedforward) FFN activations are not kept: 170 MiB per layer at 1024 px).
   """
   transformer_in_features: Sequence[str] = ("res3", "res4", "res5")
   total_num_feature_levels: int = 4
@@ -97,6 +106,7 @@ class MaskDINOEncoder(nn.Module):
   common_stride: int = 4
   msda_impl: str = "auto"
   dtype: Any = jnp.float32
+  remat_ffn: bool = False
 
   def _check(self, features: Mapping[str, jax.Array]):
     if self.feature_order not in FEATURE_ORDERS:
@@ -149,9 +159,13 @@ class MaskDINOEncoder(nn.Module):
     pos = jnp.broadcast_to(jnp.concatenate(pos_flat, 1), src.shape).astype(self.dtype)
     ref = jnp.asarray(encoder_reference_points(spatial_shapes))
     ref = jnp.broadcast_to(ref[None, :, None, :], (b, ref.shape[0], n_levels, 2))
+    layer_cls = EncoderLayer
+    if self.remat_ffn:  # keep only the attention output; the FFN (and the norms) are recomputed in the backward
+      layer_cls = nn.remat(EncoderLayer, policy=jax.checkpoint_policies.save_only_these_names(MSDA_OUTPUT),
+                           static_argnums=(4,))
     for i in range(self.num_encoder_layers):
-      src = EncoderLayer(self.conv_dim, self.dim_feedforward, n_levels, self.nheads, self.n_points,
-                         self.msda_impl, self.dtype, name=f"encoder_layers_{i}")(src, pos, ref, spatial_shapes)
+      src = layer_cls(self.conv_dim, self.dim_feedforward, n_levels, self.nheads, self.n_points,
+                      self.msda_impl, self.dtype, name=f"encoder_layers_{i}")(src, pos, ref, spatial_shapes)
     out, start = [], 0
     for h, w in spatial_shapes:
       out.append(src[:, start:start + h * w].reshape(b, h, w, self.conv_dim).astype(jnp.float32))
