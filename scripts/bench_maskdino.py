@@ -348,6 +348,21 @@ def run_dinoseg(args, overrides, workdir: pathlib.Path) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
+def child_env(threads: int) -> dict:
+  """The environment of a side's process: this checkout first on PYTHONPATH; with `threads`, XLA's CPU pool and
+  OpenMP limited to that many threads."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if threads:
+    flags = env.get("XLA_FLAGS", "")
+    flags += (f" --xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'}"
+              f" intra_op_parallelism_threads={threads}")
+    env["XLA_FLAGS"] = flags.strip()
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+  return env
+
+
 def _child(args, overrides, side: str, workdir: pathlib.Path) -> dict:
   cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--side={side}", f"--workdir={workdir}",
          f"--config={args.config}", f"--size={args.size}", f"--iters={args.iters}", f"--batch={args.batch}",
@@ -355,15 +370,7 @@ def _child(args, overrides, side: str, workdir: pathlib.Path) -> dict:
          f"--maskdino={args.maskdino}", f"--detectron2={args.detectron2}"] + [f"--config.{o}" for o in overrides]
   if args.no_reference:
     cmd.append("--no-reference")
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if args.threads:
-    flags = env.get("XLA_FLAGS", "")
-    flags += (f" --xla_cpu_multi_thread_eigen={'false' if args.threads == 1 else 'true'}"
-              f" intra_op_parallelism_threads={args.threads}")
-    env["XLA_FLAGS"] = flags.strip()
-    env.setdefault("OMP_NUM_THREADS", str(args.threads))
+  env = child_env(args.threads)
   print(f"running the {side} side{' (weights only)' if side == 'reference' and args.no_reference else ''} ...",
         file=sys.stderr, flush=True)
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)

@@ -310,18 +310,10 @@ def load_config(args, overrides):
 
 
 def child_env(threads: int) -> dict:
-  """The environment of a side's process: this checkout first on PYTHONPATH, the thread settings of
-  scripts/bench_maskdino.py, no persistent compilation cache."""
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  """bench_maskdino's side environment (checkout on PYTHONPATH, thread settings), without a persistent
+  compilation cache."""
+  env = bench_maskdino.child_env(threads)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  if threads:
-    flags = env.get("XLA_FLAGS", "")
-    flags += (f" --xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'}"
-              f" intra_op_parallelism_threads={threads}")
-    env["XLA_FLAGS"] = flags.strip()
-    env.setdefault("OMP_NUM_THREADS", str(threads))
   return env
 
 
