@@ -71,8 +71,9 @@ EXTRAS = {
              "wheel>=0.46.3",
              # SegNext demo end-to-end test: drives Debian's chromium over the DevTools protocol.
              "websocket-client>=1.9.2", *TFDS,
-             # Video files (.mp4, ...) in the OV2Seg predict tests (tests/test_video_io_mp4.py).
-             *VIDEO],
+             # Video files (.mp4, ...) in the OV2Seg predict tests (tests/test_video_io_mp4.py), read with PyAV
+             # and with the fallback reader where PyAV is missing (the ffmpeg binary imageio-ffmpeg ships).
+             *VIDEO, "imageio-ffmpeg>=0.8.1"],
     # PyTorch is only an oracle (parity tests) and a weight-file format. Install the
     # CPU build: `pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`.
     "torch": ["torch>=2.13.0"],

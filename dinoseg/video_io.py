@@ -16,27 +16,36 @@ A long video is never held in memory: frames are decoded when iterated (and agai
   same way when it is decoded. Frames are never skipped: a video's results need one mask per frame (the
   LV-VIS / YouTube-VIS results format), so a dropped frame would shift every later one.
 - **Video files** (`VIDEO_SUFFIXES`): decoded with PyAV (`pip install av`, or `pip install dinoseg[video]`;
-  its wheels bundle ffmpeg) or, if that is not installed, imageio with imageio-ffmpeg (`pip install imageio
-  imageio-ffmpeg`). Without either, opening one is a one-line `UserValueError` naming the package to install;
-  frames directories always work. Opening with PyAV reads the packets without decoding them (the frame count:
-  the packets an edit list drops are not frames) and decodes the first frame (the size); the imageio reader
-  decodes the video once to count its frames. `fps` is the stream's average frame rate (None when unknown).
-  Frames are RGB uint8 as a player shows them: PyAV applies the stream's display matrix (`display_oriented`:
-  rotations by multiples of 90 degrees and flips, as ffmpeg's autorotation; other angles are refused), the
-  imageio reader gets ffmpeg's own autorotation. A file that is not a video, has no video stream or no frames,
-  is truncated (fewer packets than its header lists, a packet cut short) or corrupt (a decoder error, or fewer
-  frames decoding than its packets hold), or whose resolution changes mid-stream, is a one-line
-  `UnreadableFrameError` (a `UserValueError`): at opening, or when the bad frame is reached.
+  its wheels bundle ffmpeg) or, if that is not installed, with the ffmpeg binary that imageio-ffmpeg ships
+  (`pip install imageio-ffmpeg`), run as a subprocess. Without either, opening one is a one-line
+  `UserValueError` naming the packages to install; frames directories always work. Opening with PyAV reads
+  the packets without decoding them (the frame count: the packets an edit list drops are not frames) and
+  decodes the first frame (the size); the ffmpeg reader decodes the video once (frames not kept) to count its
+  frames and check their sizes. `fps` is the stream's average frame rate (None when unknown). Frames are RGB
+  uint8 as a player shows them: PyAV applies the stream's display matrix (`display_oriented`: rotations by
+  multiples of 90 degrees and flips, as ffmpeg's autorotation; other angles are refused), the ffmpeg reader
+  gets ffmpeg's own autorotation (other angles refused the same way); the two readers' frames are equal
+  (tests/test_video_io_mp4.py: H.264 and MPEG-4 part 2, rotated and mirrored). A file that is not a video,
+  has no video stream or no frames, is truncated (fewer packets than its header lists, a packet cut short) or
+  corrupt (a decoder error, or fewer frames decoding than its packets hold), or whose resolution changes
+  mid-stream, is a one-line `UnreadableFrameError` (a `UserValueError`): at opening, or when the bad frame is
+  reached. The ffmpeg reader decodes every frame at opening, so it refuses all of these there; it sees no
+  header frame count: a file cut exactly between two frames' data is refused when the video is its only
+  stream (its frames end before the header's duration), and read as the frames before the cut otherwise.
 
 `list_videos(path)`: a video file or frames directory is one video; a directory of frames directories
 and / or video files is several (sorted by name).
 """
 import contextlib
+import functools
 import importlib.util
 import logging
 import math
 import os
 import pathlib
+import re
+import subprocess
+import tempfile
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
@@ -48,7 +57,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 READER_HINT = ("pip install av (PyAV, bundles ffmpeg; or pip install dinoseg[video]) "
-               "or pip install imageio imageio-ffmpeg")
+               "or pip install imageio-ffmpeg (bundles an ffmpeg binary)")
 
 
 class UnreadableFrameError(UserValueError):
@@ -150,11 +159,12 @@ class FramesDirectory(Video):
 
 
 def available_reader() -> str | None:
-  """"av", "imageio" or None: the video-file reader that is installed."""
+  """"av" (PyAV), "imageio-ffmpeg" (its ffmpeg binary, run as a subprocess) or None: the video-file reader
+  that is installed, PyAV first."""
   if importlib.util.find_spec("av") is not None:
     return "av"
-  if importlib.util.find_spec("imageio") is not None and importlib.util.find_spec("imageio_ffmpeg") is not None:
-    return "imageio"
+  if importlib.util.find_spec("imageio_ffmpeg") is not None:
+    return "imageio-ffmpeg"
   return None
 
 
@@ -171,7 +181,7 @@ def _video_errors(path: pathlib.Path):
   except EOFError as e:  # av.EOFError is one: raised where ffmpeg needs more data than the file has
     raise UnreadableFrameError(f"{path}: the file ends early: an empty or truncated video ({type(e).__name__}: "
                                f"{e})") from None
-  except Exception as e:  # noqa: BLE001  (av.FFmpegError subclasses, OSError, imageio's errors, ...)
+  except Exception as e:  # noqa: BLE001  (av.FFmpegError subclasses, OSError, ...)
     raise UnreadableFrameError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
 
 
@@ -220,7 +230,9 @@ def _av_video_stream(container, path: pathlib.Path):
   return container.streams.video[0]
 
 
-def _av_frames(path: pathlib.Path) -> Iterator[np.ndarray]:
+def _av_frames(path: pathlib.Path, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+  """(H, W, 3) uint8 RGB frames as displayed (`size` is not used: PyAV gives each frame's size)."""
+  del size
   import av  # noqa: PLC0415
   with _video_errors(path), av.open(str(path)) as container:
     rotation, matrix = None, None
@@ -274,29 +286,165 @@ def _probe_av(path: pathlib.Path) -> _Probe:
   return _Probe(count, (int(first.shape[0]), int(first.shape[1])), fps)
 
 
-def _imageio_frames(path: pathlib.Path) -> Iterator[np.ndarray]:
-  import imageio.v3 as iio  # noqa: PLC0415
-  with _video_errors(path):
-    for frame in iio.imiter(str(path), plugin="FFMPEG"):  # ffmpeg autorotates
-      yield np.ascontiguousarray(np.asarray(frame, np.uint8)[..., :3])
+def _ffmpeg_executable() -> str:
+  """The ffmpeg binary imageio-ffmpeg ships (or the one its IMAGEIO_FFMPEG_EXE variable names)."""
+  import imageio_ffmpeg  # noqa: PLC0415
+  try:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+  except RuntimeError as e:  # its wheel has no binary for this platform and none is on PATH
+    raise UserValueError(f"imageio-ffmpeg found no ffmpeg binary ({e}); {READER_HINT}") from None
 
 
-def _probe_imageio(path: pathlib.Path) -> _Probe:
-  """The count by decoding every frame once (frames are not kept): imageio gives no count that accounts for
-  edit lists and dropped frames."""
-  first = _first_frame(_imageio_frames(path), path)
-  count = sum(1 for _ in _imageio_frames(path))
-  return _Probe(count, (int(first.shape[0]), int(first.shape[1])), None)
+# ffmpeg's command line, common to the probe and the decoding: the first video stream, frames passed through as
+# decoded (no frame rate conversion: no frame dropped or repeated), and any decoding or demuxing error fatal
+# (-xerror). ffmpeg autorotates by the display matrix (multiples of 90 degrees and flips). Needs ffmpeg >= 5.1
+# (-fps_mode; imageio-ffmpeg 0.8.1 ships 9.0): an older binary (IMAGEIO_FFMPEG_EXE) fails every file with
+# "Unrecognized option".
+_FFMPEG_INPUT = ("-nostdin", "-hide_banner", "-nostats", "-xerror")
+_FFMPEG_OUTPUT = ("-map", "0:v:0", "-fps_mode", "passthrough")
+# showinfo's line per frame: n (index), pts_time, duration_time and s:WxH (as displayed: autorotation comes first).
+_SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*\S+\s+pts_time:(\S+)\s+duration:\s*\S+\s+duration_time:(\S+)"
+                       r".*?\bs:(\d+)x(\d+)\b")
+_INPUT_STREAM = re.compile(r"^\s*Stream #0:\d+\S*: (\w+):")
+_FPS = re.compile(r", ([0-9.]+) fps,")  # the average frame rate ("1k fps" and up: None)
+_DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_ROTATION = re.compile(r"display ?matrix: rotation of (-?[0-9.]+) degrees", re.IGNORECASE)  # ffmpeg 9, 6
+_LOG_LEVEL = re.compile(r"\[(error|fatal)\] (.*)$")
+_LOG_PREFIXES = re.compile(r"^(\[[^\]]*\] )+")  # "[in#0 @ 0x...] [info] ": the context and level
 
 
-_READERS: dict[str, tuple[Callable[[pathlib.Path], _Probe], Callable[[pathlib.Path], Iterator[np.ndarray]]]] = {
-    "av": (_probe_av, _av_frames), "imageio": (_probe_imageio, _imageio_frames)}
+def _seconds(text: str) -> float | None:
+  """A time showinfo logs, in seconds; None for "N/A" (unknown)."""
+  try:
+    return float(text)
+  except ValueError:
+    return None
+
+
+def _ffmpeg_error(path: pathlib.Path, returncode: int, errors: list[str], streams: list[str],
+                  decoded: int) -> UnreadableFrameError:
+  """The one-line error for an ffmpeg run that failed (`errors`: its error and fatal messages, in order)."""
+  text = " ".join(errors)
+  detail = f"(ffmpeg: {errors[0] if errors else f'exit status {returncode}'})"
+  if "matches no streams" in text:
+    return UnreadableFrameError(f"{path}: no video stream in this file (streams: {', '.join(streams) or 'none'})")
+  if "corrupt input packet" in text:
+    return UnreadableFrameError(f"{path}: the data of frame {decoded} or a later one is corrupt or cut short (a "
+                                f"truncated file?) {detail}")
+  if "End of file" in text:
+    return UnreadableFrameError(f"{path}: the file ends early: an empty or truncated video {detail}")
+  if not decoded and ("after EOF" in text or "received no packets" in text):
+    return UnreadableFrameError(f"{path}: the video has no frames {detail}")
+  return UnreadableFrameError(f"{path}: not a readable video {detail}")
+
+
+def _probe_ffmpeg(path: pathlib.Path) -> _Probe:
+  """Decodes the video once (frames not kept; ffmpeg's showinfo filter logs each one): the count, the displayed
+  size, the frame rate. Refused here: what ffmpeg fails on, a resolution change, a display matrix rotating by
+  other than a multiple of 90 degrees (ffmpeg would ignore it), and a single-stream file whose frames end before
+  the duration its header gives (cut between two frames' data: ffmpeg reads the frames before the cut without
+  an error). ffmpeg's command line gives no header frame count: in a file with more streams such a cut goes
+  unnoticed (the video is the frames before it)."""
+  command = [_ffmpeg_executable(), *_FFMPEG_INPUT, "-loglevel", "level+info", "-i", str(path), *_FFMPEG_OUTPUT,
+             "-vf", "showinfo", "-f", "null", "-"]
+  streams, errors, fps, duration, rotation = [], [], None, None, None
+  count, first_size, changed, end = 0, None, None, 0.0
+  with tempfile.TemporaryFile() as log:
+    returncode = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                check=False).returncode
+    log.seek(0)
+    in_input = False
+    for raw in log:
+      line = raw.decode("utf-8", "replace").rstrip("\n")
+      body = _LOG_PREFIXES.sub("", line)
+      if body.startswith("Input #0"):
+        in_input = True
+      elif body.startswith(("Stream mapping:", "Output #")):
+        in_input = False
+      elif in_input:
+        if (stream := _INPUT_STREAM.match(body)) is not None:
+          if stream.group(1) == "Video" and "video" not in streams and (m := _FPS.search(body)):  # the first's
+            fps = float(m.group(1)) or None
+          streams.append(stream.group(1).lower())
+        elif (m := _DURATION.match(body)) is not None:
+          duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+        elif (m := _ROTATION.search(body)) is not None and rotation is None:
+          rotation = float(m.group(1))
+      if (frame := _SHOWINFO.search(line)) is not None:
+        width, height = int(frame.group(4)), int(frame.group(5))
+        if first_size is None:
+          first_size = (height, width)
+        elif changed is None and (height, width) != first_size:
+          changed = (count, height, width)  # showinfo's own index restarts when the filter graph is rebuilt
+        count += 1
+        start, length = _seconds(frame.group(2)), _seconds(frame.group(3)) or (1 / fps if fps else None)
+        end = None if None in (end, start, length) else max(end, start + length)  # None: times unknown
+      elif (error := _LOG_LEVEL.search(line)) is not None:
+        errors.append(error.group(2).strip())
+  if rotation is not None:  # ffmpeg prints the counterclockwise angle; display_oriented's check and message
+    clockwise = -rotation % 360
+    if min(clockwise % 90, 90 - clockwise % 90) >= 1:
+      raise UnreadableFrameError(f"{path}: the video is displayed rotated by {clockwise:g} degrees clockwise (its "
+                                 "display matrix); only multiples of 90 are supported: re-encode it upright")
+  if returncode:
+    raise _ffmpeg_error(path, returncode, errors, streams, count)
+  if not count:
+    raise UnreadableFrameError(f"{path}: the video has no frames")
+  if changed is not None:
+    raise UnreadableFrameError(
+        f"{path}: frame {changed[0]} is {changed[1]}x{changed[2]} but the first frame is "
+        f"{first_size[0]}x{first_size[1]} (the resolution changes mid-stream); all frames of a video must have one "
+        "size: re-encode it at one size")
+  frame_time = 1 / fps if fps else 0.0
+  if len(streams) == 1 and None not in (duration, end) and end + frame_time / 2 + 0.01 < duration:
+    raise UnreadableFrameError(f"{path}: its header gives a duration of {duration:.2f} s but its {count} frames "
+                               f"end at {end:.2f} s (a truncated file?)")
+  return _Probe(count, first_size, fps)
+
+
+def _ffmpeg_frames(path: pathlib.Path, size: tuple[int, int]) -> Iterator[np.ndarray]:
+  """Decodes with ffmpeg into (H, W, 3) uint8 RGB frames of the probed (displayed) `size`, read from its
+  standard output one frame at a time; ffmpeg's failure (exit status, error messages) is an
+  UnreadableFrameError after the frames it gave. Closing the iterator early stops ffmpeg."""
+  height, width = size
+  frame_bytes = height * width * 3
+  # bilinear: the scaler flags of PyAV's to_ndarray (ffmpeg's default: bicubic). They make no difference to the
+  # unscaled yuv420p -> rgb24 conversion of the tests' clips (equal with either), but may where ffmpeg scales.
+  command = [_ffmpeg_executable(), *_FFMPEG_INPUT, "-loglevel", "level+error", "-i", str(path), *_FFMPEG_OUTPUT,
+             "-sws_flags", "bilinear", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+  with tempfile.TemporaryFile() as log:
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+    decoded = 0
+    try:
+      while data := process.stdout.read(frame_bytes):
+        if len(data) != frame_bytes:
+          raise UnreadableFrameError(f"{path}: frame {decoded} decodes to {len(data)} bytes, not {height}x{width}x3")
+        decoded += 1
+        yield np.frombuffer(data, np.uint8).reshape(height, width, 3).copy()
+      returncode = process.wait()
+      if returncode:
+        log.seek(0)
+        errors = [m.group(2).strip() for raw in log
+                  if (m := _LOG_LEVEL.search(raw.decode("utf-8", "replace").rstrip("\n"))) is not None]
+        raise _ffmpeg_error(path, returncode, errors, ["video"], decoded)
+    finally:
+      if process.poll() is None:  # closed early, or an error above
+        process.kill()
+      process.stdout.close()
+      process.wait()
+
+
+# name -> (probe, decoder): the decoder takes the path and the probed (height, width) of the frames.
+_READERS: dict[str, tuple[Callable[[pathlib.Path], _Probe],
+                          Callable[[pathlib.Path, tuple[int, int]], Iterator[np.ndarray]]]] = {
+    "av": (_probe_av, _av_frames), "imageio-ffmpeg": (_probe_ffmpeg, _ffmpeg_frames)}
 
 
 class VideoFile(Video):
   """A video file decoded with PyAV or imageio-ffmpeg (frames named 00000, 00001, ...; module docstring).
 
-  Attributes (besides `Video`'s): fps: the average frame rate, None when unknown. reader: "av" or "imageio".
+  Attributes (besides `Video`'s): fps: the average frame rate, None when unknown. reader: "av" or
+  "imageio-ffmpeg".
   """
 
   def __init__(self, path: pathlib.Path, reader: str | None = None):
@@ -307,8 +455,9 @@ class VideoFile(Video):
     if reader not in _READERS:
       raise ValueError(f"unknown video reader {reader!r} (known: {', '.join(_READERS)})")
     self.reader = reader
-    probe, self._decode_frames = _READERS[reader]
+    probe, decode = _READERS[reader]
     count, size, self.fps = probe(path)
+    self._decode_frames = functools.partial(decode, size=size)  # path -> frames
     super().__init__(path, [f"{i:05d}" for i in range(count)], size)
 
   def frames(self):

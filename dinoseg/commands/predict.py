@@ -51,7 +51,7 @@ HELP = "run a model on images: overlay PNGs and COCO-format results"
 def add_arguments(parser):
   parser.add_argument("--config", required=True, help="config file (FILE.py[:variant])")
   parser.add_argument("--weights", required=True, help="checkpoint: .pth/.pkl/.safetensors or an Orbax directory")
-  parser.add_argument("--input", required=True, help="an image file or a directory of images; for video models (OV2Seg) a video file (.mp4 etc., needs PyAV: pip install dinoseg[video]), a directory of frame images, or a directory of those")
+  parser.add_argument("--input", required=True, help="an image file or a directory of images; for video models (OV2Seg) a video file (.mp4 etc., needs PyAV: pip install dinoseg[video], or imageio-ffmpeg), a directory of frame images, or a directory of those")
   parser.add_argument("--output", required=True, help="output directory (created)")
   parser.add_argument("--score-threshold", type=float, default=0.5, help="instances drawn on the overlays")
   parser.add_argument("--max-images", type=int, default=0, help="stop after N images (0: all)")
