@@ -14,6 +14,7 @@ RLE with null in frames where the object is absent. `corrupt=True` adds the bad-
 docs/data.md (unreadable and missing images, invalid RLE and polygons, zero-area and out-of-image
 boxes, unknown category ids) and returns how many of each it wrote in `expected_issues`.
 """
+import base64
 import dataclasses
 import io
 import json
@@ -437,10 +438,8 @@ def synth_coco_captions(out: str, opts: SynthOptions) -> dict:
   return summary
 
 
-def synth_sa1b(out: str, opts: SynthOptions, *, images_per_tar: int = 4) -> dict:
-  """SA-1B layout: sa_00000N.tar shards of sa_<n>.jpg + sa_<n>.json (class-agnostic RLE masks)."""
-  root = pathlib.Path(out)
-  root.mkdir(parents=True, exist_ok=True)
+def sa1b_entries(opts: SynthOptions) -> list[tuple[str, bytes, bytes]]:
+  """The synthetic SA-1B images: (name "sa_<n>", JPEG bytes, SA-1B JSON bytes) each, the same for every layout."""
   entries = []
   ann_id = 1
   for i in range(opts.num_images):
@@ -462,6 +461,14 @@ def synth_sa1b(out: str, opts: SynthOptions, *, images_per_tar: int = 4) -> dict
     name = f"sa_{i + 1}"
     meta = {"image": {"image_id": i + 1, "width": w, "height": h, "file_name": f"{name}.jpg"}, "annotations": anns}
     entries.append((name, encode_image(scene.image), json.dumps(meta).encode()))
+  return entries
+
+
+def synth_sa1b(out: str, opts: SynthOptions, *, images_per_tar: int = 4) -> dict:
+  """SA-1B layout: sa_00000N.tar shards of sa_<n>.jpg + sa_<n>.json (class-agnostic RLE masks)."""
+  root = pathlib.Path(out)
+  root.mkdir(parents=True, exist_ok=True)
+  entries = sa1b_entries(opts)
   for t in range(0, len(entries), images_per_tar):
     with tarfile.open(root / f"sa_{t // images_per_tar:06d}.tar", "w") as tar:
       for name, jpg, js in entries[t:t + images_per_tar]:
@@ -470,6 +477,51 @@ def synth_sa1b(out: str, opts: SynthOptions, *, images_per_tar: int = 4) -> dict
           info.size = len(data)
           tar.addfile(info, io.BytesIO(data))
   return {"layout": "sa1b", "splits": {"train": {"images": len(entries)}}, "expected_issues": {}}
+
+
+def write_tsv_shard(path: str | os.PathLike, rows) -> list[int]:
+  """Writes `rows` (each a sequence of str/bytes fields) as one TSV shard + its `.lineidx`; returns the offsets.
+
+  The layout DINOv's reference reads (`datasets/utils/tsv/`): one row per line, fields separated by tabs,
+  and beside the shard `<stem>.lineidx` with each row's byte offset on its own line.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  offsets = []
+  with open(path, "wb") as f:
+    for row in rows:
+      offsets.append(f.tell())
+      f.write(b"\t".join(v if isinstance(v, bytes) else str(v).encode() for v in row) + b"\n")
+  path.with_suffix(".lineidx").write_text("".join(f"{o}\n" for o in offsets))
+  return offsets
+
+
+def sa1b_tsv_name(number: int, naming: str = "part") -> str:
+  """A TSV shard name in one of the reference's two forms: "part" (SA-1B.part_000NN.tsv) or "dash" (sa1b-NN.tsv)."""
+  if naming == "part":
+    return f"SA-1B.part_{number:05d}.tsv"
+  if naming == "dash":
+    return f"sa1b-{number:02d}.tsv"
+  raise UserValueError(f"TSV shard naming must be 'part' or 'dash', got {naming!r}")
+
+
+def synth_sa1b_tsv(out: str, opts: SynthOptions, *, images_per_shard: int = 2, naming: str = "part",
+                   first_shard: int = 0) -> dict:
+  """SA-1B in the reference's TSV layout: the images of `synth_sa1b` as rows (key, JSON, base64 JPEG).
+
+  Shards are numbered from `first_shard`, `images_per_shard` rows each, named by `sa1b_tsv_name(n, naming)`,
+  each with its `.lineidx`. The same `opts` give the same images and JSON as the tar layout.
+  """
+  root = pathlib.Path(out)
+  root.mkdir(parents=True, exist_ok=True)
+  entries = sa1b_entries(opts)
+  shards = []
+  for t in range(0, len(entries), images_per_shard):
+    name = sa1b_tsv_name(first_shard + t // images_per_shard, naming)
+    write_tsv_shard(root / name, [(key, js, base64.b64encode(jpg)) for key, jpg, js in entries[t:t + images_per_shard]])
+    shards.append(name)
+  return {"layout": "sa1b_tsv", "splits": {"train": {"images": len(entries)}}, "shards": shards,
+          "expected_issues": {}}
 
 
 # ----------------------------------------------------------------------------- semantic layouts
@@ -700,6 +752,7 @@ LAYOUTS: dict[str, Callable[[str, SynthOptions], dict]] = {
     "coco_captions": synth_coco_captions,
     "lvis": synth_lvis,
     "sa1b": synth_sa1b,
+    "sa1b_tsv": synth_sa1b_tsv,
     "ade20k": synth_ade20k,
     "ade20k_panoptic": lambda out, opts: synth_coco_panoptic(out, opts, ade=True),
     "voc": synth_voc,
@@ -715,6 +768,7 @@ LAYOUTS: dict[str, Callable[[str, SynthOptions], dict]] = {
 # The preparer (`dinoseg data prepare --dataset`) that reads each layout.
 PREPARER_FOR_LAYOUT = {"coco": "coco_instances", "coco_panoptic": "coco_panoptic", "coco_captions": "coco_captions",
                        "lvis": "lvis", "sa1b": "sa1b", "ade20k": "ade20k", "ade20k_panoptic": "ade20k_panoptic",
+                       "sa1b_tsv": "sa1b",
                        "voc": "voc", "pascal_context": "pascal_context", "cityscapes": "cityscapes",
                        "ytvis_2019": "ytvis_2019", "ytvis_2021": "ytvis_2021", "lvvis": "lvvis",
                        "davis345": "davis345", "hqseg44k": "hqseg44k"}
@@ -738,7 +792,7 @@ def synthesize(layout: str, out: str, **options) -> dict:
     raise UserValueError("corrupt=True is only supported for the 'coco' layout")
   if layout in ("davis345",):
     opts.splits = ("val",)
-  elif layout == "sa1b":
+  elif layout in ("sa1b", "sa1b_tsv"):
     opts.splits = ("train",)
   summary = LAYOUTS[layout](out, opts)
   summary["preparer"] = PREPARER_FOR_LAYOUT[layout]
@@ -746,4 +800,4 @@ def synthesize(layout: str, out: str, **options) -> dict:
 
 
 __all__ = ["synthesize", "LAYOUTS", "PREPARER_FOR_LAYOUT", "SynthOptions", "draw_scene", "THINGS", "STUFF",
-           "scene_captions"]
+           "scene_captions", "sa1b_entries", "write_tsv_shard", "sa1b_tsv_name", "synth_sa1b_tsv"]

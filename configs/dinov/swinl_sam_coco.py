@@ -54,6 +54,7 @@ def get_config(variant=None):
   c.model = m
   c.prompts = defaults.prompt_config()
   c.prompts.match_softmax = False  # `softmax: False`: the match-score loss is a sigmoid focal loss
+  c.prompts.coco_track = False  # `COCO_TRACK: False`: COCO does not feed the referring task (task.py)
   c.loss = defaults.loss_config()
   c.test = defaults.test_config()
   c.evaluation = defaults.evaluation_config()  # `dinoseg eval`: generic protocol (+ VOS with evaluation.vos_path)

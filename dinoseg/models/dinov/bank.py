@@ -24,9 +24,13 @@ canvas (`max_size` rounded up to 32, square); the masks go through `DINOv.prompt
 `slots` prompts (padding slots are empty masks whose outputs are dropped): one compilation per canvas.
 An empty mask is skipped with a warning (it would attend everywhere); masks must have the image's size.
 
-Unlike the reference (whose `get_content` files embeddings under the category order of the sorted labels, so
-an image with classes [5, 1, 5, 7] files them as [1, 5, 5, 7]: shared/reference/dinov.md section 12), every
-embedding is stored under its own instance's category.
+Filing (`build_bank(order=...)`, config `evaluation.bank_order`): "clean" (default) stores every embedding
+under its own instance's category. "reference" reproduces the reference's `get_content` filing: its labels come
+back grouped by category in ascending order (its `getIdx` / `sampled_examples_by_catetory`) while the tokens
+stay in instance order, and `test_save_features` zips the two, so the i-th encoded instance of an image is filed
+under the i-th smallest category of that image (classes [5, 1, 5, 7] are filed as [1, 5, 5, 7]:
+shared/reference/dinov.md section 12; `reference_filing`). Per image, over the instances that are encoded (the
+reference's mappers drop empty instances before the model); image / instance ids stay with their embedding.
 
 Files (`write_bank`): `<out>/index.json` {"format": "dinoseg-dinov-prompt-bank", "version": 1, "dim": d,
 "categories": [{"id", "name", "file", "count"}], "source": str} and `<out>/category_<id>.npz` with
@@ -44,6 +48,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from dinoseg.errors import UserFileNotFoundError, UserValueError
+from dinoseg.models.dinov.defaults import BANK_ORDERS
 
 logger = logging.getLogger(__name__)
 
@@ -303,9 +308,21 @@ class PromptBankEncoder:
     return self.encode_canvas(canvas, cmasks[kept], valid), kept
 
 
+def reference_filing(category_ids: np.ndarray) -> np.ndarray:
+  """The categories the reference files one image's embeddings under: (N,) category ids in instance order ->
+  (N,) the i-th of them is the category of the i-th embedding (the sorted ids; module docstring)."""
+  return np.sort(np.asarray(category_ids, np.int64), kind="stable")
+
+
 def build_bank(encoder: PromptBankEncoder, examples: Iterable[Example], names: Mapping[int, str],
-               source: str = "") -> Bank:
-  """Encodes every instance of `examples`; categories of `names` without instances get empty arrays."""
+               source: str = "", order: str | None = None) -> Bank:
+  """Encodes every instance of `examples`; categories of `names` without instances get empty arrays.
+  `order`: "clean" or "reference" (module docstring; default the encoder config's `evaluation.bank_order`,
+  else "clean")."""
+  if order is None:
+    order = str((encoder.config.get("evaluation", None) or {}).get("bank_order", "clean"))
+  if order not in BANK_ORDERS:
+    raise UserValueError(f"bank order must be one of {BANK_ORDERS}, got {order!r}")
   emb: dict[int, list] = {c: [] for c in names}
   img: dict[int, list] = {c: [] for c in names}
   ins: dict[int, list] = {c: [] for c in names}
@@ -318,7 +335,10 @@ def build_bank(encoder: PromptBankEncoder, examples: Iterable[Example], names: M
       raise UserValueError(f"image {ex.image_id}: category ids {sorted(unknown)} are not among the categories")
     e, kept = encoder.encode(ex.image, ex.masks)
     skipped += int((~kept).sum())
-    for vec, cat, inst in zip(e, ex.category_ids[kept], ex.instance_ids[kept]):
+    filed = ex.category_ids[kept]
+    if order == "reference":
+      filed = reference_filing(filed)
+    for vec, cat, inst in zip(e, filed, ex.instance_ids[kept]):
       emb[int(cat)].append(vec)
       img[int(cat)].append(ex.image_id)
       ins[int(cat)].append(int(inst))
@@ -408,4 +428,4 @@ def bank_from_embeddings(embeddings: Mapping[str, Sequence[np.ndarray]] | Mappin
 
 __all__ = ["Example", "Bank", "PromptBankEncoder", "build_bank", "write_bank", "read_bank", "bank_from_embeddings",
            "examples_from_prepared", "examples_from_mask_dir", "examples_from_coco_json", "examples_from_path",
-           "resize_for_model", "test_canvas", "FORMAT", "MASK_SEPARATOR"]
+           "resize_for_model", "test_canvas", "reference_filing", "FORMAT", "MASK_SEPARATOR"]

@@ -246,6 +246,70 @@ class ManyToManyLoss:
     return criterion.weighted(values, suffixes), {"m2m": query_idx}
 
 
+class OneToOneLoss(ManyToManyLoss):
+  """Loss policy of the "clicks" group for COCO fed to the referring task (`prompts.coco_track`; the reference's
+  `SetCriterionReferOne`, `criterion_visual_refer_one2one.py`); `targets` of the call are the image instances.
+
+  Every click has one target, the instance it was drawn in; all T tokens of the click are compared with it. Per
+  prediction: point-sampled mask BCE and dice of every (click, token) pair (importance-sampled points of each
+  pair), the token with the smallest BCE + dice is the click's output (first on ties, as torch's `min`); its
+  BCE, dice, L1, GIoU and IoU-score loss (predicted IoU vs 1 - its dice, target not detached) over the global
+  number of valid clicks (at least 1); the match-score loss as `ManyToManyLoss.match_score` (sigmoid variant
+  normalised by the click count). Names as the many-to-many policy's. Draw names "track{k}" ("cand", "rand"
+  (B, C * T, ., 2) the points of slot c * T + t; "content" (B, P, 2) the content matcher's points).
+  """
+
+  def __init__(self, click_index, content_index, content_valid, iou, *, match_softmax: bool, nms_threshold: float):
+    """click_index (B, C) int instance row of each click; content_index / content_valid (B, K): the content
+    prompts' instance rows; iou (P, B, C, T) predicted IoU of every click token (DINOvOutputs.iou)."""
+    self.click_index, self.content_index, self.content_valid = click_index, content_index, content_valid
+    self.iou = iou
+    self.match_softmax, self.nms_threshold = match_softmax, nms_threshold
+
+  def __call__(self, criterion: md.SetCriterion, group, outputs, targets: PaddedInstances, normalizer, draws):
+    del normalizer  # counts clicks
+    preds = outputs.groups[group]
+    b, c = self.click_index.shape
+    n = preds.valid.shape[1]
+    t = n // c
+    last = preds.logits.shape[0] - 1
+    ks = list(range(last + 1)) if criterion.cfg.deep_supervision else [last]
+    sel = np.asarray(ks)
+    m = len(ks)
+    click_valid = preds.valid.reshape(b, c, t)[..., 0]
+    num_clicks = jnp.maximum(jnp.sum(click_valid.astype(jnp.float32)), 1.0)
+    query_idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None], (b, n))
+    target = jnp.repeat(self.click_index.astype(jnp.int32), t, axis=1)
+    valid = jnp.repeat(click_valid, t, axis=1)
+    cand, rand = criterion._point_draws([f"track{k}" for k in ks], draws, b, n)  # noqa: SLF001
+    bce, dice = slot_mask_terms(criterion, preds.masks[sel], query_idx, target, valid, targets.masks, cand, rand)
+    bce, dice = bce.reshape(m, b, c, t), dice.reshape(m, b, c, t)
+    token = jax.lax.stop_gradient(jnp.argmin(bce + dice, axis=-1)).astype(jnp.int32)  # (M, B, C)
+
+    def chosen(x):
+      return jnp.take_along_axis(x, token[..., None], axis=-1)[..., 0]
+
+    weight = jnp.where(click_valid, 1.0 / num_clicks, 0.0)[None]
+    bce_c, dice_c = chosen(bce), chosen(dice)
+    iou_c = chosen(self.iou[sel].astype(jnp.float32).reshape(m, b, c, t))
+    chosen_query = jnp.arange(c, dtype=jnp.int32)[None, None] * t + token  # (M, B, C)
+    tboxes = _take_rows(targets.boxes.astype(jnp.float32), self.click_index.astype(jnp.int32))
+    box_losses = criterion._box_losses  # noqa: SLF001 (the shared box-loss body)
+    l1, giou = jax.vmap(lambda bx, qi: box_losses(bx, qi, tboxes, click_valid, 1.0 / num_clicks))(
+        preds.boxes[sel], chosen_query)
+    content_masks = _take_rows(targets.masks, self.content_index)
+    match = jnp.stack([
+        self.match_score(criterion, preds.boxes[k], self.iou[k].reshape(b, n), preds.valid, preds.masks[k],
+                         preds.logits[k], content_masks, self.content_valid,
+                         draws(f"track{k}", "content", (b, criterion.cfg.num_points, 2)), num_clicks) for k in ks])
+    values = {"loss_mask": jnp.sum(bce_c * weight, axis=(1, 2)), "loss_dice": jnp.sum(dice_c * weight, axis=(1, 2)),
+              "loss_bbox": l1, "loss_giou": giou,
+              "loss_iou": jnp.sum((iou_c - (1.0 - dice_c)) ** 2 * weight, axis=(1, 2)),
+              "loss_match": match}
+    suffixes = ["" if k == last else f"_{k}" for k in ks]
+    return criterion.weighted(values, suffixes), {"one2one": chosen_query[-1]}
+
+
 class DINOvCriterion:
   """DINOv's two criteria on one Mask DINO `SetCriterion` (its matching, point sampling and loss bodies).
 
@@ -278,6 +342,16 @@ class DINOvCriterion:
     return self.base(outputs, instances, draws, return_indices=return_indices,
                      policies={CLICKS: policy, PROMPTS: None})
 
+  def track(self, outputs, instances: PaddedInstances, click_index, content_index, content_valid, draws: md.Draws,
+            return_indices: bool = False):
+    """Losses (weighted dict) of COCO fed to the referring task (`prompts.coco_track`, the reference's
+    `SetCriterionReferOne`): instances as `refer`; click_index (B, C) the instance of each click; content_index /
+    content_valid (B, K); outputs: a referring training DINOvOutputs (its click validity marks the real clicks)."""
+    policy = OneToOneLoss(click_index, content_index, content_valid, outputs.iou, match_softmax=self.match_softmax,
+                          nms_threshold=self.nms_threshold)
+    return self.base(outputs, instances, draws, return_indices=return_indices,
+                     policies={CLICKS: policy, PROMPTS: None})
+
 
 __all__ = ["DINOvCriterion", "ReferTargets", "ManyToManyLoss", "PromptHungarianLoss", "BoxMaskFixedAssignmentLoss",
-           "nms_keep", "slot_mask_terms", "MASKED_LOGIT"]
+           "OneToOneLoss", "nms_keep", "slot_mask_terms", "MASKED_LOGIT"]

@@ -29,6 +29,9 @@ import ml_collections
 from dinoseg.models.maskdino.defaults import NO_WEIGHT_DECAY, PIXEL_MEAN, PIXEL_STD  # noqa: F401
 
 VOS_LATE_OBJECT_MODES = ("clean", "reference")  # test.vos_late_objects (dinoseg.models.dinov.vos)
+VOS_RESIZE_MODES = ("dinoseg", "reference")  # test.vos_resize (dinoseg.models.dinov.vos)
+VOS_DTYPES = ("float32", "float16", "bfloat16")  # test.vos_dtype: VOS compute dtype (params stay float32)
+BANK_ORDERS = ("clean", "reference")  # evaluation.bank_order (dinoseg.models.dinov.bank.build_bank)
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -94,6 +97,7 @@ def prompt_config() -> ml_collections.ConfigDict:
       point_per_side=20,  # referring inference: click grid
       many2many=True,
       match_softmax=True,  # `softmax`: match-score loss as softmax CE (False: sigmoid focal)
+      coco_track=False,  # COCO_TRACK: COCO also feeds the referring task (one-to-one criterion; task.py)
   ))
 
 
@@ -127,6 +131,11 @@ def test_config() -> ml_collections.ConfigDict:
       davis_min_size=640,  # video object segmentation (DAVIS.INPUT.MIN_SIZE_TEST; Swin-L: 800)
       vos_late_objects="clean",  # VOS objects entering after frame 0: "clean" | "reference" (the reference's
                                  # key_frame path; dinoseg.models.dinov.vos)
+      vos_hide_after_last_frame=False,  # True: an object's output is empty after its last annotated frame (the
+                                        # reference's end_frame)
+      vos_resize="dinoseg",  # DAVIS frames / given masks: "dinoseg" (bilinear / nearest, detectron2 sizes) |
+                             # "reference" (the reference's DAVIS mapper: PIL bicubic / OpenCV cubic)
+      vos_dtype="float32",  # VOS compute dtype: "float32" | "float16" (the reference's autocast) | "bfloat16"
   ))
 
 
@@ -137,6 +146,8 @@ def evaluation_config() -> ml_collections.ConfigDict:
       bank="",  # generic: a prompt bank directory (`dinoseg dinov bank`); "" builds one with the evaluated weights
       bank_split="",  # the data.coco split the bank is built from ("" = data.coco.train_split)
       bank_slots=16,  # prompts encoded per call while building the bank
+      bank_order="clean",  # "clean": each embedding under its instance's category; "reference": the reference's
+                           # get_content filing (sorted labels against instance-ordered tokens; bank.build_bank)
       num_examples=16,  # bank draws averaged per category (the README's INFERENCE_EXAMPLE=16)
       seed=0,  # seed of the draws
       max_batches=0,  # generic: stop after N eval batches (0: all)
@@ -200,6 +211,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if t is not None and t.get("vos_late_objects") is not None:
     if t.vos_late_objects not in VOS_LATE_OBJECT_MODES:
       raise ValueError(f"test.vos_late_objects must be one of {VOS_LATE_OBJECT_MODES}, got {t.vos_late_objects!r}")
+  if t is not None:
+    for key, allowed in (("vos_resize", VOS_RESIZE_MODES), ("vos_dtype", VOS_DTYPES)):
+      if t.get(key) is not None and t[key] not in allowed:
+        raise ValueError(f"test.{key} must be one of {allowed}, got {t[key]!r}")
+    if t.get("vos_hide_after_last_frame") is not None and not isinstance(t.vos_hide_after_last_frame, bool):
+      raise ValueError(f"test.vos_hide_after_last_frame must be True or False, got {t.vos_hide_after_last_frame!r}")
+  if e is not None and e.get("bank_order") is not None and e.bank_order not in BANK_ORDERS:
+    raise ValueError(f"evaluation.bank_order must be one of {BANK_ORDERS}, got {e.bank_order!r}")
   p = c.get("prompts")
   if p is not None and p.get("shape_candidates") is not None:
     from dinoseg.models.dinov import sampling  # noqa: PLC0415
@@ -215,4 +234,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 __all__ = ["model_config", "prompt_config", "loss_config", "test_config", "evaluation_config", "tiny", "validate",
-           "NO_WEIGHT_DECAY", "VOS_LATE_OBJECT_MODES"]
+           "NO_WEIGHT_DECAY", "VOS_LATE_OBJECT_MODES", "VOS_RESIZE_MODES", "VOS_DTYPES", "BANK_ORDERS"]

@@ -18,6 +18,13 @@ batch size each), and the loss is the sum of
   shapes too (with `drop_empty_shapes` an instance with an empty shape is no example).
 The reference runs the two as separate forward passes and sums the loss dictionaries; so does this task
 (one jitted step, two model applications with static shapes).
+
+With `prompts.coco_track` (the reference's `COCO_TRACK`, off in the released configs) the COCO batch also feeds
+the referring task, as a third forward pass of the same COCO images (the data mix is unchanged): every instance of
+the image is a click (no repetition up to `prompts.max_clicks`: the click budget is `data.coco.max_instances`,
+padded clicks invalid), the first min(`prompts.max_content`, N) instances of the same random order are the content
+prompts (shapes as for SA-1B), and the losses are the reference's one-to-one referring criterion
+(criterion.DINOvCriterion.track); metrics "coco_track/<loss name>".
 """
 import base64
 import json
@@ -100,6 +107,31 @@ def _refer_train(module, images, valid_hw, content_masks, content_valid, clicks,
   prompts = module.predictor.encode_prompts(multi_scale, content_masks.astype(jnp.float32))
   return module.predictor(multi_scale, mask_features, task="refer", prompts=prompts, prompt_valid=content_valid,
                           clicks=clicks, click_valid=click_valid, train=True, click_noise=click_noise)
+
+
+def coco_track_targets(key, masks, valid, valid_hw, *, num_content: int, num_tokens: int, half_size: int = 3):
+  """Clicks and content prompts of COCO fed to the referring task (the reference's `coco_track`).
+
+  One click per instance, in a random order (the reference's randperm, not repeated up to a click budget), each a
+  uniform random pixel of its instance with a +-half_size px box; the first min(num_content, N) instances of the
+  same order are the content prompts.
+
+  Args:
+    masks: (B, N, H, W) instance masks on the canvas; valid (B, N); valid_hw (B, 2) image size in pixels.
+  Returns:
+    (clicks (B, N, 4) cxcywh normalized by the valid size, click_valid (B, N), click_index (B, N) int32 instance
+    of each click, content_index (B, K) int32, content_valid (B, K)) with K = min(num_content, N).
+  """
+  n = masks.shape[1]
+  k = min(int(num_content), n)
+  # refer_targets with as many clicks (and content slots) as instance slots: its content index is then the whole
+  # permutation, valid instances first; clicks past an image's instance count repeat earlier ones and are invalid.
+  s = sampling.refer_targets(key, masks, valid, valid_hw, num_clicks=n, num_tokens=num_tokens, num_content=n,
+                             half_size=half_size)
+  count = jnp.sum(valid.astype(bool), axis=1)
+  click_valid = jnp.arange(n)[None, :] < count[:, None]
+  click_index = s.refer.content_index
+  return s.clicks, click_valid, click_index, click_index[:, :k], click_valid[:, :k]
 
 
 @task_lib.register("dinov")
@@ -215,13 +247,42 @@ class DINOvTask(task_lib.Task):
     losses = self.criterion.refer(out, instances, refer, md_criterion.random_draws(k_points))
     return losses, {"num_level_targets": jnp.sum(s.refer.level_valid.astype(jnp.float32))}
 
+  def _track_loss(self, params, model_state, batch, key):
+    """COCO fed to the referring task (`prompts.coco_track`): a referring forward pass of the COCO images with one
+    click per instance, and the one-to-one referring criterion."""
+    p = self.config.prompts
+    k_sample, k_noise, k_points = jax.random.split(key, 3)
+    masks, valid = batch["coco.masks"], batch["coco.valid"].astype(bool)
+    clicks, click_valid, click_index, content_index, content_valid = coco_track_targets(
+        k_sample, masks, valid, batch["coco.valid_hw"], num_content=int(p.max_content),
+        num_tokens=int(self.config.model.decoder.num_mask_tokens), half_size=int(p.click_half_size))
+    content_masks = jnp.take_along_axis(masks, content_index[:, :, None, None], axis=1)
+    if p.use_shape_sampler:  # the same content prompts as the SA-1B referring task (scribbles in the released configs)
+      shapes = self._shapes(jax.random.fold_in(k_sample, 1), content_masks)
+      content_masks = shapes.masks
+      if p.get("drop_empty_shapes", False):
+        content_valid = content_valid & shapes.nonempty
+    noise = jax.random.uniform(k_noise, clicks.shape, jnp.float32)
+    out = self.model.apply({"params": params, **model_state}, batch["coco.image"], batch["coco.valid_hw"],
+                           content_masks, content_valid, clicks, click_valid, noise, method=_refer_train)
+    instances = PaddedInstances(labels=jnp.zeros(valid.shape, jnp.int32),
+                                boxes=batch["coco.boxes"].astype(jnp.float32), valid=valid, masks=masks)
+    losses = self.criterion.track(out, instances, click_index, content_index, content_valid,
+                                  md_criterion.random_draws(k_points))
+    return losses, {"num_track_clicks": jnp.sum(click_valid.astype(jnp.float32))}
+
   def loss_fn(self, params, model_state, batch, rng, *, train=True):
     k_generic, k_refer = jax.random.split(rng)
     generic, m_generic = self._generic_loss(params, model_state, batch, k_generic)
     refer, m_refer = self._refer_loss(params, model_state, batch, k_refer)
     metrics = {**{f"generic/{k}": v for k, v in generic.items()}, **{f"refer/{k}": v for k, v in refer.items()},
                **m_generic, **m_refer}
-    return md_criterion.total_loss(generic) + md_criterion.total_loss(refer), metrics
+    total = md_criterion.total_loss(generic) + md_criterion.total_loss(refer)
+    if self.config.prompts.get("coco_track", False):  # the reference's COCO_TRACK (off in the released configs)
+      track, m_track = self._track_loss(params, model_state, batch, jax.random.fold_in(rng, 2))
+      metrics.update({**{f"coco_track/{k}": v for k, v in track.items()}, **m_track})
+      total = total + md_criterion.total_loss(track)
+    return total, metrics
 
 
-__all__ = ["DINOvTask", "MixedIterator"]
+__all__ = ["DINOvTask", "MixedIterator", "coco_track_targets"]

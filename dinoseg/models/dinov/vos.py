@@ -38,10 +38,31 @@ Objects that enter after frame 0 (`VOSSettings.late_objects`, config `test.vos_l
   prediction, on frame k too (not the given mask; its score there is the prediction's). Objects given on
   frame 0 are the same in both modes.
 
+The reference's other inference behaviours, as options (config `test.*`, `VOSSettings`; defaults: dinoseg's):
+- `hide_after_last_frame` (`test.vos_hide_after_last_frame`, default False): the reference's `end_frame`. Its
+  DAVIS mapper marks, per object, the frame whose annotation file is the last entry of the object's frame list
+  (`objects[id]["frames"][-1]` of its `video_objects_info.json`, a file made from the annotations, not part of
+  the DAVIS download), and `test_tracking_prev` ORs that mark into `end_key` after writing the frame's output:
+  the object's output is empty from the frame after its last annotated frame on, while it is still tracked
+  (its memory goes on). Here the last annotated frame is the last frame whose annotation holds the object's id
+  (`evaluate_vos`: `last_annotated_frames`), or the last frame its track is present (prepared datasets), given
+  to `segment` as `end_frames`; the hiding is a masking of the host-side outputs (nothing retraces).
+- `resize` (`test.vos_resize`, default "dinoseg": detectron2's shortest-edge sizes, bilinear frames, nearest
+  masks): "reference" is the reference's DAVIS mapper: torchvision's `Resize(min_size, max_size)` sizes
+  (`reference_resize_size`: the short side `test.davis_min_size`, the long side floored; the mapper hard-codes
+  max_size 1333, here `test.max_size`, 1333 in the released configs; torchvision refuses max_size <= min_size,
+  here the same rule simply applies), the frame resized by PIL's bicubic filter (what torchvision calls on a PIL
+  image; antialiased when shrinking), each given mask by OpenCV's `INTER_CUBIC` on the 0/1 uint8 mask, kept
+  where the result is non-zero (`opencv_cubic_resize`, a transcription of OpenCV's fixed-point bicubic: no
+  antialias, replicated border).
+- `dtype` (`test.vos_dtype`, default "float32" = the model as built): "float16" runs the VOS model in float16
+  compute (the reference's `torch.autocast(dtype=float16)`): the model's modules (backbone, pixel decoder,
+  predictor) are cloned with that compute dtype; parameters stay float32, prompt memories, masks and scores
+  are float32. Flax's per-module dtype is not autocast's per-op policy (autocast keeps softmax / norms in
+  fp32), so the numbers are close to, not equal to, the reference's. "bfloat16" likewise.
+
 Other differences from the reference: a frame where no proposal survives gives an empty mask (the reference
-would fail); objects are not hidden after their last annotated frame (the reference's `end_frame`, read from
-its `video_objects_info.json`); fp32 (the reference runs under fp16 autocast); batched over objects only (one
-video at a time, as the reference).
+would fail); batched over objects only (one video at a time, as the reference).
 
 `evaluate_vos` scores a DAVIS-2017 download (dinoseg.evaluation.davis.read_davis_sequence) or a prepared video
 dataset's tracks with dinoseg.evaluation.davis (J&F).
@@ -55,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinoseg.errors import UserValueError
-from dinoseg.models.dinov.defaults import VOS_LATE_OBJECT_MODES
+from dinoseg.models.dinov.defaults import VOS_DTYPES, VOS_LATE_OBJECT_MODES, VOS_RESIZE_MODES
 from dinoseg.ops import box_cxcywh_to_xyxy, box_iou, interpolate
 
 logger = logging.getLogger(__name__)
@@ -64,6 +85,83 @@ CLICK_HALF_SIZE = 3.0  # clicks are +-3 px boxes
 MIN_IOU = 0.5  # proposals need a predicted IoU above this
 MIN_AREA = 50  # and more than this many positive stride-4 mask pixels
 LATE_OBJECT_MODES = VOS_LATE_OBJECT_MODES  # VOSSettings.late_objects: "clean" | "reference" (module docstring)
+RESIZE_MODES = VOS_RESIZE_MODES  # VOSSettings.resize: "dinoseg" | "reference"
+COMPUTE_DTYPES = VOS_DTYPES  # VOSSettings.dtype
+OPENCV_COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS: fixed-point weights of its 8-bit resize
+
+
+def reference_resize_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+  """(new_h, new_w) of torchvision's `Resize(min_size, max_size=max_size)` (the reference's DAVIS mapper): the
+  short side becomes `min_size`, the long side int(min_size * long / short) (floored); a long side above
+  `max_size` becomes max_size and the short side int(max_size * short / long)."""
+  short, long = (w, h) if w <= h else (h, w)
+  new_short, new_long = int(min_size), int(min_size * long / short)
+  if new_long > max_size:
+    new_short, new_long = int(max_size * new_short / new_long), int(max_size)
+  new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+  return max(1, new_h), max(1, new_w)
+
+
+def _opencv_cubic_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+  """One axis of OpenCV's INTER_CUBIC: (dst, 4) clamped source indices and (dst, 4) int weights (float32
+  coefficients of the A = -0.75 cubic at the half-pixel source position, times 2^11, rounded to nearest even)."""
+  scale = src / dst
+  pos = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+  base = np.floor(pos)
+  x = (pos - base).astype(np.float32)
+  a = np.float32(-0.75)
+  one = np.float32(1.0)
+  c0 = ((a * (x + one) - 5 * a) * (x + one) + 8 * a) * (x + one) - 4 * a
+  c1 = ((a + 2) * x - (a + 3)) * x * x + one
+  c2 = ((a + 2) * (one - x) - (a + 3)) * (one - x) * (one - x) + one
+  c3 = one - c0 - c1 - c2
+  coef = np.stack([c0, c1, c2, c3], 1).astype(np.float32)
+  weights = np.rint(coef * np.float32(1 << OPENCV_COEF_BITS)).astype(np.int64)
+  index = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3)[None], 0, src - 1)
+  return index, weights
+
+
+def opencv_cubic_resize(masks: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+  """OpenCV's `cv2.resize(m, (w, h), interpolation=cv2.INTER_CUBIC)` of uint8 images (N, H, W) -> (N, h, w) uint8.
+
+  A transcription of its 8-bit path: a horizontal pass with integer weights (`_opencv_cubic_table`), a
+  vertical one, then (sum + 2^21) >> 22 saturated to 0..255; borders replicated, no antialias. The reference's
+  DAVIS mapper resizes each object's 0/1 mask so and keeps the non-zero pixels (value >= 0.5 before rounding)."""
+  m = np.asarray(masks)
+  if m.ndim != 3:
+    raise ValueError(f"masks must be (N, H, W), got {m.shape}")
+  m = m.astype(np.int64)
+  nh, nw = int(size_hw[0]), int(size_hw[1])
+  xi, xw = _opencv_cubic_table(m.shape[2], nw)
+  yi, yw = _opencv_cubic_table(m.shape[1], nh)
+  rows = (m[:, :, xi] * xw[None, None]).sum(-1)  # (N, H, nw)
+  full = (rows[:, yi, :] * yw[None, :, :, None]).sum(2)  # (N, nh, nw)
+  shift = 2 * OPENCV_COEF_BITS
+  return np.clip((full + (1 << (shift - 1))) >> shift, 0, 255).astype(np.uint8)
+
+
+def reference_resize(image: np.ndarray, masks: np.ndarray | None, min_size: int, max_size: int,
+                     canvas_hw: tuple[int, int]):
+  """The reference's DAVIS mapper resize, then dinoseg's zero padding: image (H, W, 3) uint8, masks (N, H, W)
+  bool -> (canvas image (Hc, Wc, 3) float32, canvas masks (N, Hc, Wc) float32 or None, valid_hw (2,) int32).
+  Sizes `reference_resize_size`; the image by PIL's bicubic filter, the masks by `opencv_cubic_resize` (> 0)."""
+  from PIL import Image  # noqa: PLC0415
+
+  from dinoseg.structures import pad_image  # noqa: PLC0415
+  h, w = image.shape[:2]
+  nh, nw = reference_resize_size(h, w, min_size, max_size)
+  if nh > canvas_hw[0] or nw > canvas_hw[1]:
+    raise UserValueError(f"a {w} x {h} frame resized as the reference's DAVIS mapper ({nw} x {nh}) exceeds the "
+                         f"canvas {canvas_hw[1]} x {canvas_hw[0]} (test.max_size)")
+  resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC), np.float32)
+  canvas = pad_image(resized, canvas_hw)
+  out_masks = None
+  if masks is not None:
+    out_masks = np.zeros((len(masks), *canvas_hw), np.float32)
+    nonempty = np.asarray(masks, bool).reshape(len(masks), -1).any(-1)  # an empty mask stays empty: skip it
+    if nonempty.any():
+      out_masks[nonempty, :nh, :nw] = opencv_cubic_resize(np.asarray(masks, np.uint8)[nonempty], (nh, nw)) > 0
+  return canvas, out_masks, np.asarray([nh, nw], np.int32)
 
 
 def point_grid(n_per_side: int) -> np.ndarray:
@@ -129,13 +227,19 @@ class VOSSettings:
   max_objects: int = 8
   min_area: int = MIN_AREA
   late_objects: str = "clean"  # objects entering after frame 0: one of LATE_OBJECT_MODES
+  hide_after_last_frame: bool = False  # the reference's end_frame (module docstring)
+  resize: str = "dinoseg"  # frames and given masks: one of RESIZE_MODES
+  dtype: str = "float32"  # compute dtype: one of COMPUTE_DTYPES ("float32": the model as built)
 
   @classmethod
   def from_config(cls, config, **overrides) -> "VOSSettings":
     p = config.prompts
+    t = config.get("test", {})
     values = dict(memory_size=int(p.max_memory_size), point_per_side=int(p.point_per_side),
                   nms_threshold=float(p.nms_threshold),
-                  late_objects=str(config.get("test", {}).get("vos_late_objects", "clean")))
+                  late_objects=str(t.get("vos_late_objects", "clean")),
+                  hide_after_last_frame=bool(t.get("vos_hide_after_last_frame", False)),
+                  resize=str(t.get("vos_resize", "dinoseg")), dtype=str(t.get("vos_dtype", "float32")))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
 
@@ -157,6 +261,12 @@ class VideoObjectSegmenter:
                            f"{self.settings.memory_size}")
     if self.settings.late_objects not in LATE_OBJECT_MODES:
       raise UserValueError(f"late_objects must be one of {LATE_OBJECT_MODES}, got {self.settings.late_objects!r}")
+    if self.settings.resize not in RESIZE_MODES:
+      raise UserValueError(f"resize must be one of {RESIZE_MODES}, got {self.settings.resize!r}")
+    if self.settings.dtype not in COMPUTE_DTYPES:
+      raise UserValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.settings.dtype!r}")
+    if self.settings.dtype != "float32":  # compute dtype only: the same parameters (float32) drive the clone
+      self.model = model = with_compute_dtype(model, getattr(jnp, self.settings.dtype))
     self.variables = jax.device_put(dict(variables))
     self.canvas_hw = test_canvas(config)
     # frames are resized with the DAVIS shortest edge (test.davis_min_size: the reference's DAVIS.INPUT.MIN_SIZE_TEST)
@@ -173,7 +283,7 @@ class VideoObjectSegmenter:
 
   def _encode(self, variables, multi_scale, masks):
     return self.model.apply(variables, multi_scale, masks,
-                            method=lambda m, ms, pm: m.predictor.encode_prompts(ms, pm))
+                            method=lambda m, ms, pm: m.predictor.encode_prompts(ms, pm)).astype(jnp.float32)
 
   def _start_objects(self, variables, state, start_masks, start):
     """Objects whose given mask is on this frame (start (O,) bool, start_masks (1, O, H, W) on the canvas): their
@@ -261,8 +371,17 @@ class VideoObjectSegmenter:
     return new_state, up, score
 
   # -- host side
-  def segment(self, frames: np.ndarray, first_masks: np.ndarray, start_frames: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+  def resize(self, frame: np.ndarray, masks: np.ndarray | None):
+    """One frame (H, W, 3) uint8 and masks (N, H, W) bool -> (canvas (Hc, Wc, 3) float32, canvas masks
+    (N, Hc, Wc) float32 or None, valid_hw (2,) int32), as `settings.resize` says (module docstring)."""
+    from dinoseg.models.dinov.bank import resize_for_model  # noqa: PLC0415
+    if self.settings.resize == "reference":
+      t = self.resize_config.test
+      return reference_resize(frame, masks, int(t.min_size), int(t.max_size), self.canvas_hw)
+    return resize_for_model(frame, masks, self.resize_config, self.canvas_hw)
+
+  def segment(self, frames: np.ndarray, first_masks: np.ndarray, start_frames: np.ndarray | None = None,
+              end_frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Tracks O objects through a video.
 
     Args:
@@ -271,13 +390,13 @@ class VideoObjectSegmenter:
       start_frames: (O,) int, the frame of each given mask (default: all 0). An object predicts nothing
         before it; on it, it outputs its given mask and is tracked from the next frame on ("clean"), or,
         for a start frame > 0 with late_objects="reference", outputs its prediction (module docstring).
+      end_frames: (O,) int, each object's last annotated frame (>= its start frame; default: the last frame).
+        With `settings.hide_after_last_frame` its output is empty (score 0) after it; otherwise unused.
     Returns:
       masks (O, T, H, W) bool, scores (O, T) float32 (0 before the start frame; 1 on it where the given mask
       is output).
     """
     from PIL import Image  # noqa: PLC0415
-
-    from dinoseg.models.dinov.bank import resize_for_model  # noqa: PLC0415
     frames = np.asarray(frames)
     first_masks = np.asarray(first_masks).astype(bool)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -294,6 +413,10 @@ class VideoObjectSegmenter:
     starts = np.zeros(o, np.int64) if start_frames is None else np.asarray(start_frames)
     if starts.shape != (o,) or not np.issubdtype(starts.dtype, np.integer) or ((starts < 0) | (starts >= t)).any():
       raise UserValueError(f"start_frames must be {o} integers in [0, {t}), got {starts.tolist()}")
+    ends = np.full(o, t - 1, np.int64) if end_frames is None else np.asarray(end_frames)
+    if ends.shape != (o,) or not np.issubdtype(ends.dtype, np.integer) or ((ends < starts) | (ends >= t)).any():
+      raise UserValueError(f"end_frames must be {o} integers in [start frame, {t}), got {ends.tolist()} "
+                           f"(start frames {starts.tolist()})")
     n = self.settings.max_objects
     reference = self.settings.late_objects == "reference"
     tracked = np.arange(n) < o
@@ -305,7 +428,7 @@ class VideoObjectSegmenter:
       start[:o] = starts == f
       given = np.zeros((n, h, w), bool)
       given[:o][start[:o]] = first_masks[start[:o]]
-      canvas, cmasks, valid_hw = resize_for_model(frames[f], given, self.resize_config, self.canvas_hw)
+      canvas, cmasks, valid_hw = self.resize(frames[f], given)
       if state is None:
         extra = (tracked,) if reference else ()  # "clean" keeps the 5-argument call (one trace)
         state = self._first(self.variables, canvas[None], valid_hw[None], cmasks[None], start, *extra)
@@ -320,7 +443,27 @@ class VideoObjectSegmenter:
       if f == 0 or not reference:
         out[start[:o], f] = first_masks[start[:o]]
         scores[start[:o], f] = 1.0
+    if self.settings.hide_after_last_frame:  # the reference's end_key: empty after the last annotated frame
+      hidden = np.arange(t)[None, :] > ends[:, None]  # (O, T)
+      out[hidden] = False
+      scores[hidden] = 0.0
     return out, scores
+
+
+def with_compute_dtype(model, dtype):
+  """`model` (a DINOv) with its backbone, pixel decoder and predictor cloned with compute `dtype`; the parameter
+  tree (float32) is unchanged."""
+  parts = {name: getattr(model, name).clone(dtype=dtype) for name in ("backbone", "pixel_decoder", "predictor")
+           if hasattr(getattr(model, name), "dtype")}
+  return model.clone(**parts)
+
+
+def last_annotated_frames(present: np.ndarray) -> np.ndarray:
+  """(O, T) bool (object present in frame t's annotation) -> (O,) int64 index of each object's last such frame
+  (the reference's `end_frame`: the last entry of the object's frame list); -1 for an object never present."""
+  present = np.asarray(present, bool)
+  last = present.shape[1] - 1 - np.argmax(present[:, ::-1], axis=1)
+  return np.where(present.any(1), last, -1).astype(np.int64)
 
 
 def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, max_videos: int = 0,
@@ -330,12 +473,13 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
   dataset (`dinoseg data prepare`; its non-crowd tracks).
 
   Each object is given on its first annotated frame (start frame; DAVIS semi-supervised) and tracked from there
-  (the segmenter's `late_objects` decides what a later start means); before it, it predicts nothing; an
+  (the segmenter's `late_objects` decides what a later start means; with `hide_after_last_frame` its output
+  is empty after its last annotated frame, `last_annotated_frames`); before it, it predicts nothing; an
   object that is never present (a DAVIS id without a mask) is scored with an empty prediction, as the official
   evaluation does. Returns the DAVIS summary (DavisEvaluator.result) plus
   `num_videos` and `objects_after_first_frame` (objects whose start frame is not frame 0). With `out_dir`,
-  writes each video's predictions as `<out_dir>/<video>.npz` (masks (O, T, H, W), start_frames (O,), -1 for
-  objects never present).
+  writes each video's predictions as `<out_dir>/<video>.npz` (masks (O, T, H, W), start_frames (O,) and
+  end_frames (O,), -1 for objects never present).
   """
   import pathlib  # noqa: PLC0415
 
@@ -350,9 +494,10 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
     if not tracked.any() or frames.shape[0] < 3:
       continue
     starts = np.argmax(present[tracked], axis=1)
+    ends = last_annotated_frames(present)
     first = gt[tracked][np.arange(int(tracked.sum())), starts]
     pred = np.zeros(gt.shape, bool)
-    tracked_masks, _ = segmenter.segment(frames, first, starts)
+    tracked_masks, _ = segmenter.segment(frames, first, starts, ends[tracked])
     pred[tracked] = tracked_masks
     evaluator.process(name, gt, pred)
     videos += 1
@@ -360,7 +505,7 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
     if out_dir:
       pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
       np.savez_compressed(pathlib.Path(out_dir) / f"{name}.npz", masks=pred,
-                          start_frames=np.where(tracked, np.argmax(present, axis=1), -1))
+                          start_frames=np.where(tracked, np.argmax(present, axis=1), -1), end_frames=ends)
   if not videos:
     raise UserValueError(f"{data_path}: no video of split {split!r} has an object (and >= 3 frames)")
   return {**evaluator.result(), "num_videos": videos, "objects_after_first_frame": late}
@@ -385,5 +530,7 @@ def _videos(data_path: str, split: str):
     yield str(ex["image_id"]), ex["frames"], (tr["masks"][use] > 0) & tr["present"][use][:, :, None, None]
 
 
-__all__ = ["LATE_OBJECT_MODES", "point_grid", "grid_clicks", "fixed_nms", "select_proposals", "VOSSettings",
+__all__ = ["LATE_OBJECT_MODES", "RESIZE_MODES", "COMPUTE_DTYPES", "reference_resize_size", "opencv_cubic_resize",
+           "reference_resize", "with_compute_dtype", "last_annotated_frames", "point_grid", "grid_clicks", "fixed_nms",
+           "select_proposals", "VOSSettings",
            "VideoObjectSegmenter", "evaluate_vos"]

@@ -171,3 +171,89 @@ def test_encoder_matches_model_and_chunks(tiny_model, tmp_path):
   bank_lib.write_bank(bank, tmp_path / "bank")
   back = bank_lib.read_bank(tmp_path / "bank", dim=64)
   np.testing.assert_array_equal(back.embeddings[1], bank.embeddings[1])
+
+
+# ----------------------------------------------------------------------------- the reference's filing order
+
+def _reference_get_content_labels(gt_classes):
+  """Host transcription of the reference's `get_content` labels for one image: `getIdx` (unique rows of
+  a[None] - a[:, None], sorted, reversed and zipped with the sorted classes), the per-category dict in that
+  order, then `torch.cat([full_like(v, k) for k, v in sampled_examples_by_catetory.items()])`."""
+  a = np.asarray(gt_classes, np.int64)
+  rows = np.unique(a[None, :] - a[:, None], axis=0)  # torch.unique(dim=0): lexicographically sorted rows
+  groups = [np.arange(len(a))[r == 0] for r in rows]
+  by_category = {str(k): v for k, v in zip(np.unique(a), groups[::-1])}
+  assert all((a[v] == int(k)).all() for k, v in by_category.items())  # getIdx pairs each class with its own
+  return np.concatenate([np.full(len(v), int(k)) for k, v in by_category.items()])
+
+
+class _InstanceEncoder:
+  """A stand-in for PromptBankEncoder (build_bank reads `config`, `dim`, `encode`): instance i of an image is
+  encoded as [image_id, i, mask area, 0...], empty masks skipped as the real encoder skips them."""
+
+  def __init__(self, config, dim=4):
+    self.config, self.dim = config, dim
+
+  def encode(self, image, masks):
+    kept = masks.reshape(len(masks), -1).any(-1)
+    rows = [[float(image[0, 0, 0]), float(i), float(m.sum())] + [0.0] * (self.dim - 3)
+            for i, m in enumerate(masks) if kept[i]]
+    return np.asarray(rows, np.float32).reshape(-1, self.dim), kept
+
+
+def _filing_examples():
+  masks = np.zeros((5, 8, 8), bool)
+  for i in range(4):
+    masks[i, i, : i + 1] = True  # areas 1, 2, 3, 4
+  image = np.full((8, 8, 3), 7, np.uint8)  # image id 7 in pixel (0, 0)
+  first = bank_lib.Example(7, image, masks[:4], np.asarray([5, 1, 5, 7]), np.asarray([70, 71, 72, 73]))
+  image2 = np.full((8, 8, 3), 9, np.uint8)
+  second = bank_lib.Example(9, image2, masks[[0, 4, 1]], np.asarray([3, 1, 2]),  # its class-1 mask is empty
+                            np.asarray([90, 91, 92]))
+  return [first, second], {1: "a", 2: "b", 3: "c", 5: "e", 7: "g"}
+
+
+def test_reference_bank_order():
+  """bank order "reference": an image with classes [5, 1, 5, 7] files its instance-ordered embeddings under
+  [1, 5, 5, 7], as the transcription of the reference's labels zipped with its tokens; "clean" (the default)
+  under their own categories; the config's evaluation.bank_order picks the order; bad values are refused."""
+  assert _reference_get_content_labels([5, 1, 5, 7]).tolist() == [1, 5, 5, 7]
+  assert bank_lib.reference_filing(np.asarray([5, 1, 5, 7])).tolist() == [1, 5, 5, 7]
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    classes = rng.integers(0, 12, rng.integers(1, 9))
+    np.testing.assert_array_equal(bank_lib.reference_filing(classes), _reference_get_content_labels(classes))
+  examples, names = _filing_examples()
+  config = load_config(TINY)
+  ref = bank_lib.build_bank(_InstanceEncoder(config), examples, names, order="reference")
+  # expected: zip(reference labels, tokens in instance order) per image, over the encoded (non-empty) instances
+  expected = {c: [] for c in names}
+  for ex in examples:
+    kept = ex.masks.reshape(len(ex.masks), -1).any(-1)
+    tokens = [(ex.image_id, i) for i in np.nonzero(kept)[0]]
+    for label, token in zip(_reference_get_content_labels(ex.category_ids[kept]), tokens):
+      expected[int(label)].append(token)
+  got = {c: [(int(e[0]), int(e[1])) for e in ref.embeddings[c]] for c in names}
+  assert got == expected
+  assert got[1] == [(7, 0)] and got[5] == [(7, 1), (7, 2)] and got[7] == [(7, 3)]  # class-5, -1, -5, -7 instances
+  assert got[2] == [(9, 0)] and got[3] == [(9, 2)]  # kept classes [3, 2] (the empty one dropped) -> [2, 3]
+  assert ref.instance_ids[1].tolist() == [70] and ref.instance_ids[5].tolist() == [71, 72]  # ids stay with tokens
+  clean = bank_lib.build_bank(_InstanceEncoder(config), examples, names)  # the default
+  got_clean = {c: [(int(e[0]), int(e[1])) for e in clean.embeddings[c]] for c in names}
+  assert got_clean == {1: [(7, 1)], 2: [(9, 2)], 3: [(9, 0)], 5: [(7, 0), (7, 2)], 7: [(7, 3)]}
+  configured = load_config(TINY, ["evaluation.bank_order=reference"])
+  from_config = bank_lib.build_bank(_InstanceEncoder(configured), examples, names)
+  assert {c: from_config.embeddings[c].tolist() for c in names} == {c: ref.embeddings[c].tolist() for c in names}
+  with pytest.raises(UserValueError, match="bank order"):
+    bank_lib.build_bank(_InstanceEncoder(config), examples, names, order="sorted")
+
+
+def test_bank_order_setting_is_checked(tmp_path, capsys):
+  from dinoseg import cli
+  from dinoseg.config import ConfigError
+  assert load_config(TINY).evaluation.bank_order == "clean"
+  with pytest.raises(ConfigError, match="evaluation.bank_order"):
+    load_config(TINY, ["evaluation.bank_order=sorted"])
+  code = cli.main(["dinov", "bank", f"--config={TINY}", "--random-init", f"--data={tmp_path}",
+                   f"--out={tmp_path / 'bank'}", "--config.evaluation.bank_order=sorted"])
+  assert code == 2 and "evaluation.bank_order must be one of" in capsys.readouterr().err

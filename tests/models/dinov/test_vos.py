@@ -328,3 +328,147 @@ def test_evaluate_vos_on_a_davis_tree_and_cli(segmenter, tmp_path, capsys):
   assert code == 0
   out = json.loads((tmp_path / "jf.json").read_text())
   assert out["protocol"] == "vos" and out["results"]["num_videos"] == 1
+
+
+# ----------------------------------------------------------------------------- the reference's other behaviours
+
+def _reference_end_key_outputs(pred, ends):
+  """Host transcription of train_net.py `test_tracking_prev`'s hiding: `end_key` starts False; per frame the
+  output is the prediction & ~end_key, then end_key |= the frame's `end_frame` flags (the object's last frame)."""
+  out = np.zeros_like(pred)
+  end_key = np.zeros(pred.shape[0], bool)
+  for f in range(pred.shape[1]):
+    out[:, f] = pred[:, f] & ~end_key[:, None, None]
+    end_key |= np.asarray(ends) == f
+  return out
+
+
+def test_last_annotated_frames():
+  present = np.asarray([[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], bool)
+  assert vos.last_annotated_frames(present).tolist() == [4, 5, -1, 0]
+
+
+def test_hide_after_last_frame(segmenter, monkeypatch):
+  """test.vos_hide_after_last_frame: the outputs equal the reference's end_key masking of the default run's
+  outputs (tracking goes on: nothing else changes); off (default), end_frames change nothing."""
+  frames, gt = _video()
+  first, starts, ends = gt[[0, 1], [0, 3]], np.asarray([0, 3]), np.asarray([2, 4])
+  shown, shown_scores = segmenter.segment(frames, first, starts, ends)  # default: not hidden
+  assert shown[0, 3:].any() and shown[1, 5].any() and (shown_scores[:, 4:] > 0).all()
+  monkeypatch.setattr(segmenter, "settings", dataclasses.replace(segmenter.settings, hide_after_last_frame=True))
+  hidden, hidden_scores = segmenter.segment(frames, first, starts, ends)
+  np.testing.assert_array_equal(hidden, _reference_end_key_outputs(shown, ends))
+  assert not hidden[0, 3:].any() and not hidden[1, 5:].any() and hidden[1, 3:5].any()
+  np.testing.assert_array_equal(hidden_scores, np.where(np.arange(T)[None] > ends[:, None], 0.0, shown_scores))
+  with pytest.raises(UserValueError, match="end_frames"):
+    segmenter.segment(frames, first, starts, np.asarray([2, 2]))  # before the start frame
+
+
+def test_evaluate_vos_hides_after_the_last_annotation(segmenter, tmp_path, monkeypatch):
+  """evaluate_vos gives each object its last annotated frame (the last annotation holding its id)."""
+  frames, gt = _video()
+  gt = gt[:1].copy()
+  gt[0, 4:] = False  # object 1 leaves after frame 3
+  _write_davis(tmp_path / "DAVIS", {"leaving": (frames, gt)})
+  monkeypatch.setattr(segmenter, "settings", dataclasses.replace(segmenter.settings, hide_after_last_frame=True))
+  r = vos.evaluate_vos(segmenter, str(tmp_path / "DAVIS"), "val", out_dir=str(tmp_path / "pred"))
+  saved = np.load(tmp_path / "pred" / "leaving.npz")
+  assert saved["end_frames"].tolist() == [3] and saved["start_frames"].tolist() == [0]
+  assert not saved["masks"][0, 4:].any() and saved["masks"][0, 1:4].any()
+  assert r["num_videos"] == 1
+
+
+def _torchvision_resize_size(h, w, size, max_size):
+  """torchvision 0.14 `_compute_resized_output_size` for an int size (the reference pins torch 1.13.1)."""
+  short, long = (w, h) if w <= h else (h, w)
+  new_short, new_long = size, int(size * long / short)
+  if new_long > max_size:
+    new_short, new_long = int(max_size * new_short / new_long), max_size
+  new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+  return new_h, new_w
+
+
+def test_reference_resize_sizes():
+  # DAVIS 480p at the Swin-T / Swin-L MIN_SIZE_TEST (640 / 800, max 1333): floored long sides, not detectron2's
+  assert vos.reference_resize_size(480, 854, 640, 1333) == (640, 1138)
+  assert vos.reference_resize_size(480, 854, 800, 1333) == (749, 1333)
+  assert vos.reference_resize_size(854, 480, 640, 1333) == (1138, 640)
+  from dinoseg.predict import resize_shortest_edge
+  assert resize_shortest_edge(480, 854, 640, 1333) == (640, 1139)  # dinoseg's default differs by one pixel
+  rng = np.random.default_rng(0)
+  for h, w, size in zip(rng.integers(20, 2000, 50), rng.integers(20, 2000, 50), rng.integers(16, 900, 50)):
+    assert vos.reference_resize_size(int(h), int(w), int(size), 1333) == \
+        _torchvision_resize_size(int(h), int(w), int(size), 1333)
+
+
+def test_opencv_cubic_resize_against_torch_bicubic():
+  """OpenCV's INTER_CUBIC = PyTorch's bicubic (A = -0.75, half-pixel, replicated border, no antialias) up to
+  OpenCV's 11-bit fixed-point weights: uint8 values within 1, masks equal except at values within 1e-3 of 0.5
+  (the shrink to 45 x 30 has exact ties at 0.5, which the fixed point keeps and torch's float sum may not)."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  for (h, w), (nh, nw) in (((37, 53), (50, 71)), ((60, 80), (45, 30)), ((24, 32), (35, 64))):
+    image = rng.integers(0, 256, (3, h, w)).astype(np.uint8)
+    ours = vos.opencv_cubic_resize(image, (nh, nw))
+    assert ours.shape == (3, nh, nw) and ours.dtype == np.uint8
+    ref = torch.nn.functional.interpolate(torch.from_numpy(image.astype(np.float64))[None], (nh, nw),
+                                          mode="bicubic", align_corners=False)[0].numpy()
+    assert np.abs(ours.astype(int) - np.clip(np.round(ref), 0, 255)).max() <= 1
+    blocks = rng.random((2, h // 4 + 1, w // 4 + 1)) > 0.5
+    masks = np.kron(blocks, np.ones((4, 4)))[:, :h, :w].astype(np.uint8)
+    kept = vos.opencv_cubic_resize(masks, (nh, nw)) > 0
+    value = torch.nn.functional.interpolate(torch.from_numpy(masks.astype(np.float64))[None], (nh, nw),
+                                            mode="bicubic", align_corners=False)[0].numpy()
+    differ = kept != (value >= 0.5)
+    assert np.abs(value[differ] - 0.5).max(initial=0.0) < 1e-3
+    assert (kept[np.abs(value - 0.5) > 1e-3] == (value >= 0.5)[np.abs(value - 0.5) > 1e-3]).all() and kept.any()
+    assert (kept != (masks[:, (np.arange(nh) * h) // nh][:, :, (np.arange(nw) * w) // nw] > 0)).any()  # not nearest
+
+
+def test_reference_resize_of_frames_and_masks(segmenter, monkeypatch):
+  frames, gt = _video()
+  frame, masks = frames[0], np.concatenate([gt[:, 3], np.zeros((1, H, W), bool)])
+  default = segmenter.resize(frame, masks)
+  monkeypatch.setattr(segmenter, "settings", dataclasses.replace(segmenter.settings, resize="reference"))
+  canvas, cmasks, valid = segmenter.resize(frame, masks)
+  nh, nw = vos.reference_resize_size(H, W, 64, 64)  # the tiny config: davis_min_size = max_size = 64
+  assert tuple(valid) == (nh, nw) == (35, 64) and tuple(default[2]) == (36, 64)
+  expected = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BICUBIC), np.float32)
+  np.testing.assert_array_equal(canvas[:nh, :nw], expected)
+  assert not canvas[nh:].any() and canvas.shape == (*segmenter.canvas_hw, 3)
+  np.testing.assert_array_equal(cmasks[:2, :nh, :nw], vos.opencv_cubic_resize(masks[:2].astype(np.uint8), (nh, nw)) > 0)
+  assert not cmasks[2].any() and not cmasks[:, nh:].any()
+  out, scores = segmenter.segment(frames[:3], gt[:1, 0])  # runs through the same jitted functions
+  assert out.shape == (1, 3, H, W) and np.isfinite(scores).all()
+
+
+def test_float16_vos(segmenter):
+  """test.vos_dtype="float16": float16 compute (the reference's autocast), float32 parameters; finite results."""
+  settings = dataclasses.replace(segmenter.settings, dtype="float16")
+  seg = vos.VideoObjectSegmenter(segmenter.model, segmenter.variables, segmenter.config, settings)
+  assert seg.model.predictor.dtype == jnp.float16 and seg.model.backbone.dtype == jnp.float16
+  assert seg.model.pixel_decoder.dtype == jnp.float16 and segmenter.model.predictor.dtype == jnp.float32
+  assert {x.dtype for x in jax.tree_util.tree_leaves(seg.variables)} == {jnp.dtype(jnp.float32)}
+  frames, gt = _video()
+  masks, scores = seg.segment(frames[:4], gt[:1, 0])
+  assert np.isfinite(scores).all() and masks[0, 1:].any() and (scores[0, 1:] > 0).all()
+  reference, _ = segmenter.segment(frames[:4], gt[:1, 0])
+  assert np.mean(masks == reference) > 0.9  # close to the float32 run (random weights)
+
+
+def test_new_settings_are_checked(segmenter, tmp_path, capsys):
+  from dinoseg import cli
+  s = vos.VOSSettings.from_config(segmenter.config)
+  assert (s.hide_after_last_frame, s.resize, s.dtype) == (False, "dinoseg", "float32")  # the defaults
+  config = load_config(TINY, ["test.vos_hide_after_last_frame=True", "test.vos_resize=reference",
+                              "test.vos_dtype=float16"])
+  s = vos.VOSSettings.from_config(config)
+  assert (s.hide_after_last_frame, s.resize, s.dtype) == (True, "reference", "float16")
+  for override in ("test.vos_resize=bicubic", "test.vos_dtype=float64"):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+      load_config(TINY, [override])
+  for bad in (dict(resize="bicubic"), dict(dtype="int8")):
+    with pytest.raises(UserValueError):
+      vos.VideoObjectSegmenter(segmenter.model, segmenter.variables, segmenter.config, vos.VOSSettings(**bad))
+  assert cli.main(["eval", f"--config={TINY}", f"--weights={tmp_path}", "--config.test.vos_resize=pil"]) == 2
+  assert "test.vos_resize must be one of" in capsys.readouterr().err
