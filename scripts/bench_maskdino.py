@@ -224,15 +224,24 @@ def run_reference(args, overrides, workdir: pathlib.Path) -> dict:
   clip = settings["clip"]
   params = list(model.parameters())
 
+  marks = {}  # --breakdown: time stamps of the train step's phases (reference_breakdown)
+  if getattr(args, "breakdown", False):
+    _add_breakdown_hooks(torch, model, marks)
+
   def train_step():
     model.train()
+    marks.clear()
+    marks["start"] = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=amp):
       losses = model(train_inputs)
     total = sum(losses.values())
+    marks["forward_end"] = time.perf_counter()
     total.backward()
+    marks["backward_end"] = time.perf_counter()
     torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
+    marks["end"] = time.perf_counter()
     return float(total)  # synchronizes with the device
 
   def infer():
@@ -253,12 +262,69 @@ def run_reference(args, overrides, workdir: pathlib.Path) -> dict:
   if cuda:
     torch.cuda.reset_peak_memory_stats()
   first_train, train_s, train_rss = time_calls(train_step, args.iters)
+  breakdown = reference_breakdown(marks) if marks else None  # of the last timed call
   device_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
   return {"side": "reference", "build_s": build_s, "train_s": train_s, "train_first_s": first_train,
           "train_rss_mb": train_rss, "eval_s": eval_s, "eval_first_s": first_eval, "eval_rss_mb": eval_rss,
           "process_rss_mb": process_peak_mb(), "scores": scores, "threads": torch.get_num_threads(),
           "torch": torch.__version__, "num_params": int(sum(p.numel() for p in params)), "device": device,
-          "amp": amp, "train_device_peak_mb": device_peak}
+          "amp": amp, "train_device_peak_mb": device_peak, "breakdown": breakdown}
+
+
+PARTS = ("backbone", "pixel_decoder", "predictor")
+
+
+def _add_breakdown_hooks(torch, model, marks: dict) -> None:
+  """Time stamps for `reference_breakdown`: each part's forward start / end (module hooks) and the moment the
+  gradients of all its outputs are complete in the backward pass (tensor hooks; the backward pass runs
+  criterion -> predictor -> pixel decoder -> backbone, one after the other on the CPU)."""
+  def tensors(out):
+    if torch.is_tensor(out):
+      yield out
+    elif isinstance(out, dict):
+      for v in out.values():
+        yield from tensors(v)
+    elif isinstance(out, (list, tuple)):
+      for v in out:
+        yield from tensors(v)
+
+  def on_grad(name):
+    def hook(grad):
+      marks[f"{name}.grads_ready"] = time.perf_counter()  # the last output's gradient: the part's backward starts
+      return grad
+    return hook
+
+  # The pixel decoder is called through its forward_features method (MaskDINOHead), the others through forward:
+  # wrap those methods on the instances.
+  for name, (module, method) in {"backbone": (model.backbone, "forward"),
+                                 "pixel_decoder": (model.sem_seg_head.pixel_decoder, "forward_features"),
+                                 "predictor": (model.sem_seg_head.predictor, "forward")}.items():
+    def wrapped(*a, _inner=getattr(module, method), _name=name, **k):
+      marks[f"{_name}.forward_start"] = time.perf_counter()
+      out = _inner(*a, **k)
+      marks[f"{_name}.forward_end"] = time.perf_counter()
+      if torch.is_grad_enabled():
+        for t in tensors(out):
+          if t.requires_grad:
+            t.register_hook(on_grad(_name))
+      return out
+    setattr(module, method, wrapped)
+
+
+def reference_breakdown(marks: dict) -> dict:
+  """Seconds per phase of one reference train step from `_add_breakdown_hooks`' time stamps."""
+  m = marks
+  out = {"forward backbone": m["backbone.forward_end"] - m["backbone.forward_start"],
+         "forward pixel_decoder": m["pixel_decoder.forward_end"] - m["pixel_decoder.forward_start"],
+         "forward predictor": m["predictor.forward_end"] - m["predictor.forward_start"],
+         "forward criterion (matching, losses) and the rest": (m["forward_end"] - m["start"]) - sum(
+             m[f"{p}.forward_end"] - m[f"{p}.forward_start"] for p in PARTS),
+         "backward criterion": m["predictor.grads_ready"] - m["forward_end"],
+         "backward predictor": m["pixel_decoder.grads_ready"] - m["predictor.grads_ready"],
+         "backward pixel_decoder": m["backbone.grads_ready"] - m["pixel_decoder.grads_ready"],
+         "backward backbone": m["backward_end"] - m["backbone.grads_ready"],
+         "clip + AdamW": m["end"] - m["backward_end"]}
+  return {k: round(v, 3) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- dinoseg side
@@ -370,6 +436,8 @@ def _child(args, overrides, side: str, workdir: pathlib.Path) -> dict:
          f"--maskdino={args.maskdino}", f"--detectron2={args.detectron2}"] + [f"--config.{o}" for o in overrides]
   if args.no_reference:
     cmd.append("--no-reference")
+  if args.breakdown:
+    cmd.append("--breakdown")
   env = child_env(args.threads)
   print(f"running the {side} side{' (weights only)' if side == 'reference' and args.no_reference else ''} ...",
         file=sys.stderr, flush=True)
@@ -414,6 +482,9 @@ def main(argv=None) -> int:
   parser.add_argument("--detectron2", default="/work/refs/detectron2", help="checkout of facebookresearch/detectron2")
   parser.add_argument("--no-reference", action="store_true", help="time dinoseg only (random weights from the "
                                                                    "reference are still needed: give --maskdino)")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also print the reference train step's time per part (forward / backward of the backbone, "
+                           "pixel decoder, predictor, criterion); dinoseg's: scripts/profile_maskdino_step.py")
   parser.add_argument("--timeout", type=int, default=3600, help="seconds per side (default 3600)")
   parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
   parser.add_argument("--side", choices=("reference", "dinoseg"), help=argparse.SUPPRESS)
@@ -444,6 +515,11 @@ def main(argv=None) -> int:
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"jax {ours['jax']} ({ours['backend']}), torch {reference['torch']}")
   print(_table(rows, args))
+  if reference.get("breakdown"):
+    total = sum(reference["breakdown"].values())
+    print("\nreference train step by part (the last timed call; hooks on its modules):\n\n| part | s | share |\n|---|---|---|")
+    for part, sec in reference["breakdown"].items():
+      print(f"| {part} | {sec:.2f} | {sec / total:.1%} |")
   if diffs:
     print(f"check: max |top-20 instance scores, dinoseg - reference| = {max(diffs):.2e}")
   if args.json:

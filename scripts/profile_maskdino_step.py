@@ -57,6 +57,11 @@ def main() -> None:
   from dinoseg.train import task as task_lib  # noqa: PLC0415
 
   config = load_config(args.config, [f"data.image_size=({args.size}, {args.size})", f"data.batch_size={args.batch}"] + overrides)
+  # As scripts/bench_maskdino.py: the denoising groups are formed over the whole (small) batch.
+  dec = config.model.get("decoder")
+  if (dec is not None and dec.get("dn_group_images") and args.batch % int(dec.dn_group_images)
+      and not any(o.startswith("model.decoder.dn_group_images=") for o in overrides)):
+    dec.dn_group_images = args.batch
   task = task_lib.build(config)
   variables = jax.jit(task.init_variables)(jax.random.key(0))
   params = variables["params"]
