@@ -40,16 +40,31 @@ def torch():
 
 
 if os.environ.get("DINOSEG_TEST_GC", "1") == "1":
+  # Every this many tests the collection after a test is a full one (gc.unfreeze first).
+  _FULL_COLLECTION_EVERY = 25
+  _tests_since_full_collection = [0]
+
   @pytest.fixture(autouse=True)
   def _collect_garbage_after_each_test():
-    """A full garbage collection after every test (DINOSEG_TEST_GC=0 turns it off).
+    """A garbage collection after every test (DINOSEG_TEST_GC=0 turns it off).
 
     Long-lived xdist workers occasionally died with a bare SIGABRT ("Fatal Python error: Aborted",
     no C++ message, main thread at an arbitrary allocation-heavy point: ArrayRecordWriter(...), JAX
     lowering) in 3 of 5 full `-n 2` runs. The pattern fits a destructor of some native object run by
     a garbage collection at a bad moment; the cause is not identified. With a collection after every
     test (objects of a finished test destroyed at a quiet point) the full suite has not crashed.
+
+    A full collection walks every tracked object (torch, TensorFlow and JAX's module graphs and caches:
+    ~2 s per test, a third of the suite's time). So after each collection the survivors are frozen
+    (`gc.freeze`: later collections skip them) and the next collection walks only what the next test
+    made; every `_FULL_COLLECTION_EVERY` tests the frozen objects are unfrozen and walked too, so that a
+    cycle among them that died later (a module fixture's) is still collected.
     """
     yield
     import gc  # noqa: PLC0415
+    _tests_since_full_collection[0] += 1
+    if _tests_since_full_collection[0] >= _FULL_COLLECTION_EVERY:
+      _tests_since_full_collection[0] = 0
+      gc.unfreeze()
     gc.collect()
+    gc.freeze()
