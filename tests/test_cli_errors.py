@@ -213,6 +213,7 @@ def test_train_with_a_missing_data_path_is_one_line(capsys, tmp_path):
 
 
 def test_data_prepare_with_an_unknown_option_is_one_line(capsys, tmp_path):
-  err = _one_line_error(capsys, "data", "prepare", "--dataset", "coco_instances", "--raw", tmp_path,
+  (tmp_path / "raw").mkdir()
+  err = _one_line_error(capsys, "data", "prepare", "--dataset", "coco_instances", "--raw", tmp_path / "raw",
                         "--output", tmp_path / "out", "--option", "no_such_option=1")
   assert "unknown options ['no_such_option'] for dataset 'coco_instances'" in err

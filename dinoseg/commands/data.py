@@ -93,6 +93,10 @@ def _check_prepare(args) -> None:
     raise UserValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(preparers.names())}")
   if not pathlib.Path(args.raw).is_dir():
     raise UserFileNotFoundError(f"--raw: {args.raw} is not a directory")
+  raw, out = pathlib.Path(args.raw).resolve(), pathlib.Path(args.out).resolve()
+  if out == raw or out.is_relative_to(raw):  # the shards and manifest would land among the raw files
+    raise UserValueError(f"--output={args.out} is inside --raw={args.raw}: the raw data is the input and is not "
+                         "written to; choose an output directory outside it")
   for flag, value in (("--num-shards", args.num_shards), ("--examples-per-shard", args.examples_per_shard),
                       ("--workers", args.workers)):
     if value is not None and value < 1:

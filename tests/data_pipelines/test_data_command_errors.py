@@ -12,10 +12,15 @@ def test_data_command_bad_input(tmp_path, capsys):
   fails("inspect", tmp_path, says="holds no manifest.json")
   fails("prepare", "--dataset", "coco_instances", "--raw", tmp_path / "nope", "--output", tmp_path / "o",
         says="is not a directory")
-  fails("prepare", "--dataset", "coco_instances", "--raw", tmp_path, "--output", tmp_path / "o", "--workers", 0,
+  (tmp_path / "raw").mkdir()
+  fails("prepare", "--dataset", "coco_instances", "--raw", tmp_path / "raw", "--output", tmp_path / "o", "--workers", 0,
         says="--workers must be >= 1")
-  fails("prepare", "--dataset", "coco_instances", "--raw", tmp_path, "--output", tmp_path / "o", "--option", "x",
+  fails("prepare", "--dataset", "coco_instances", "--raw", tmp_path / "raw", "--output", tmp_path / "o", "--option", "x",
         says="KEY=VALUE")
+  fails("prepare", "--dataset", "sa1b", "--raw", tmp_path / "raw", "--output", tmp_path / "raw", says="is inside --raw")
+  fails("prepare", "--dataset", "sa1b", "--raw", tmp_path / "raw", "--output", tmp_path / "raw" / "o",
+        says="is inside --raw")
+  assert list((tmp_path / "raw").iterdir()) == []
   fails("synth", "--layout", "coco", "--output", tmp_path / "s", "--image-size", "8", says="--image-size")
   fails("synth", "--layout", "coco", "--output", tmp_path / "s", "--num-images", 0, says="--num-images")
   fails("synth", "--layout", "ade20k", "--output", tmp_path / "s", "--corrupt", says="--corrupt")
