@@ -80,11 +80,12 @@ def test_repeat_factor_dataset_epochs_determinism_slices_and_resume():
   finite = sampling.RepeatFactorDataset(grain.MapDataset.range(5), factors, seed=3, num_epochs=2)
   assert len(finite) == len(ds.epoch_order(0)) + len(ds.epoch_order(1))
   # a grain iterator resumes exactly
-  it = iter(ds.to_iter_dataset())
+  serial = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)  # no prefetch threads: get_state is exact
+  it = iter(ds.to_iter_dataset(serial))
   _ = [next(it) for _ in range(7)]
   state = it.get_state()
   expected = [next(it) for _ in range(9)]
-  resumed = iter(sampling.RepeatFactorDataset(grain.MapDataset.range(5), factors, seed=3).to_iter_dataset())
+  resumed = iter(sampling.RepeatFactorDataset(grain.MapDataset.range(5), factors, seed=3).to_iter_dataset(serial))
   resumed.set_state(state)
   assert [next(resumed) for _ in range(9)] == expected == first[7:16]
   with pytest.raises(ValueError):
