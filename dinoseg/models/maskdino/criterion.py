@@ -278,7 +278,7 @@ class SetCriterion:
     """Per-row mask terms before normalization.
 
     Args:
-      src: (R, h, w) predicted mask logits of the rows, or a function (points (R, P, 2)) -> (R, P) logits.
+      src: (R, h, w) predicted mask logits of the rows.
       tall: (1, N * (H + 1) * W, 1) every target mask of the batch stacked (`_tall_targets`); hw: (H, W).
       row: (R,) int32 index of each row's target mask among the N = B * T.
       cand: (R, S, 2) oversampled candidate points; rand: (R, Rn, 2) extra random points (either may instead be
@@ -286,11 +286,8 @@ class SetCriterion:
     Returns:
       (bce (R,), dice (R,)): mean point BCE and dice of each row.
     """
-    if callable(src):
-      sample, sample_sg = src, lambda pts: jax.lax.stop_gradient(src(pts))  # noqa: E731
-    else:
-      sample = lambda pts: sample_masks(src.astype(jnp.float32), pts)  # noqa: E731
-      sample_sg = lambda pts: sample_masks(jax.lax.stop_gradient(src).astype(jnp.float32), pts)  # noqa: E731
+    sample = lambda pts: sample_masks(src.astype(jnp.float32), pts)  # noqa: E731
+    sample_sg = lambda pts: sample_masks(jax.lax.stop_gradient(src).astype(jnp.float32), pts)  # noqa: E731
     if not jnp.issubdtype(cand.dtype, jnp.floating):
       cand = row_points(cand, (self.num_sampled, 2))
     if not jnp.issubdtype(rand.dtype, jnp.floating):
@@ -362,22 +359,46 @@ class SetCriterion:
             cand.reshape(rows, *cand.shape[3:]), rand.reshape(rows, *rand.shape[3:]))
     valid_rows = jnp.broadcast_to(valid[None], (m, b, n)).reshape(rows)
     if features is not None:
-      # Each row samples its image's features at its points (R, P, C) and dots them with its embedding; the
-      # chunks are rematerialised in the backward pass so that no (R, P, C) sample is kept as a residual.
-      tall_f, fhw = mask_logits.tall_features(features), tuple(features.shape[1:3])
-      image = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[None, :, None], (m, b, n)).reshape(rows)
-      args = args + (image,)
-
-      def fn(e, r, c, rd, im):
-        return self._mask_row_terms(lambda pts: mask_logits.sample_rows(tall_f, fhw, im, e, pts), tall, hw, r, c, rd)
-    else:
-      fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
-    if self._skip_padded() or features is not None:  # factored rows always in chunks: (rows, points, C) samples
-      chunk = self.cfg.get("factored_mask_row_chunk", 4) if features is not None else self.cfg.get("mask_row_chunk", 8)
-      bce, dice = _map_valid_chunks(fn, valid_rows, args, int(chunk), remat=features is not None)
+      return self._factored_terms(src, row, valid, tall, hw, cand, rand, features)
+    fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
+    if self._skip_padded():
+      bce, dice = _map_valid_chunks(fn, valid_rows, args, int(self.cfg.get("mask_row_chunk", 8)))
     else:
       bce, dice = fn(*args)
     return bce.reshape(m, b, n), dice.reshape(m, b, n)
+
+  def _factored_terms(self, embed, row, valid, tall, hw, cand, rand, features):
+    """`_mask_slot_terms` of factored masks: image by image (`lax.map`), each chunk of `factored_mask_row_chunk`
+    rows of its M * N rows that holds a valid row makes its (rows, h, w) logits as one matmul of the rows'
+    embeddings with the image's (h, w, C) features and samples them as the full-logits path does; chunks
+    without a valid row are skipped, and each chunk is rematerialised in the backward pass (only its inputs are
+    kept), so the step never holds more than a chunk's logits.
+
+    Sampling features at the points and dotting them with an embedding gives the same values (bilinear
+    sampling is linear), but the (rows, 4 x 3 x num_points, C) gathers of the uncertainty candidates it needs
+    were 3-5x slower on the CPU than the matmuls (2 in the backward pass) and held (rows, 3 x num_points, C).
+
+    embed (M, B, N, C); row, valid (B, N); cand (M, B, N, S, 2) or (M, B, N, K) keys, rand likewise;
+    features (B, h, w, C). Returns (bce, dice), each (M, B, N)."""
+    m, b, n = embed.shape[:3]
+    per_image = lambda x: jnp.moveaxis(x, 1, 0).reshape(b, m * n, *x.shape[3:])  # noqa: E731  (M, B, N, ...) -> (B, M * N, ...)
+    rows = jnp.broadcast_to(row[None], (m, b, n))
+    valid_rows = jnp.broadcast_to(valid[None], (m, b, n))
+    chunk = int(self.cfg.get("factored_mask_row_chunk", 4))
+
+    def image_terms(xs):
+      feats, e, r, c, rd, v = xs
+      flat = feats.astype(jnp.float32).reshape(-1, feats.shape[-1])  # (h * w, C)
+
+      def fn(e, r, c, rd):
+        maps = jnp.dot(e.astype(jnp.float32), flat.T).reshape(e.shape[0], *feats.shape[:2])  # (rows, h, w)
+        return self._mask_row_terms(maps, tall, hw, r, c, rd)
+      return _map_valid_chunks(fn, v, (e, r, c, rd), chunk, remat=True)
+
+    bce, dice = jax.lax.map(image_terms, (features, per_image(embed), per_image(rows), per_image(cand),
+                                          per_image(rand), per_image(valid_rows)))
+    back = lambda x: jnp.moveaxis(x.reshape(b, m, n), 0, 1)  # noqa: E731
+    return back(bce), back(dice)
 
   def _losses(self, logits, boxes, query_idx, tgt_labels, tgt_boxes, valid, image_weight, query_valid,
               with_boxes=True):

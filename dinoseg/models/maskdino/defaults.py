@@ -98,8 +98,8 @@ def loss_config() -> ml_collections.ConfigDict:
       # on the CPU, "compute" elsewhere.
       padded_mask_rows="auto",
       mask_row_chunk=8,
-      # Rows per chunk with factored mask logits (decoder.train_mask_logits): each chunk gathers (rows, 3 x
-      # num_points, 256) features for the uncertainty, so fewer rows hold less at the step's peak.
+      # Rows per chunk with factored mask logits (decoder.train_mask_logits): each chunk makes its rows'
+      # (rows, H/4, W/4) logits (one matmul) and samples them; 4 measured faster than 8 or 16 at 1024.
       factored_mask_row_chunk=4,
   ))
 

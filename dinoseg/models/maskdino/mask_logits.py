@@ -13,7 +13,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from dinoseg.ops import bilinear_gather, point_sample
+from dinoseg.ops import point_sample
 
 
 @flax.struct.dataclass
@@ -50,25 +50,4 @@ def concatenate(parts) -> Any:
   return jnp.concatenate(parts)
 
 
-def tall_features(features: jax.Array) -> jax.Array:
-  """(B, h, w, C) -> (1, B * (h + 1) * w, C): the images stacked with a zero row after each, so the bilinear taps
-  of one image never reach the next (`sample_rows`)."""
-  b, h, w, c = features.shape
-  return jnp.pad(features.astype(jnp.float32), ((0, 0), (0, 1), (0, 0), (0, 0))).reshape(1, b * (h + 1) * w, c)
-
-
-def sample_rows(tall: jax.Array, hw: tuple[int, int], image: jax.Array, embed: jax.Array,
-                points: jax.Array) -> jax.Array:
-  """Logits of rows at their own points: tall from `tall_features`, hw = (h, w), image (R,) the image of each row,
-  embed (R, C), points (R, P, 2) in [0, 1] -> (R, P) float32, equal to sampling each row's full mask (the one zero
-  row between images covers the half pixel the taps of points in [0, 1] reach outside an image)."""
-  h, w = hw
-  r, p = points.shape[:2]
-  px = points[..., 0] * w - 0.5
-  py = points[..., 1] * h - 0.5 + (image * (h + 1)).astype(jnp.float32)[:, None]
-  n = tall.shape[1] // ((h + 1) * w)
-  sampled = bilinear_gather(tall, (n * (h + 1), w), px.reshape(1, r * p), py.reshape(1, r * p)).reshape(r, p, -1)
-  return jnp.einsum("rpc,rc->rp", sampled, embed.astype(jnp.float32))
-
-
-__all__ = ["FactoredMasks", "concatenate", "tall_features", "sample_rows"]
+__all__ = ["FactoredMasks", "concatenate"]

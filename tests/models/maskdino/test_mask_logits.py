@@ -33,17 +33,44 @@ def test_points_shared_by_the_queries_equal_sampling_the_full_masks():
   np.testing.assert_allclose(m.at_shared_points(points), full, rtol=1e-5, atol=1e-5)
 
 
-def test_rows_at_their_own_points_equal_sampling_their_full_masks():
-  m = _factored(p=1)[0]  # (B, Q, C)
-  image = jnp.asarray([0, 1, 1, 0], jnp.int32)
-  query = jnp.asarray([4, 0, 3, 4], jnp.int32)
-  # The losses' points are uniform draws in [0, 1) (their bilinear taps reach at most half a pixel outside).
-  points = jax.random.uniform(jax.random.key(2), (4, 30, 2)).at[:, :4].set(jnp.asarray([[0.0, 0.0], [0.0, 1.0],
-                                                                                     [1.0, 0.0], [1.0, 1.0]]))
-  embed = m.embed[image, query]
-  got = mask_logits.sample_rows(mask_logits.tall_features(m.features), (12, 9), image, embed, points)
-  full = m.materialize()[image, query]  # (R, h, w)
-  np.testing.assert_allclose(got, crit_lib.sample_masks(full, points), rtol=1e-4, atol=1e-5)
+def test_factored_mask_terms_equal_the_full_logits_terms_values_and_gradients():
+  """The criterion's factored path (per-chunk (rows, h, w) logits from embeddings x features) gives the point BCE
+  and dice of the full-logits path on the same points, and the same gradients w.r.t. embeddings and features."""
+  from dinoseg.models.maskdino import defaults  # noqa: PLC0415
+  loss = defaults.loss_config()
+  loss.num_points, loss.mask_row_chunk, loss.factored_mask_row_chunk = 24, 2, 3
+  crit = crit_lib.SetCriterion(3, loss)
+  m, b, n, t, h, w = 2, 2, 4, 3, 12, 9
+  masks = _factored(p=m, b=b, q=n, h=h, w=w)  # slots = queries here: embed (M, B, N, C)
+  tmasks = np.zeros((b, t, 2 * h, 2 * w), np.uint8)
+  tmasks[:, 0, 4:14, 3:12] = 1
+  tmasks[:, 1, 10:20, 0:7] = 1
+  tmasks[:, 2, :, 9:] = 1
+  target = jnp.asarray([[2, 0, 1, 0], [1, 1, 0, 0]], jnp.int32)
+  valid = jnp.asarray([[True, True, True, False], [True, False, True, True]])
+  # Points inside and on the border of the map, as the uniform draws of the losses.
+  cand = jax.random.uniform(jax.random.key(6), (m, b, n, crit.num_sampled, 2)).at[..., :2, :].set(
+      jnp.asarray([[0.0, 0.0], [1.0, 1.0]]))
+  rand = jax.random.uniform(jax.random.key(7), (m, b, n, crit.num_random, 2))
+
+  def terms(embed, features, factored):
+    if factored:
+      bce, dice = crit._mask_slot_terms(embed, target, valid, jnp.asarray(tmasks), cand, rand, features)  # noqa: SLF001
+    else:
+      full = mask_logits.FactoredMasks(embed, features).materialize()  # (M, B, N, h, w)
+      bce, dice = crit._mask_slot_terms(full, target, valid, jnp.asarray(tmasks), cand, rand)  # noqa: SLF001
+    return jnp.sum(bce * jnp.arange(1, 1 + m * b * n).reshape(m, b, n)) + 2 * jnp.sum(dice), (bce, dice)
+
+  grads = {}
+  for factored in (True, False):
+    fn = jax.jit(jax.value_and_grad(lambda e, f: terms(e, f, factored), argnums=(0, 1), has_aux=True))  # noqa: B023
+    (_, (bce, dice)), g = fn(masks.embed, masks.features)
+    grads[factored] = (bce, dice, *g)
+  for got, want in zip(grads[True], grads[False]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  bce, dice = grads[True][:2]
+  assert np.all(np.asarray(bce)[:, np.asarray(valid)] > 0)  # (rows of padded slots are masked out by the caller)
+  assert float(jnp.abs(grads[True][3]).sum()) > 0
 
 
 def test_the_option_and_its_values():
