@@ -34,6 +34,10 @@ that is never present is still scored, as the official code does); ids above N a
 there and here (with a warning; `all_objects=True` takes every id found in any annotation instead). 255
 (DAVIS's void label) is background, as in the official code, which zeroes it before separating objects. Masks
 are stacked as (O, T, H, W). Every frame needs its annotation (the val split has them).
+
+`read_video_objects_info` / `video_object_frames` read the per-object frame lists of a `video_objects_info.json`
+(what DINOv's DAVIS registration reads beside the data; not part of the download): each object's first and
+last listed frame, checked against the sequence.
 """
 import dataclasses
 import logging
@@ -264,6 +268,86 @@ def read_davis_sequence(root: str | os.PathLike, name: str, resolution: str = "4
                        frame_names=[p.stem for p in files])
 
 
+def read_video_objects_info(path: str | os.PathLike) -> dict:
+  """Reads a `video_objects_info.json` (the file the reference's DAVIS registration reads beside the data; not
+  part of the DAVIS download; YouTube-VOS's meta.json has the same layout):
+
+    {"videos": {"<sequence>": {"objects": {"<object id>": {"frames": ["00000", "00001", ...], ...}, ...}}, ...}}
+
+  Object ids are decimal strings (the annotation value), frames are frame file stems. Returns the parsed
+  "videos" mapping; each video's entry is checked when it is used (`video_object_frames`). Raises
+  UserFileNotFoundError (no file) or UserValueError (not UTF-8 JSON, no "videos" mapping)."""
+  import json  # noqa: PLC0415
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise UserFileNotFoundError(f"no video objects info file {p}")
+  try:
+    data = json.loads(p.read_text(encoding="utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserValueError(f"{p}: not a JSON file ({e})") from None
+  if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
+    raise UserValueError(f'{p}: a video objects info file is a JSON object with a "videos" mapping '
+                         f'({{"videos": {{"<sequence>": {{"objects": {{"<id>": {{"frames": [...]}}}}}}}}}})')
+  return data["videos"]
+
+
+def video_object_frames(videos: Mapping, sequence: DavisSequence, source: str = "video objects info"
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """Each scored object's first and last frame from a `read_video_objects_info` mapping, as the reference's
+  DAVIS mapper takes them: `objects["<id>"]["frames"][0]` (its key frame: the object is given there) and
+  `["frames"][-1]` (its end frame), frame names matched to `sequence.frame_names`.
+
+  Returns (start (O,), end (O,)) int64 frame indices in `sequence` order (`sequence.object_ids`), -1 for an
+  object the file does not list (allowed only when no annotation holds it). Listed ids that are not scored
+  objects are left out with a warning (the official evaluation refuses predictions of them). Raises
+  UserValueError (one line) when the video is absent, an entry is malformed, a frame name is not a frame of the
+  sequence, the last frame precedes the first, an annotated object is not listed, or a listed object's first
+  frame does not hold its mask."""
+  name = sequence.name
+  entry = videos.get(name)
+  if not isinstance(entry, Mapping) or not isinstance(entry.get("objects"), Mapping):
+    what = "is not in it" if entry is None else 'has no "objects" mapping'
+    raise UserValueError(f"{source}: video {name!r} {what}")
+  index = {stem: t for t, stem in enumerate(sequence.frame_names)}
+  scored = {int(v): o for o, v in enumerate(sequence.object_ids)}
+  starts = np.full(len(scored), -1, np.int64)
+  ends = np.full(len(scored), -1, np.int64)
+  ignored = []
+  for key, obj in entry["objects"].items():
+    try:
+      object_id = int(key)
+    except ValueError:
+      raise UserValueError(f"{source}: video {name!r}: object key {key!r} is not an integer id") from None
+    frames = obj.get("frames") if isinstance(obj, Mapping) else None
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
+      raise UserValueError(f'{source}: video {name!r} object {key}: "frames" must be a non-empty list of frame '
+                           f"names")
+    unknown = [f for f in frames if f not in index]
+    if unknown:
+      raise UserValueError(f"{source}: video {name!r} object {key}: frames {unknown[:3]} are not frames of the "
+                           f"sequence ({sequence.frame_names[0]} .. {sequence.frame_names[-1]})")
+    if object_id not in scored:
+      ignored.append(object_id)
+      continue
+    o = scored[object_id]
+    starts[o], ends[o] = index[frames[0]], index[frames[-1]]
+    if ends[o] < starts[o]:
+      raise UserValueError(f"{source}: video {name!r} object {key}: its last frame {frames[-1]} precedes its first "
+                           f"frame {frames[0]}")
+    if not sequence.masks[o, starts[o]].any():
+      raise UserValueError(f"{source}: video {name!r} object {key}: the annotation of its first frame "
+                           f"{frames[0]} does not hold it")
+  annotated = sequence.masks.reshape(*sequence.masks.shape[:2], -1).any(-1).any(1)  # (O,)
+  missing = [int(sequence.object_ids[o]) for o in np.nonzero(annotated & (starts < 0))[0]]
+  if missing:
+    raise UserValueError(f"{source}: video {name!r}: annotated objects {missing} are not listed")
+  if ignored:
+    logger.warning("%s: video %s: objects %s are not scored objects of the sequence and are left out", source, name,
+                   sorted(ignored))
+  return starts, ends
+
+
 __all__ = ["VOID_ID", "is_davis_root", "davis_sequences", "DavisSequence", "read_davis_sequence",
            "BOUND_TH", "region_similarity", "boundary_map", "disk_structure", "boundary_tolerance",
-           "boundary_measure", "statistics", "evaluate_sequence", "DavisEvaluator"]
+           "boundary_measure", "statistics", "evaluate_sequence", "DavisEvaluator",
+           "read_video_objects_info", "video_object_frames"]

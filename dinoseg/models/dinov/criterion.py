@@ -310,6 +310,17 @@ class OneToOneLoss(ManyToManyLoss):
     return criterion.weighted(values, suffixes), {"one2one": chosen_query[-1]}
 
 
+class FixedNormalizer:
+  """A loss policy run with a given normalizer (a () array) in place of the criterion's target count."""
+
+  def __init__(self, policy, normalizer):
+    self.policy, self.normalizer = policy, normalizer
+
+  def __call__(self, criterion, group, outputs, targets, normalizer, draws):
+    del normalizer
+    return self.policy(criterion, group, outputs, targets, jnp.asarray(self.normalizer, jnp.float32), draws)
+
+
 class DINOvCriterion:
   """DINOv's two criteria on one Mask DINO `SetCriterion` (its matching, point sampling and loss bodies).
 
@@ -326,12 +337,26 @@ class DINOvCriterion:
     self.match_softmax = bool(prompts.match_softmax)
     self.nms_threshold = float(prompts.nms_threshold)
 
-  def generic(self, outputs, targets: PaddedInstances, draws: md.Draws, return_indices: bool = False):
+  def generic(self, outputs, targets: PaddedInstances, draws: md.Draws, return_indices: bool = False, *,
+              normalizer=None, image_active=None):
     """Generic-task losses (weighted dict). targets: labels (B, T) = class-prompt slot of each instance,
-    boxes (B, T, 4) cxcywh, masks (B, T, H, W), valid (B, T); outputs: a generic training DINOvOutputs."""
+    boxes (B, T, 4) cxcywh, masks (B, T, H, W), valid (B, T); outputs: a generic training DINOvOutputs.
+
+    normalizer: () the divisor of every term (None: the number of valid targets, at least 1);
+    image_active: (B,) bool, None for all: an inactive image's prompt columns take no part in the class loss
+      (its focal terms are exactly 0), so with its targets invalid it adds nothing to any loss (the reference's
+      `fake` targets, sampling.generic_prompts).
+    """
+    if image_active is not None:
+      prompts = outputs.groups[PROMPTS]
+      active = jnp.asarray(image_active).astype(bool)[:, None]
+      outputs = outputs.replace(groups={**outputs.groups, PROMPTS: prompts.replace(valid=prompts.valid & active)})
     policies = {QUERIES: PromptHungarianLoss(interm=False), PROMPTS: None}
     if DN in outputs.groups:
       policies[DN] = BoxMaskFixedAssignmentLoss(first_layer=1)
+    if normalizer is not None:
+      policies = {name: None if policy is None else FixedNormalizer(policy, normalizer)
+                  for name, policy in policies.items()}
     return self.base(outputs, targets, draws, return_indices=return_indices, policies=policies)
 
   def refer(self, outputs, instances: PaddedInstances, refer: ReferTargets, draws: md.Draws,
@@ -354,4 +379,4 @@ class DINOvCriterion:
 
 
 __all__ = ["DINOvCriterion", "ReferTargets", "ManyToManyLoss", "PromptHungarianLoss", "BoxMaskFixedAssignmentLoss",
-           "OneToOneLoss", "nms_keep", "slot_mask_terms", "MASKED_LOGIT"]
+           "OneToOneLoss", "FixedNormalizer", "nms_keep", "slot_mask_terms", "MASKED_LOGIT"]

@@ -31,6 +31,7 @@ from dinoseg.models.maskdino.defaults import NO_WEIGHT_DECAY, PIXEL_MEAN, PIXEL_
 VOS_LATE_OBJECT_MODES = ("clean", "reference")  # test.vos_late_objects (dinoseg.models.dinov.vos)
 VOS_RESIZE_MODES = ("dinoseg", "reference")  # test.vos_resize (dinoseg.models.dinov.vos)
 VOS_DTYPES = ("float32", "float16", "bfloat16")  # test.vos_dtype: VOS compute dtype (params stay float32)
+VOS_FIRST_FRAME_OUTPUTS = ("given", "reference")  # test.vos_first_frame_output (dinoseg.models.dinov.vos)
 BANK_ORDERS = ("clean", "reference")  # evaluation.bank_order (dinoseg.models.dinov.bank.build_bank)
 
 
@@ -80,7 +81,14 @@ def prompt_config() -> ml_collections.ConfigDict:
       max_content=8,  # MAX_NUM_INSTANCE_CONTENT: scribble prompts per SA-1B image
       max_train_example=4,  # MAX_TRAIN_EXAMPLE: examples averaged into a class prompt (1..4)
       inference_example=4,  # INFERENCE_EXAMPLE (the README's evaluation command uses 16)
-      cross_gpu_batch=True,  # class prompts from the whole global batch
+      cross_gpu_batch=True,  # CROSS_GPU_BATCH: one class-prompt set over the whole global batch; False: one per
+                             # group of `images_per_group` consecutive images (sampling.generic_prompts)
+      images_per_group=1,  # the reference's COCO images per GPU (COCO.TRAIN.BATCH_SIZE_PER_GPU); divides the batch
+      empty_image_fallback="none",  # "none" | "reference": an image without instances switches the step to the
+                                    # per-group prompts and zeroes its group's generic losses (the reference's
+                                    # `fake` targets; sampling.generic_prompts)
+      group_examples_as_shapes=False,  # True: in steps that use the per-group prompts, the examples are shapes of
+                                       # the shape sampler, as the reference's per-GPU path (USE_SHAPE_SAMPLER)
       use_shape_sampler=True,  # SA-1B content prompts are scribbles
       openset_use_shape_sampler=False,  # COCO class prompts are the full GT masks
       shape_candidates=("Scribble",),  # STROKE_SAMPLER.CANDIDATE_NAMES: of "Scribble", "Point", "Box", "Mask"
@@ -136,6 +144,10 @@ def test_config() -> ml_collections.ConfigDict:
       vos_resize="dinoseg",  # DAVIS frames / given masks: "dinoseg" (bilinear / nearest, detectron2 sizes) |
                              # "reference" (the reference's DAVIS mapper: PIL bicubic / OpenCV cubic)
       vos_dtype="float32",  # VOS compute dtype: "float32" | "float16" (the reference's autocast) | "bfloat16"
+      vos_first_frame_output="given",  # an object's output on its given frame: "given" (its annotation) |
+                                       # "reference" (the given mask resized to the model input and back)
+      vos_objects_info="",  # a video_objects_info.json giving each DAVIS object's first / last frame ("": from
+                            # the annotations; dinoseg.evaluation.davis.read_video_objects_info)
   ))
 
 
@@ -192,6 +204,27 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def check_prompt_groups(prompts, data=None, batch_size: int | None = None) -> None:
+  """Raises ValueError for `prompts.cross_gpu_batch` / `images_per_group` / `empty_image_fallback` /
+  `group_examples_as_shapes` values the generic task cannot use, or a COCO batch (`data.coco.batch_size`, or
+  `batch_size`) that is not a whole number of groups of `images_per_group` images."""
+  from dinoseg.models.dinov.sampling import EMPTY_IMAGE_FALLBACKS  # noqa: PLC0415
+  for key in ("cross_gpu_batch", "group_examples_as_shapes"):
+    if not isinstance(prompts.get(key, False), bool):
+      raise ValueError(f"prompts.{key} must be True or False, got {prompts[key]!r}")
+  fallback = prompts.get("empty_image_fallback", "none")
+  if fallback not in EMPTY_IMAGE_FALLBACKS:
+    raise ValueError(f"prompts.empty_image_fallback must be one of {EMPTY_IMAGE_FALLBACKS}, got {fallback!r}")
+  group = prompts.get("images_per_group", 1)
+  if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+    raise ValueError(f"prompts.images_per_group must be an integer >= 1, got {group!r}")
+  if batch_size is None and data is not None and data.get("coco") is not None:
+    batch_size = data.coco.get("batch_size")
+  if batch_size is not None and int(batch_size) % group:
+    raise ValueError(f"the COCO batch ({batch_size} images, data.coco.batch_size) must be a multiple of "
+                     f"prompts.images_per_group ({group})")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks what the model supports (raised as a ConfigError by dinoseg.config)."""
   d = c.model.decoder
@@ -217,9 +250,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"test.{key} must be one of {allowed}, got {t[key]!r}")
     if t.get("vos_hide_after_last_frame") is not None and not isinstance(t.vos_hide_after_last_frame, bool):
       raise ValueError(f"test.vos_hide_after_last_frame must be True or False, got {t.vos_hide_after_last_frame!r}")
+    if t.get("vos_first_frame_output") is not None and t.vos_first_frame_output not in VOS_FIRST_FRAME_OUTPUTS:
+      raise ValueError(f"test.vos_first_frame_output must be one of {VOS_FIRST_FRAME_OUTPUTS}, "
+                       f"got {t.vos_first_frame_output!r}")
   if e is not None and e.get("bank_order") is not None and e.bank_order not in BANK_ORDERS:
     raise ValueError(f"evaluation.bank_order must be one of {BANK_ORDERS}, got {e.bank_order!r}")
   p = c.get("prompts")
+  if p is not None:
+    check_prompt_groups(p, c.get("data"))
   if p is not None and p.get("shape_candidates") is not None:
     from dinoseg.models.dinov import sampling  # noqa: PLC0415
     sampling.check_shape_config(p.shape_candidates, p.get("shape_probs", ()))
@@ -234,4 +272,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 __all__ = ["model_config", "prompt_config", "loss_config", "test_config", "evaluation_config", "tiny", "validate",
-           "NO_WEIGHT_DECAY", "VOS_LATE_OBJECT_MODES", "VOS_RESIZE_MODES", "VOS_DTYPES", "BANK_ORDERS"]
+           "check_prompt_groups",
+           "NO_WEIGHT_DECAY", "VOS_LATE_OBJECT_MODES", "VOS_RESIZE_MODES", "VOS_DTYPES", "BANK_ORDERS",
+           "VOS_FIRST_FRAME_OUTPUTS"]

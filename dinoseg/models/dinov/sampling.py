@@ -1,11 +1,15 @@
 """DINOv's training-prompt sampling on device, static shapes (shared/reference/dinov.md sections 4 and 5).
 
-Generic task (`class_prompts`): the instances of the **global** batch are grouped by category (inside the
-jitted, sharded step every device sees the whole batch, which is the reference's cross-GPU path); each
+Generic task (`generic_prompts`, the step's choice; `class_prompts`, one set): the instances of the **global**
+batch are grouped by category (inside the jitted, sharded step every device sees the whole batch, which is the
+reference's cross-GPU path), or with `prompts.cross_gpu_batch` False those of each group of
+`prompts.images_per_group` consecutive images (`group_class_prompts`, the reference's per-GPU batch), and with
+`prompts.empty_image_fallback` "reference" a step holding an image without instances switches to the groups on
+device and drops the generic losses of the groups with an empty image (the reference's `fake` targets); each
 category present gets one class-prompt slot (ascending category order, at most K slots), and 1..`max_examples`
-(uniform) of its instances, drawn without replacement from the whole batch, are averaged into its class prompt.
-Target labels become slot indices. With `openset_use_shape_sampler` False (the released configs) the prompt
-of an instance is its full ground-truth mask.
+(uniform) of its instances, drawn without replacement from the whole batch (or group), are averaged into its
+class prompt. Target labels become slot indices. With `openset_use_shape_sampler` False (the released configs)
+the prompt of an instance is its full ground-truth mask.
 
 Referring task (`refer_targets`, SA-1B): C clicks per image over a random permutation of the image's instances
 (repeated when there are fewer than C), each click a uniform random pixel of its instance's mask with a +-3 px
@@ -77,6 +81,199 @@ def class_prompts(key: jax.Array, labels: jax.Array, valid: jax.Array, *, num_cl
     take = take & slot_valid[jnp.where(take, slot, 0)]
   return ClassPrompts(members=members, slot_valid=slot_valid, labels=jnp.where(take, slot, 0).reshape(b, t),
                       valid=take.reshape(b, t))
+
+
+@flax.struct.dataclass
+class GroupedClassPrompts:
+  """Class prompts sampled within groups of consecutive images (`group_class_prompts`).
+
+  members: (G, K, Bg * T) averaging weights of group g's instances (Bg = B / G images per group, instance
+  (i, t) of the group at column i * T + t); slot_valid: (G, K) bool; labels: (B, T) int32 slot of each target
+  within its group's prompts; valid: (B, T) targets that take part."""
+  members: Any
+  slot_valid: Any
+  labels: Any
+  valid: Any
+
+  @property
+  def num_groups(self) -> int:
+    return int(self.members.shape[0])
+
+
+def group_class_prompts(key: jax.Array, labels: jax.Array, valid: jax.Array, *, images_per_group: int,
+                        num_classes: int, num_slots: int, max_examples: int,
+                        eligible: jax.Array | None = None) -> GroupedClassPrompts:
+  """`class_prompts` within each group of `images_per_group` consecutive images (the reference's per-GPU
+  grouping, `prepare_targets_visual_openset_batch_cross_gpu(..., cross_gpu=False)`, one GPU's images per group).
+
+  Every group gets its own slots (its categories present, ascending), and its class prompts average examples
+  drawn only from its own images; its targets' labels are slots of its own prompts. One group (images_per_group
+  = B) is `class_prompts` with the same key, bit for bit; G > 1 groups draw with `jax.random.split(key, G)`.
+
+  Args:
+    key: PRNG key; labels (B, T) int category; valid (B, T) bool; eligible: optional (B, T) bool (as
+      `class_prompts`); images_per_group: Bg, a divisor of B; num_slots: K per group.
+  Returns:
+    GroupedClassPrompts with members (G, K, Bg * T), slot_valid (G, K), labels / valid (B, T), G = B / Bg.
+  """
+  b, t = labels.shape
+  bg = int(images_per_group)
+  if bg < 1 or b % bg:
+    raise ValueError(f"the batch of {b} images is not a whole number of groups of {bg} images")
+  g = b // bg
+  kw = dict(num_classes=num_classes, num_slots=num_slots, max_examples=max_examples)
+  if g == 1:
+    cp = class_prompts(key, labels, valid, eligible=eligible, **kw)
+    return GroupedClassPrompts(members=cp.members[None], slot_valid=cp.slot_valid[None], labels=cp.labels,
+                               valid=cp.valid)
+  split = lambda x: x.reshape((g, bg) + x.shape[1:])  # noqa: E731
+  keys = jax.random.split(key, g)
+  if eligible is None:
+    cp = jax.vmap(lambda k, lb, v: class_prompts(k, lb, v, **kw))(keys, split(labels), split(valid))
+  else:
+    cp = jax.vmap(lambda k, lb, v, e: class_prompts(k, lb, v, eligible=e, **kw))(
+        keys, split(labels), split(valid), split(jnp.asarray(eligible)))
+  return GroupedClassPrompts(members=cp.members, slot_valid=cp.slot_valid, labels=cp.labels.reshape(b, t),
+                             valid=cp.valid.reshape(b, t))
+
+
+def empty_images(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
+  """(B,) bool: images with no instance that `class_prompts` can use (no valid target with a category in
+  [0, num_classes)); the reference's `len(gt_masks) == 0` of an image. labels, valid: (B, T)."""
+  labels = labels.astype(jnp.int32)
+  usable = valid.astype(bool) & (labels >= 0) & (labels < num_classes)
+  return ~jnp.any(usable, axis=1)
+
+
+def per_image_prompts(members: jax.Array, slot_valid: jax.Array, embeddings: jax.Array):
+  """Each image's class prompts from per-instance embeddings.
+
+  Args:
+    members: (K, B * T) (one prompt set shared by the batch, `class_prompts`) or (G, K, Bg * T) (one per group
+      of Bg = B / G consecutive images, `group_class_prompts`); slot_valid: (K,) or (G, K);
+    embeddings: (B, T, d) one embedding per instance.
+  Returns:
+    (prompts (B, K, d), prompt_valid (B, K)).
+  """
+  b, t, d = embeddings.shape
+  if members.ndim == 2:
+    prompts = members.astype(embeddings.dtype) @ embeddings.reshape(b * t, d)  # (K, d)
+    k = prompts.shape[0]
+    return jnp.broadcast_to(prompts, (b, k, d)), jnp.broadcast_to(slot_valid, (b, k))
+  g, k = members.shape[:2]
+  bg = b // g
+  prompts = members.astype(embeddings.dtype) @ embeddings.reshape(g, bg * t, d)  # (G, K, d)
+  return jnp.repeat(prompts, bg, axis=0), jnp.repeat(slot_valid, bg, axis=0)
+
+
+EMPTY_IMAGE_FALLBACKS = ("none", "reference")  # prompts.empty_image_fallback
+
+
+@flax.struct.dataclass
+class GenericPrompts:
+  """The generic task's class prompts of one step (`generic_prompts`).
+
+  shared: ClassPrompts over the whole batch (members (K, B * T)), or None when the step never uses them;
+  grouped: GroupedClassPrompts per group of images (members (G, K, Bg * T)), or None;
+  use_grouped: () bool, True where the step uses `grouped` (a traced value: no retrace either way);
+  labels / valid: (B, T) the targets' slots and which take part (valid False for the images of a group that
+    takes no part); image_active: (B,) bool images whose generic losses count, or None (all);
+  normalizer: () float32 the loss normalizer, or None (the criterion's: the number of taking-part targets).
+  """
+  shared: Any
+  grouped: Any
+  use_grouped: Any
+  labels: Any
+  valid: Any
+  image_active: Any = None
+  normalizer: Any = None
+
+  def per_image(self, embeddings: jax.Array):
+    """(B, T, d) instance embeddings -> (prompts (B, K, d), prompt_valid (B, K)) of each image (`per_image_prompts`
+    of the prompt set the step uses)."""
+    if self.grouped is None:
+      return per_image_prompts(self.shared.members, self.shared.slot_valid, embeddings)
+    grouped = per_image_prompts(self.grouped.members, self.grouped.slot_valid, embeddings)
+    if self.shared is None:
+      return grouped
+    shared = per_image_prompts(self.shared.members, self.shared.slot_valid, embeddings)
+    return tuple(jnp.where(self.use_grouped, gv, sv) for gv, sv in zip(grouped, shared))
+
+  @property
+  def num_slots_used(self) -> jax.Array:
+    """() float32: valid class-prompt slots (the mean over groups where the step uses the groups)."""
+    shared = None if self.shared is None else jnp.sum(self.shared.slot_valid.astype(jnp.float32))
+    if self.grouped is None:
+      return shared
+    grouped = jnp.mean(jnp.sum(self.grouped.slot_valid.astype(jnp.float32), axis=1))
+    return grouped if shared is None else jnp.where(self.use_grouped, grouped, shared)
+
+
+def generic_prompts(key: jax.Array, labels: jax.Array, valid: jax.Array, *, num_classes: int, max_examples: int,
+                    cross_gpu_batch: bool = True, images_per_group: int = 1, empty_image_fallback: str = "none",
+                    empty_image_targets: int = 8, eligible: jax.Array | None = None) -> GenericPrompts:
+  """Class prompts of a generic-task step: the reference's cross-GPU grouping, its per-GPU grouping and its
+  empty-image fallback (`DINOv.forward_seg` with `prepare_targets_visual_openset_batch_cross_gpu`, the
+  decoder's `prepare_all_query` and the criterion's `fake` targets; shared/reference/dinov.md section 4).
+
+  - `cross_gpu_batch` True: one prompt set over the whole batch (`class_prompts`, K = min(num_classes, B T)
+    slots), shared by every image (the reference's `CROSS_GPU_BATCH`).
+  - `cross_gpu_batch` False: one prompt set per group of `images_per_group` consecutive images
+    (`group_class_prompts`, the reference's per-GPU batch), K = min(num_classes, Bg T).
+  - `empty_image_fallback` "reference": when an image of the batch has no usable instance (`empty_images`), the
+    step uses the per-group sets (with `cross_gpu_batch` True both sets are drawn, K = min(num_classes, B T)
+    each, and `use_grouped` selects on device), and every group holding an empty image takes no part: its
+    targets are invalid and `image_active` is False for its images (the reference marks that GPU's targets
+    `fake`: its losses are zero terms). The normalizer is then what the reference's all-reduced `num_masks`
+    amounts to once DDP averages the GPUs' gradients: the batch's target count with `empty_image_targets`
+    (`default_num_instance_openset` = MAX_NUM_INSTANCE_CONTENT, 8) counted for each empty image (the
+    reference's dummy targets), non-empty images of a skipped group counted with their own targets, and at
+    least the number of groups (the reference clamps num_masks / world size at 1).
+    "none" (the configs' default): empty images simply have no targets (their queries get the class loss as
+    negatives; the other images of the batch or group train as usual). "reference" is an option, not the
+    default: the reference's code calls its fallback a hack for its cross-GPU gathering (which fails on an image
+    without targets), and it costs the step its cross-batch prompts and the loss of the empty image's whole
+    group; dinoseg's static-shape step needs none of it. It reproduces the reference's training.
+
+  Args:
+    key: PRNG key; labels (B, T) int category; valid (B, T) bool; eligible: optional (B, T) (`class_prompts`).
+  Returns:
+    GenericPrompts. With `cross_gpu_batch` True and "none" the arrays are exactly `class_prompts(key, ...)`'s.
+  """
+  if empty_image_fallback not in EMPTY_IMAGE_FALLBACKS:
+    raise ValueError(f"empty_image_fallback must be one of {EMPTY_IMAGE_FALLBACKS}, got {empty_image_fallback!r}")
+  b, t = labels.shape
+  bg = int(images_per_group)
+  if bg < 1 or b % bg:
+    raise ValueError(f"the batch of {b} images is not a whole number of groups of {bg} images")
+  reference = empty_image_fallback == "reference"
+  kw = dict(num_classes=num_classes, max_examples=max_examples, eligible=eligible)
+  shared = grouped = None
+  if cross_gpu_batch:
+    shared = class_prompts(key, labels, valid, num_slots=min(int(num_classes), b * t), **kw)
+    if not reference:
+      return GenericPrompts(shared=shared, grouped=None, use_grouped=jnp.asarray(False), labels=shared.labels,
+                            valid=shared.valid)
+    grouped = group_class_prompts(jax.random.fold_in(key, 2), labels, valid, images_per_group=bg,
+                                  num_slots=min(int(num_classes), b * t), **kw)
+  else:
+    grouped = group_class_prompts(key, labels, valid, images_per_group=bg,
+                                  num_slots=min(int(num_classes), bg * t), **kw)
+    if not reference:
+      return GenericPrompts(shared=None, grouped=grouped, use_grouped=jnp.asarray(True), labels=grouped.labels,
+                            valid=grouped.valid)
+  empty = empty_images(labels, valid, num_classes)  # (B,)
+  use_grouped = jnp.any(empty) if cross_gpu_batch else jnp.asarray(True)
+  if shared is None:
+    out_labels, out_valid = grouped.labels, grouped.valid
+  else:
+    out_labels = jnp.where(use_grouped, grouped.labels, shared.labels)
+    out_valid = jnp.where(use_grouped, grouped.valid, shared.valid)
+  skipped = jnp.repeat(jnp.any(empty.reshape(b // bg, bg), axis=1), bg)  # (B,) images of a group with an empty one
+  counted = jnp.where(empty, float(empty_image_targets), jnp.sum(out_valid.astype(jnp.float32), axis=1))
+  return GenericPrompts(shared=shared, grouped=grouped, use_grouped=use_grouped, labels=out_labels,
+                        valid=out_valid & ~skipped[:, None], image_active=~skipped,
+                        normalizer=jnp.maximum(jnp.sum(counted), float(b // bg)))
 
 
 @flax.struct.dataclass
@@ -368,6 +565,8 @@ def shape_prompts(key: jax.Array, masks: jax.Array, *, candidates=("Scribble",),
   return ShapePrompts(masks=out.astype(jnp.float32), kind=kind, nonempty=jnp.any(out, axis=(2, 3)))
 
 
-__all__ = ["class_prompts", "ClassPrompts", "uniform_pixels", "refer_targets", "ReferSample", "scribbles",
+__all__ = ["class_prompts", "ClassPrompts", "group_class_prompts", "GroupedClassPrompts", "empty_images",
+           "per_image_prompts", "GenericPrompts", "generic_prompts", "EMPTY_IMAGE_FALLBACKS", "uniform_pixels",
+           "refer_targets", "ReferSample", "scribbles",
            "STROKE_PRESETS", "SHAPE_CANDIDATES", "check_shape_config", "ShapePrompts", "point_discs", "box_shapes",
            "shape_prompts"]

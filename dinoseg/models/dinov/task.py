@@ -8,7 +8,10 @@ Every step holds both tasks, as the reference's (1 SA-1B + 1 COCO image per GPU)
 concatenation of one COCO batch and one SA-1B batch under the key prefixes "coco." and "sam." (the same global
 batch size each), and the loss is the sum of
 - the generic task on the COCO images (`visual_openset`): class prompts sampled over the global batch
-  (sampling.class_prompts), encoded from the instances' full masks on their own images and averaged, the
+  (sampling.class_prompts), or per group of `prompts.images_per_group` images with `prompts.cross_gpu_batch`
+  False, or per group in steps holding an image without instances with `prompts.empty_image_fallback`
+  "reference" (then the empty image's group adds no generic loss; sampling.generic_prompts), encoded from the
+  instances' full masks on their own images and averaged, the
   class-agnostic DN group, criterion.DINOvCriterion.generic; metrics "generic/<loss name>";
 - the referring task on the SA-1B images (`visual_refer`): clicks, level targets and content prompts
   (sampling.refer_targets; with `prompts.use_shape_sampler` the content prompts are shapes drawn inside their
@@ -87,18 +90,15 @@ class MixedIterator:
         start()
 
 
-def _generic_train(module, images, valid_hw, instance_masks, members, slot_valid, targets, dn_noise):
+def _generic_train(module, images, valid_hw, instance_masks, plan, targets, dn_noise):
   """Generic training forward (a `DINOv.apply` method): one prompt embedding per instance on its own image,
-  averaged into class prompts over the global batch (members (K, B * T)), shared by every image."""
+  averaged into each image's class prompts by `plan` (sampling.GenericPrompts: one set over the global batch,
+  members (K, B * T), or one per group of images, members (G, K, Bg * T))."""
   mask_features, multi_scale = module.features(images, valid_hw)
-  b, t = instance_masks.shape[:2]
   emb = module.predictor.encode_prompts(multi_scale, instance_masks.astype(jnp.float32))  # (B, T, d)
-  prompts = members.astype(emb.dtype) @ emb.reshape(b * t, -1)  # (K, d)
-  k = prompts.shape[0]
-  return module.predictor(multi_scale, mask_features, task="generic",
-                          prompts=jnp.broadcast_to(prompts, (b,) + prompts.shape),
-                          prompt_valid=jnp.broadcast_to(slot_valid, (b, k)), train=True, targets=targets,
-                          dn_noise=dn_noise)
+  prompts, prompt_valid = plan.per_image(emb)
+  return module.predictor(multi_scale, mask_features, task="generic", prompts=prompts, prompt_valid=prompt_valid,
+                          train=True, targets=targets, dn_noise=dn_noise)
 
 
 def _refer_train(module, images, valid_hw, content_masks, content_valid, clicks, click_valid, click_noise):
@@ -134,6 +134,16 @@ def coco_track_targets(key, masks, valid, valid_hw, *, num_content: int, num_tok
   return s.clicks, click_valid, click_index, click_index[:, :k], click_valid[:, :k]
 
 
+def _check_prompt_groups(prompts, data=None, batch_size=None) -> None:
+  """defaults.check_prompt_groups, its ValueError raised as a UserValueError (a one-line CLI error)."""
+  from dinoseg.errors import UserValueError  # noqa: PLC0415
+  from dinoseg.models.dinov import defaults  # noqa: PLC0415
+  try:
+    defaults.check_prompt_groups(prompts, data, batch_size)
+  except ValueError as e:
+    raise UserValueError(str(e)) from None
+
+
 @task_lib.register("dinov")
 class DINOvTask(task_lib.Task):
   """DINOv training on COCO panoptic (generic task) + SA-1B (referring task); module docstring."""
@@ -145,6 +155,7 @@ class DINOvTask(task_lib.Task):
     dtype = task_lib.model_dtype(config)
     self.model = build_model(m, dtype)
     self.criterion = criterion_lib.DINOvCriterion(config.loss, config.prompts, dn=m.decoder.dn)
+    _check_prompt_groups(config.prompts, config.get("data"))
 
   # -- data
   def train_iterator(self, process_index, process_count):
@@ -205,9 +216,9 @@ class DINOvTask(task_lib.Task):
   def _generic_loss(self, params, model_state, batch, key):
     p, dec = self.config.prompts, self.config.model.decoder
     labels, valid = batch["coco.labels"].astype(jnp.int32), batch["coco.valid"].astype(bool)
-    b, t = labels.shape
+    b = labels.shape[0]
+    _check_prompt_groups(p, batch_size=b)  # the batch given (static), not only the configured one
     k_prompt, k_dn, k_points = jax.random.split(key, 3)
-    num_slots = min(int(self.config.model.num_classes), b * t)
     masks = prompt_masks = batch["coco.masks"]
     eligible = None
     if p.openset_use_shape_sampler:  # class-prompt examples are shapes drawn inside the instances
@@ -215,15 +226,31 @@ class DINOvTask(task_lib.Task):
       prompt_masks = shapes.masks
       if p.get("drop_empty_shapes", False):  # an empty shape is no example (the reference keeps it)
         eligible = shapes.nonempty
-    cls = sampling.class_prompts(k_prompt, labels, valid, num_classes=int(self.config.model.num_classes),
-                                 num_slots=num_slots, max_examples=int(p.max_train_example), eligible=eligible)
-    targets = PaddedInstances(labels=cls.labels, boxes=batch["coco.boxes"].astype(jnp.float32), valid=cls.valid,
+    plan = sampling.generic_prompts(
+        k_prompt, labels, valid, num_classes=int(self.config.model.num_classes),
+        max_examples=int(p.max_train_example), cross_gpu_batch=bool(p.get("cross_gpu_batch", True)),
+        images_per_group=int(p.get("images_per_group", 1)),
+        empty_image_fallback=str(p.get("empty_image_fallback", "none")), empty_image_targets=int(p.max_content),
+        eligible=eligible)
+    if p.get("group_examples_as_shapes", False) and plan.grouped is not None:
+      # the reference's per-GPU path turns every drawn example into a shape of the shape sampler (its "30%" keep
+      # test always passes), on top of the openset shapes when those are on; only in steps that use the groups
+      source = prompt_masks
+      prompt_masks = jax.lax.cond(
+          plan.use_grouped, lambda: self._shapes(jax.random.fold_in(k_prompt, 3), source).masks,
+          lambda: source.astype(jnp.float32))
+    targets = PaddedInstances(labels=plan.labels, boxes=batch["coco.boxes"].astype(jnp.float32), valid=plan.valid,
                               masks=masks)
     noise = denoising.sample_dn_noise(k_dn, b, dec.dn_num, 1) if dec.dn != "no" else None
     out = self.model.apply({"params": params, **model_state}, batch["coco.image"], batch["coco.valid_hw"],
-                           prompt_masks, cls.members, cls.slot_valid, targets, noise, method=_generic_train)
-    losses = self.criterion.generic(out, targets, md_criterion.random_draws(k_points))
-    return losses, {"num_classes": jnp.sum(cls.slot_valid.astype(jnp.float32))}
+                           prompt_masks, plan, targets, noise, method=_generic_train)
+    losses = self.criterion.generic(out, targets, md_criterion.random_draws(k_points), normalizer=plan.normalizer,
+                                    image_active=plan.image_active)
+    metrics = {"num_classes": plan.num_slots_used}
+    if plan.image_active is not None:  # the reference's empty-image fallback: was it used, how many images counted
+      metrics["generic_grouped"] = plan.use_grouped.astype(jnp.float32)
+      metrics["generic_images_counted"] = jnp.sum(plan.image_active.astype(jnp.float32))
+    return losses, metrics
 
   def _refer_loss(self, params, model_state, batch, key):
     p = self.config.prompts

@@ -60,6 +60,24 @@ The reference's other inference behaviours, as options (config `test.*`, `VOSSet
   predictor) are cloned with that compute dtype; parameters stay float32, prompt memories, masks and scores
   are float32. Flax's per-module dtype is not autocast's per-op policy (autocast keeps softmax / norms in
   fp32), so the numbers are close to, not equal to, the reference's. "bfloat16" likewise.
+- `first_frame_output` (`test.vos_first_frame_output`, default "given": the annotation itself): "reference" is
+  what `test_tracking_prev` writes on frame 0, the given mask as the model input holds it (after `resize`:
+  the reference's OpenCV cubic mask with resize="reference") cropped to the resized frame and brought back to
+  the frame's size by PyTorch's `F.interpolate(bilinear, align_corners=False)` (no antialias), > 0
+  (`resized_given_masks`): close to the annotation, not equal to it (the bilinear "> 0" grows it by up to a
+  pixel). It applies wherever the given mask is the output: frame 0, and with late_objects="clean" the start
+  frame of a late object (the reference outputs its prediction there). J&F does not see frame 0 (the
+  DAVIS-2017 semi-supervised evaluation, here and in davis2017-evaluation, scores frames 1 .. T-2), but a late
+  object's start frame is scored. Scores stay 1 on those frames.
+- `objects_info` (`test.vos_objects_info`, or `evaluate_vos(objects_info=...)`, default "": from the
+  annotations): a `video_objects_info.json` (the reference's DAVIS registration reads it beside the data:
+  `{"videos": {seq: {"objects": {"<id>": {"frames": [stem, ...]}}}}}`; `davis.read_video_objects_info`),
+  whose "frames" list gives an object's start frame (its first name: the reference's `key_frame`, where the
+  given mask is taken from that frame's annotation) and its last frame (its last name: `end_frame`, used by
+  hide_after_last_frame). Checked per video against the annotations (`davis.video_object_frames`): a video of
+  the split, an annotated object, or a frame name missing, or a start frame whose annotation lacks the
+  object, is a UserValueError (one line); listed ids that are not scored objects are left out (a warning).
+  DAVIS roots only.
 
 Other differences from the reference: a frame where no proposal survives gives an empty mask (the reference
 would fail); batched over objects only (one video at a time, as the reference).
@@ -76,7 +94,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinoseg.errors import UserValueError
-from dinoseg.models.dinov.defaults import VOS_DTYPES, VOS_LATE_OBJECT_MODES, VOS_RESIZE_MODES
+from dinoseg.models.dinov.defaults import VOS_DTYPES, VOS_FIRST_FRAME_OUTPUTS, VOS_LATE_OBJECT_MODES, VOS_RESIZE_MODES
 from dinoseg.ops import box_cxcywh_to_xyxy, box_iou, interpolate
 
 logger = logging.getLogger(__name__)
@@ -87,6 +105,7 @@ MIN_AREA = 50  # and more than this many positive stride-4 mask pixels
 LATE_OBJECT_MODES = VOS_LATE_OBJECT_MODES  # VOSSettings.late_objects: "clean" | "reference" (module docstring)
 RESIZE_MODES = VOS_RESIZE_MODES  # VOSSettings.resize: "dinoseg" | "reference"
 COMPUTE_DTYPES = VOS_DTYPES  # VOSSettings.dtype
+FIRST_FRAME_OUTPUTS = VOS_FIRST_FRAME_OUTPUTS  # VOSSettings.first_frame_output: "given" | "reference"
 OPENCV_COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS: fixed-point weights of its 8-bit resize
 
 
@@ -164,6 +183,49 @@ def reference_resize(image: np.ndarray, masks: np.ndarray | None, min_size: int,
   return canvas, out_masks, np.asarray([nh, nw], np.int32)
 
 
+def torch_cpu_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) float32 weights of PyTorch's CPU `F.interpolate(mode="bilinear", align_corners=False)`
+  (no antialias) along one axis: source index max(0, scale * (i + 0.5) - 0.5) with scale = float32(in) / out,
+  computed as its CPU kernel is compiled, a fused multiply-add (one float32 rounding, not two: the two differ
+  where the exact index is an integer plus a few ulp, e.g. 20 -> 60, and so does which taps get a zero weight),
+  taps floor(index) and the next one (clamped to the last), weights 1 - frac and frac.
+  (dinoseg.ops.resize_matrix rounds twice; that matters only where exact zero weights matter, as here.)"""
+  scale = np.float32(in_size) / np.float32(out_size)
+  centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+  # float32 * float32 is exact in float64 and, where the result is >= 0, so is subtracting 0.5: one rounding
+  src = np.maximum((np.float64(scale) * centres.astype(np.float64) - 0.5).astype(np.float32), np.float32(0))
+  low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  frac = np.clip(src - low.astype(np.float32), 0, 1).astype(np.float32)
+  m = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(m, (rows, low), np.float32(1) - frac)
+  np.add.at(m, (rows, np.minimum(low + 1, in_size - 1)), frac)
+  return m
+
+
+def resized_given_masks(canvas_masks: np.ndarray, valid_hw, out_hw: tuple[int, int]) -> np.ndarray:
+  """The reference's output on the frame where an object is given (`test_tracking_prev`, fid 0): the given mask
+  as the model input holds it, resized back to the frame by PyTorch's `F.interpolate(mode="bilinear",
+  align_corners=False)` (no antialias), > 0. The reference runs that on CPU tensors (the mapper's masks).
+
+  Args:
+    canvas_masks: (N, Hc, Wc) the given masks on the canvas (as `VideoObjectSegmenter.resize` returns them);
+    valid_hw: (2,) the resized frame's size in the canvas (the part cropped); out_hw: the frame's (H, W).
+  Returns:
+    (N, H, W) bool. The weights are PyTorch's CPU index arithmetic (`torch_cpu_bilinear_matrix`); the inputs
+    are 0 / 1 and the weights non-negative, so "> 0" (a pixel whose taps reach a given pixel with a non-zero
+    weight) is exact, not subject to rounding.
+  """
+  m = np.asarray(canvas_masks)
+  if m.ndim != 3:
+    raise ValueError(f"canvas masks must be (N, Hc, Wc), got {m.shape}")
+  nh, nw = int(valid_hw[0]), int(valid_hw[1])
+  crop = (m[:, :nh, :nw] > 0).astype(np.float32)
+  rows = torch_cpu_bilinear_matrix(nh, int(out_hw[0]))  # (H, nh)
+  cols = torch_cpu_bilinear_matrix(nw, int(out_hw[1]))  # (W, nw)
+  return np.einsum("yh,nhw,xw->nyx", rows, crop, cols, optimize=True) > 0
+
+
 def point_grid(n_per_side: int) -> np.ndarray:
   """(n^2, 2) xy points in [0, 1], row-major over y (the reference's `build_point_grid`)."""
   offset = 1.0 / (2 * n_per_side)
@@ -230,6 +292,8 @@ class VOSSettings:
   hide_after_last_frame: bool = False  # the reference's end_frame (module docstring)
   resize: str = "dinoseg"  # frames and given masks: one of RESIZE_MODES
   dtype: str = "float32"  # compute dtype: one of COMPUTE_DTYPES ("float32": the model as built)
+  first_frame_output: str = "given"  # the output where an object is given: one of FIRST_FRAME_OUTPUTS
+  objects_info: str = ""  # a video_objects_info.json (evaluate_vos: start / end frames); "": the annotations'
 
   @classmethod
   def from_config(cls, config, **overrides) -> "VOSSettings":
@@ -239,7 +303,9 @@ class VOSSettings:
                   nms_threshold=float(p.nms_threshold),
                   late_objects=str(t.get("vos_late_objects", "clean")),
                   hide_after_last_frame=bool(t.get("vos_hide_after_last_frame", False)),
-                  resize=str(t.get("vos_resize", "dinoseg")), dtype=str(t.get("vos_dtype", "float32")))
+                  resize=str(t.get("vos_resize", "dinoseg")), dtype=str(t.get("vos_dtype", "float32")),
+                  first_frame_output=str(t.get("vos_first_frame_output", "given")),
+                  objects_info=str(t.get("vos_objects_info", "")))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
 
@@ -265,6 +331,9 @@ class VideoObjectSegmenter:
       raise UserValueError(f"resize must be one of {RESIZE_MODES}, got {self.settings.resize!r}")
     if self.settings.dtype not in COMPUTE_DTYPES:
       raise UserValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.settings.dtype!r}")
+    if self.settings.first_frame_output not in FIRST_FRAME_OUTPUTS:
+      raise UserValueError(f"first_frame_output must be one of {FIRST_FRAME_OUTPUTS}, got "
+                           f"{self.settings.first_frame_output!r}")
     if self.settings.dtype != "float32":  # compute dtype only: the same parameters (float32) drive the clone
       self.model = model = with_compute_dtype(model, getattr(jnp, self.settings.dtype))
     self.variables = jax.device_put(dict(variables))
@@ -388,8 +457,10 @@ class VideoObjectSegmenter:
       frames: (T, H, W, 3) uint8.
       first_masks: (O, H, W) each object's given mask on its first frame.
       start_frames: (O,) int, the frame of each given mask (default: all 0). An object predicts nothing
-        before it; on it, it outputs its given mask and is tracked from the next frame on ("clean"), or,
-        for a start frame > 0 with late_objects="reference", outputs its prediction (module docstring).
+        before it; on it, it outputs its given mask (or, with first_frame_output="reference", that mask
+        through the model input and back: `resized_given_masks`) and is tracked from the next frame on
+        ("clean"), or, for a start frame > 0 with late_objects="reference", outputs its prediction (module
+        docstring).
       end_frames: (O,) int, each object's last annotated frame (>= its start frame; default: the last frame).
         With `settings.hide_after_last_frame` its output is empty (score 0) after it; otherwise unused.
     Returns:
@@ -440,8 +511,11 @@ class VideoObjectSegmenter:
           crop = Image.fromarray(logits[i, :nh, :nw].astype(np.float32), mode="F")
           out[i, f] = np.asarray(crop.resize((w, h), Image.BILINEAR)) > 0
         scores[:, f] = np.where(shown, np.asarray(score[:o]), 0.0)
-      if f == 0 or not reference:
-        out[start[:o], f] = first_masks[start[:o]]
+      if (f == 0 or not reference) and start[:o].any():
+        if self.settings.first_frame_output == "reference":  # the given mask through the model input and back
+          out[start[:o], f] = resized_given_masks(cmasks[:o][start[:o]], valid_hw, (h, w))
+        else:
+          out[start[:o], f] = first_masks[start[:o]]
         scores[start[:o], f] = 1.0
     if self.settings.hide_after_last_frame:  # the reference's end_key: empty after the last annotated frame
       hidden = np.arange(t)[None, :] > ends[:, None]  # (O, T)
@@ -467,7 +541,7 @@ def last_annotated_frames(present: np.ndarray) -> np.ndarray:
 
 
 def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, max_videos: int = 0,
-                 out_dir: str | None = None) -> dict[str, Any]:
+                 out_dir: str | None = None, objects_info: str | None = None) -> dict[str, Any]:
   """J&F (dinoseg.evaluation.davis) of a video set: the official DAVIS-2017 layout (`data_path` holds
   JPEGImages/ and Annotations/ and ImageSets/; `split` names ImageSets/2017/<split>.txt) or a prepared video
   dataset (`dinoseg data prepare`; its non-crowd tracks).
@@ -476,7 +550,12 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
   (the segmenter's `late_objects` decides what a later start means; with `hide_after_last_frame` its output
   is empty after its last annotated frame, `last_annotated_frames`); before it, it predicts nothing; an
   object that is never present (a DAVIS id without a mask) is scored with an empty prediction, as the official
-  evaluation does. Returns the DAVIS summary (DavisEvaluator.result) plus
+  evaluation does. With `objects_info` (default: the segmenter's `settings.objects_info`; "" = none), a
+  `video_objects_info.json` (dinoseg.evaluation.davis.read_video_objects_info; DAVIS roots only) gives each
+  object's start and last frame instead, as the reference reads them (its "frames" list's first and last
+  names; `davis.video_object_frames`): every video of the split must be in it (checked before any is run);
+  objects it does not list are scored against an empty prediction (only allowed for objects no annotation
+  holds). Returns the DAVIS summary (DavisEvaluator.result) plus
   `num_videos` and `objects_after_first_frame` (objects whose start frame is not frame 0). With `out_dir`,
   writes each video's predictions as `<out_dir>/<video>.npz` (masks (O, T, H, W), start_frames (O,) and
   end_frames (O,), -1 for objects never present).
@@ -485,16 +564,33 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
 
   from dinoseg.evaluation import davis  # noqa: PLC0415
   evaluator = davis.DavisEvaluator()
+  info_path = segmenter.settings.objects_info if objects_info is None else objects_info
+  info = None
+  if info_path:
+    if not davis.is_davis_root(data_path):
+      raise UserValueError(f"a video objects info file ({info_path}) names DAVIS sequences and frames: {data_path} "
+                           f"is not a DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
+    info = davis.read_video_objects_info(info_path)
+    absent = [name for name in davis.davis_sequences(data_path, split) if name not in info]
+    if absent:
+      raise UserValueError(f"{info_path}: videos {absent[:5]} of split {split!r} are not in it "
+                           f"({len(absent)} missing)")
   late = videos = 0
-  for name, frames, gt in _videos(data_path, split):
+  for name, frames, gt, sequence in _videos(data_path, split):
     if max_videos and videos >= max_videos:
       break
-    present = gt.reshape(gt.shape[0], gt.shape[1], -1).any(-1)  # (O, T)
-    tracked = present.any(1)
-    if not tracked.any() or frames.shape[0] < 3:
+    if frames.shape[0] < 3:
       continue
-    starts = np.argmax(present[tracked], axis=1)
-    ends = last_annotated_frames(present)
+    present = gt.reshape(gt.shape[0], gt.shape[1], -1).any(-1)  # (O, T)
+    if info is None:
+      start_frames = np.where(present.any(1), np.argmax(present, axis=1), -1)
+      ends = last_annotated_frames(present)
+    else:
+      start_frames, ends = davis.video_object_frames(info, sequence, source=str(info_path))
+    tracked = start_frames >= 0
+    if not tracked.any():
+      continue
+    starts = start_frames[tracked]
     first = gt[tracked][np.arange(int(tracked.sum())), starts]
     pred = np.zeros(gt.shape, bool)
     tracked_masks, _ = segmenter.segment(frames, first, starts, ends[tracked])
@@ -504,20 +600,21 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
     late += int((starts > 0).sum())
     if out_dir:
       pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-      np.savez_compressed(pathlib.Path(out_dir) / f"{name}.npz", masks=pred,
-                          start_frames=np.where(tracked, np.argmax(present, axis=1), -1), end_frames=ends)
+      np.savez_compressed(pathlib.Path(out_dir) / f"{name}.npz", masks=pred, start_frames=start_frames,
+                          end_frames=ends)
   if not videos:
     raise UserValueError(f"{data_path}: no video of split {split!r} has an object (and >= 3 frames)")
   return {**evaluator.result(), "num_videos": videos, "objects_after_first_frame": late}
 
 
 def _videos(data_path: str, split: str):
-  """(name, frames (T, H, W, 3) uint8, gt (O, T, H, W) bool) per video of a DAVIS root or a prepared dataset."""
+  """(name, frames (T, H, W, 3) uint8, gt (O, T, H, W) bool, the DavisSequence or None) per video of a DAVIS root
+  or a prepared dataset."""
   from dinoseg.evaluation import davis  # noqa: PLC0415
   if davis.is_davis_root(data_path):
     for name in davis.davis_sequences(data_path, split):
       seq = davis.read_davis_sequence(data_path, name)
-      yield name, seq.frames, seq.masks
+      yield name, seq.frames, seq.masks, seq
     return
   from dinoseg.data_pipelines import open_dataset, schema  # noqa: PLC0415
   view = open_dataset(data_path).split(split)
@@ -527,10 +624,11 @@ def _videos(data_path: str, split: str):
       raise UserValueError(f"{data_path}: split {split!r} holds no video records with tracks")
     tr = ex["tracks"]
     use = ~tr["is_crowd"]
-    yield str(ex["image_id"]), ex["frames"], (tr["masks"][use] > 0) & tr["present"][use][:, :, None, None]
+    yield str(ex["image_id"]), ex["frames"], (tr["masks"][use] > 0) & tr["present"][use][:, :, None, None], None
 
 
-__all__ = ["LATE_OBJECT_MODES", "RESIZE_MODES", "COMPUTE_DTYPES", "reference_resize_size", "opencv_cubic_resize",
-           "reference_resize", "with_compute_dtype", "last_annotated_frames", "point_grid", "grid_clicks", "fixed_nms",
-           "select_proposals", "VOSSettings",
+__all__ = ["LATE_OBJECT_MODES", "RESIZE_MODES", "COMPUTE_DTYPES", "FIRST_FRAME_OUTPUTS", "reference_resize_size",
+           "opencv_cubic_resize", "reference_resize", "torch_cpu_bilinear_matrix",
+           "resized_given_masks", "with_compute_dtype",
+           "last_annotated_frames", "point_grid", "grid_clicks", "fixed_nms", "select_proposals", "VOSSettings",
            "VideoObjectSegmenter", "evaluate_vos"]
