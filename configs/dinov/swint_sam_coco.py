@@ -19,7 +19,9 @@ clicks, level targets, scribble content prompts), the reference's criteria. With
       --config.init.backbone.file=weights/swin_tiny_patch4_window7_224.pth
 
 Inference protocols (prompt bank, generic evaluation, video object segmentation) and what is not implemented
-yet: docs/dinov.md.
+yet: docs/dinov.md. `dinoseg eval` runs them on a checkpoint; with `--config.train.eval_every_steps=N` the
+training run runs them every N steps too (the `evaluation` group; `--config.evaluation.bank_max_images` bounds
+the bank build, `--config.train.best_metric=PQ` with `keep_best` keeps the best checkpoints).
 
 Tiny CPU variant (same structure at tiny widths, 64 px images, batches of 2 + 2; data under
 /tmp/dinoseg_dinov_tiny_{coco,sam}, see docs/dinov.md "Training" for making them with `dinoseg data synth`):

@@ -15,8 +15,10 @@ scores it with prompts taken from training images only. Phases:
             (evaluate.evaluate_generic: per category the mean of `evaluation.num_examples` seeded bank draws,
             COCO mask / box AP): DIR/eval/step_<N>.json, DIR/eval/results.json (COCO instance results)
   vos       the VOS protocol (vos.evaluate_vos: each object's given mask on its first frame, the memory of 9
-            prompts, the click grid) on the DAVIS-layout videos, J&F (DAVIS-2017 semi-supervised):
-            DIR/eval/vos/<video>.npz (predicted masks), in DIR/eval/step_<N>.json under "vos"
+            prompts, the click grid) on the DAVIS-layout videos, J&F (DAVIS-2017 semi-supervised, on one label map
+            per frame: `test.vos_overlap`): DIR/eval/vos/<video>/<frame>.png (the DAVIS results layout: indexed
+            label PNGs), DIR/eval/vos/<video>.npz (per-object masks and the label maps), in
+            DIR/eval/step_<N>.json under "vos"
   overlays  the `dinoseg predict` predictor with the bank as examples on the first `quickstart.num_overlays` val
             images (DIR/overlays/<image file name>.png with category names, predictions.json) and, for the first
             `quickstart.num_vos_overlays` videos, a PNG strip (ground truth over prediction, one colour per

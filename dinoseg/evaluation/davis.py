@@ -38,6 +38,10 @@ are stacked as (O, T, H, W). Every frame needs its annotation (the val split has
 `read_video_objects_info` / `video_object_frames` read the per-object frame lists of a `video_objects_info.json`
 (what DINOv's DAVIS registration reads beside the data; not part of the download): each object's first and
 last listed frame, checked against the sequence.
+
+Results in the layout davis2017-evaluation and the DAVIS server read: `<results>/<sequence>/<frame stem>.png`,
+one indexed PNG of object ids per frame (`write_label_png`, palette `annotation_palette` / `default_palette`;
+`read_result_masks` reads them back as the official evaluator does).
 """
 import dataclasses
 import logging
@@ -347,7 +351,81 @@ def video_object_frames(videos: Mapping, sequence: DavisSequence, source: str = 
   return starts, ends
 
 
+def default_palette() -> list[int]:
+  """The 256-colour palette of the DAVIS annotation PNGs (PASCAL VOC's): colour i spreads the bits of i over the
+  channels, bit 3k + c of i (c = 0 red, 1 green, 2 blue) becoming bit 7 - k of channel c. Index 1 is
+  (128, 0, 0), 2 (0, 128, 0), 3 (128, 128, 0). Returns 768 ints (r, g, b per index), as PIL's `getpalette()`."""
+  palette = []
+  for index in range(256):
+    rgb = [0, 0, 0]
+    for k in range(8):
+      for c in range(3):
+        rgb[c] |= ((index >> (3 * k + c)) & 1) << (7 - k)
+    palette.extend(rgb)
+  return palette
+
+
+def annotation_palette(root: str | os.PathLike, name: str, resolution: str = "480p") -> list[int]:
+  """The palette of sequence `name`'s first annotation PNG (sorted by file name; what the reference's DAVIS
+  reader copies into its outputs), padded to 768 values; `default_palette()` when the PNG has none (a grey
+  PNG) or there is no annotation."""
+  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+  mask_dir = pathlib.Path(root) / "Annotations" / resolution / name
+  pngs = sorted(mask_dir.glob("*.png")) if mask_dir.is_dir() else []
+  if not pngs:
+    return default_palette()
+  try:
+    with Image.open(pngs[0]) as im:
+      palette = im.getpalette() if im.mode == "P" else None
+  except (OSError, UnidentifiedImageError) as e:
+    raise UserValueError(f"{pngs[0]}: unreadable annotation ({e})") from None
+  if not palette:
+    return default_palette()
+  return (list(palette) + [0] * 768)[:768]
+
+
+def write_label_png(path: str | os.PathLike, labels: np.ndarray, palette: list[int] | None = None) -> None:
+  """Writes one frame's label map (H, W) of object ids 0..255 (0 background) as an indexed ('P' mode) PNG with
+  `palette` (768 ints; default `default_palette()`): the DAVIS annotation / results format."""
+  from PIL import Image  # noqa: PLC0415
+  labels = np.asarray(labels)
+  if labels.ndim != 2 or (labels < 0).any() or (labels > 255).any():
+    raise ValueError(f"a label map is (H, W) with ids in 0..255, got shape {labels.shape}")
+  image = Image.fromarray(labels.astype(np.uint8), mode="P")
+  image.putpalette(list(palette) if palette is not None else default_palette())
+  image.save(path)
+
+
+def read_result_masks(results_dir: str | os.PathLike, name: str, frame_names: list[str]) -> np.ndarray:
+  """A results folder's predictions of sequence `name` as davis2017-evaluation reads them:
+  `<results_dir>/<name>/<frame name>.png` of every frame (indexed or grey PNGs of object ids), object o + 1 =
+  the pixels of value o + 1 for o < the largest value of the sequence. Returns (O', T, H, W) bool (O' = that
+  largest value; pass to `DavisEvaluator.process`, which scores missing objects as empty and refuses more
+  objects than the ground truth has). Raises UserFileNotFoundError for a missing PNG, UserValueError for an
+  unreadable one or one of another size."""
+  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+  labels = []
+  for stem in frame_names:
+    path = pathlib.Path(results_dir) / name / f"{stem}.png"
+    try:
+      with Image.open(path) as im:
+        if im.mode not in ("P", "L"):
+          raise UserValueError(f"{path}: a result must be an indexed (palette) or grey PNG of object ids, got mode "
+                               f"{im.mode}")
+        labels.append(np.asarray(im))
+    except FileNotFoundError:
+      raise UserFileNotFoundError(f"missing result {path} (every frame of {name} needs one)") from None
+    except (OSError, UnidentifiedImageError) as e:
+      raise UserValueError(f"{path}: unreadable result PNG ({e})") from None
+    if labels[-1].shape != labels[0].shape:
+      raise UserValueError(f"{path}: size {labels[-1].shape} differs from the sequence's {labels[0].shape}")
+  stack = np.stack(labels).astype(np.int64)  # (T, H, W)
+  ids = np.arange(1, int(stack.max()) + 1)
+  return stack[None] == ids[:, None, None, None]
+
+
 __all__ = ["VOID_ID", "is_davis_root", "davis_sequences", "DavisSequence", "read_davis_sequence",
            "BOUND_TH", "region_similarity", "boundary_map", "disk_structure", "boundary_tolerance",
            "boundary_measure", "statistics", "evaluate_sequence", "DavisEvaluator",
-           "read_video_objects_info", "video_object_frames"]
+           "read_video_objects_info", "video_object_frames", "default_palette", "annotation_palette",
+           "write_label_png", "read_result_masks"]

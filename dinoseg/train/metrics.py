@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 def _scalar(value) -> float | int | None:
   arr = np.asarray(value)
-  if arr.ndim != 0:
-    return None
+  if arr.ndim != 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    return None  # arrays, and results that are not numbers (e.g. a string naming a data source)
   return arr.item()
 
 

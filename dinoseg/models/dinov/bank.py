@@ -32,6 +32,13 @@ under the i-th smallest category of that image (classes [5, 1, 5, 7] are filed a
 shared/reference/dinov.md section 12; `reference_filing`). Per image, over the instances that are encoded (the
 reference's mappers drop empty instances before the model); image / instance ids stay with their embedding.
 
+Several processes (`build_bank(process_index=..., process_count=...)`, as `dinoseg eval` and training-time
+evaluation call it under jax.distributed): process p encodes the examples p, p + P, p + 2P, ... of the source
+(a sequence such as `examples_from_prepared`'s is indexed, so a process decodes only its own images), the
+encoded instances (`BankRows`: flat rows keyed by example index and position) are gathered over the processes
+(`gather_over_processes`) and merged (`merge_bank_rows`: sorted by example index, then position), so every
+process holds the bank one process would have built: the same embeddings, ids and order in every category.
+
 Files (`write_bank`): `<out>/index.json` {"format": "dinoseg-dinov-prompt-bank", "version": 1, "dim": d,
 "categories": [{"id", "name", "file", "count"}], "source": str} and `<out>/category_<id>.npz` with
 embeddings (N, d) float32, image_ids (N,) int64, instance_ids (N,) int64, category_id () int64,
@@ -43,7 +50,8 @@ import logging
 import math
 import os
 import pathlib
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -88,29 +96,49 @@ class Bank:
 
 # ----------------------------------------------------------------------------- sources
 
-def examples_from_prepared(path: str | os.PathLike, split: str) -> tuple[Iterator[Example], dict[int, str]]:
-  """(examples, {category_id: name}) of a prepared dataset split (module docstring)."""
-  from dinoseg.data_pipelines import open_dataset, schema  # noqa: PLC0415
-  dataset = open_dataset(path)
-  view = dataset.split(split)
-  names = {int(c["id"]): str(c.get("name", c["id"])) for c in dataset.categories}
+class PreparedExamples(Sequence):
+  """The `Example`s of a prepared dataset split, decoded on access (len() and indexing; module docstring)."""
 
-  def gen():
-    for i in range(len(view)):
-      ex = schema.decode_example(view.record(i), masks=True)
-      if "instances" in ex:
-        inst = ex["instances"]
-        keep = ~inst["is_crowd"]
-        masks, cats, ids = inst["masks"][keep].astype(bool), inst["category_id"][keep], inst["id"][keep]
-      elif "panoptic" in ex:
-        segs = ex["panoptic"]["segments"]
-        keep = ~segs["is_crowd"]
-        ids, cats = segs["id"][keep], segs["category_id"][keep]
-        masks = ex["panoptic"]["pan_seg"][None] == ids[:, None, None]
-      else:
-        raise UserValueError(f"{path}: split {split!r} has no instance or panoptic annotations to encode")
-      yield Example(ex["image_id"], ex["image"], masks, np.asarray(cats, np.int64), np.asarray(ids, np.int64))
-  return gen(), names
+  def __init__(self, path: str | os.PathLike, split: str, dataset=None):
+    from dinoseg.data_pipelines import open_dataset  # noqa: PLC0415
+    self.path, self.split = path, split
+    self.view = (dataset if dataset is not None else open_dataset(path)).split(split)
+
+  def __len__(self) -> int:
+    return len(self.view)
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    from dinoseg.data_pipelines import schema  # noqa: PLC0415
+    index = int(index) + (len(self) if int(index) < 0 else 0)
+    if not 0 <= index < len(self):
+      raise IndexError(f"example {index} of a split of {len(self)}")
+    ex = schema.decode_example(self.view.record(index), masks=True)
+    if "instances" in ex:
+      inst = ex["instances"]
+      keep = ~inst["is_crowd"]
+      masks, cats, ids = inst["masks"][keep].astype(bool), inst["category_id"][keep], inst["id"][keep]
+    elif "panoptic" in ex:
+      segs = ex["panoptic"]["segments"]
+      keep = ~segs["is_crowd"]
+      ids, cats = segs["id"][keep], segs["category_id"][keep]
+      masks = ex["panoptic"]["pan_seg"][None] == ids[:, None, None]
+    else:
+      raise UserValueError(f"{self.path}: split {self.split!r} has no instance or panoptic annotations to encode")
+    return Example(ex["image_id"], ex["image"], masks, np.asarray(cats, np.int64), np.asarray(ids, np.int64))
+
+
+def examples_from_prepared(path: str | os.PathLike, split: str) -> tuple[PreparedExamples, dict[int, str]]:
+  """(examples, {category_id: name}) of a prepared dataset split (module docstring); the examples are a
+  sequence decoded on access (`PreparedExamples`)."""
+  from dinoseg.data_pipelines import open_dataset  # noqa: PLC0415
+  dataset = open_dataset(path)
+  names = {int(c["id"]): str(c.get("name", c["id"])) for c in dataset.categories}
+  return PreparedExamples(path, split, dataset), names
 
 
 def _read_mask_png(path: pathlib.Path) -> np.ndarray:
@@ -314,41 +342,172 @@ def reference_filing(category_ids: np.ndarray) -> np.ndarray:
   return np.sort(np.asarray(category_ids, np.int64), kind="stable")
 
 
-def build_bank(encoder: PromptBankEncoder, examples: Iterable[Example], names: Mapping[int, str],
-               source: str = "", order: str | None = None) -> Bank:
-  """Encodes every instance of `examples`; categories of `names` without instances get empty arrays.
-  `order`: "clean" or "reference" (module docstring; default the encoder config's `evaluation.bank_order`,
-  else "clean")."""
-  if order is None:
-    order = str((encoder.config.get("evaluation", None) or {}).get("bank_order", "clean"))
+@dataclasses.dataclass
+class BankRows:
+  """Encoded instances as flat rows, before they are filed per category (M rows):
+  embeddings (M, d) float32; category_ids (the category each is filed under), image_ids, instance_ids (M,) int64;
+  example_index (M,) int64 (the example's position in the source) and position (M,) int64 (its place among the
+  example's encoded instances): the key that orders rows as one process encodes them."""
+  embeddings: np.ndarray
+  category_ids: np.ndarray
+  image_ids: np.ndarray
+  instance_ids: np.ndarray
+  example_index: np.ndarray
+  position: np.ndarray
+
+  @classmethod
+  def empty(cls, dim: int) -> "BankRows":
+    ints = np.zeros(0, np.int64)
+    return cls(np.zeros((0, dim), np.float32), ints, ints, ints, ints, ints)
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  def __len__(self) -> int:
+    return int(len(self.category_ids))
+
+
+def _process_examples(examples: Iterable[Example], process_index: int, process_count: int,
+                      max_examples: int) -> Iterable[tuple[int, Example]]:
+  """(index, example) of this process's share: indices process_index, + process_count, ... below max_examples
+  (0: all). A sequence is indexed (only this process's examples are read); other iterables are walked."""
+  if isinstance(examples, Sequence):
+    n = len(examples) if not max_examples else min(len(examples), int(max_examples))
+    for i in range(process_index, n, process_count):
+      yield i, examples[i]
+    return
+  for i, ex in enumerate(examples):
+    if max_examples and i >= max_examples:
+      return
+    if i % process_count == process_index:
+      yield i, ex
+
+
+def encode_examples(encoder: PromptBankEncoder, examples: Iterable[Example], names: Mapping[int, str],
+                    order: str = "clean", *, process_index: int = 0, process_count: int = 1,
+                    max_examples: int = 0) -> BankRows:
+  """Encodes the instances of this process's share of `examples` (module docstring) into `BankRows`, filed by
+  `order` ("clean" / "reference"). max_examples: only the first N examples of the source (0: all)."""
   if order not in BANK_ORDERS:
     raise UserValueError(f"bank order must be one of {BANK_ORDERS}, got {order!r}")
-  emb: dict[int, list] = {c: [] for c in names}
-  img: dict[int, list] = {c: [] for c in names}
-  ins: dict[int, list] = {c: [] for c in names}
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  cols: dict[str, list] = {k: [] for k in ("embeddings", "category_ids", "image_ids", "instance_ids",
+                                           "example_index", "position")}
   skipped = 0
-  for ex in examples:
+  for index, ex in _process_examples(examples, process_index, process_count, max_examples):
     if len(ex.masks) == 0:
       continue
-    unknown = set(ex.category_ids.tolist()) - set(names)
+    unknown = set(np.asarray(ex.category_ids).tolist()) - set(names)
     if unknown:
       raise UserValueError(f"image {ex.image_id}: category ids {sorted(unknown)} are not among the categories")
     e, kept = encoder.encode(ex.image, ex.masks)
     skipped += int((~kept).sum())
-    filed = ex.category_ids[kept]
+    filed = np.asarray(ex.category_ids)[kept]
     if order == "reference":
       filed = reference_filing(filed)
-    for vec, cat, inst in zip(e, filed, ex.instance_ids[kept]):
-      emb[int(cat)].append(vec)
-      img[int(cat)].append(ex.image_id)
-      ins[int(cat)].append(int(inst))
+    n = len(filed)
+    cols["embeddings"].append(np.asarray(e, np.float32).reshape(n, encoder.dim))
+    cols["category_ids"].append(np.asarray(filed, np.int64))
+    cols["image_ids"].append(np.full(n, int(ex.image_id), np.int64))
+    cols["instance_ids"].append(np.asarray(ex.instance_ids, np.int64)[kept])
+    cols["example_index"].append(np.full(n, index, np.int64))
+    cols["position"].append(np.arange(n, dtype=np.int64))
   if skipped:
     logger.warning("%d empty mask(s) skipped (nothing to encode at the model's input size)", skipped)
-  d = encoder.dim
-  return Bank(embeddings={c: np.asarray(v, np.float32).reshape(-1, d) for c, v in emb.items()},
-              image_ids={c: np.asarray(v, np.int64) for c, v in img.items()},
-              instance_ids={c: np.asarray(v, np.int64) for c, v in ins.items()},
-              names={int(c): str(n) for c, n in names.items()}, dim=d, source=source)
+  if not cols["embeddings"]:
+    return BankRows.empty(encoder.dim)
+  return BankRows(**{k: np.concatenate(v) for k, v in cols.items()})
+
+
+def merge_bank_rows(parts: Sequence[BankRows]) -> BankRows:
+  """The rows of several processes as one process encodes them: concatenated, ordered by (example_index,
+  position). Raises ValueError when two parts hold the same row (overlapping shares)."""
+  if not parts:
+    raise ValueError("no bank rows to merge")
+  cat = {k: np.concatenate([p.arrays()[k] for p in parts]) for k in parts[0].arrays()}
+  order = np.lexsort((cat["position"], cat["example_index"]))
+  cat = {k: v[order] for k, v in cat.items()}
+  same = (np.diff(cat["example_index"]) == 0) & (np.diff(cat["position"]) == 0)
+  if same.any():
+    i = int(np.argmax(same))
+    raise ValueError(f"bank rows of example {cat['example_index'][i]} position {cat['position'][i]} come from "
+                     "two processes (the processes' shares overlap)")
+  return BankRows(**cat)
+
+
+def bank_from_rows(rows: BankRows, names: Mapping[int, str], dim: int, source: str = "") -> Bank:
+  """Files `rows` per category in row order; categories of `names` without rows get empty arrays."""
+  bank = Bank({}, {}, {}, {}, int(dim), source)
+  for c, name in names.items():
+    sel = rows.category_ids == int(c)
+    bank.embeddings[int(c)] = rows.embeddings[sel].astype(np.float32).reshape(-1, int(dim))
+    bank.image_ids[int(c)] = rows.image_ids[sel].astype(np.int64)
+    bank.instance_ids[int(c)] = rows.instance_ids[sel].astype(np.int64)
+    bank.names[int(c)] = str(name)
+  return bank
+
+
+def _to_wire(x: np.ndarray) -> np.ndarray:
+  """64-bit integers as pairs of int32 (JAX without x64 would truncate them); other arrays unchanged."""
+  x = np.ascontiguousarray(x)
+  if x.dtype.itemsize == 8 and np.issubdtype(x.dtype, np.integer):
+    return x.view(np.int32).reshape(*x.shape, 2)
+  if x.dtype == np.float64:
+    raise ValueError("float64 arrays are not gathered (JAX without x64 would round them); convert to float32")
+  return x
+
+
+def _from_wire(x: np.ndarray, like: np.ndarray) -> np.ndarray:
+  if like.dtype.itemsize == 8 and np.issubdtype(like.dtype, np.integer):
+    return np.ascontiguousarray(x).view(like.dtype).reshape(x.shape[:-1])
+  return np.asarray(x).astype(like.dtype, copy=False)
+
+
+def gather_over_processes(arrays: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+  """Every process's `arrays` ({name: (n_p, ...) NumPy}, the same names, dtypes and trailing shapes everywhere;
+  the leading length n_p may differ), on every process: [process 0's, process 1's, ...]. A collective: every
+  process calls it, in the same order. One process: [arrays]."""
+  import jax  # noqa: PLC0415
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  if jax.process_count() == 1:
+    return [arrays]
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  lengths = {len(v) for v in arrays.values()}
+  if len(lengths) != 1:
+    raise ValueError(f"the arrays gathered must share their leading length, got {sorted(lengths)}")
+  n = lengths.pop()
+  counts = np.asarray(multihost_utils.process_allgather(np.asarray([n], np.int32))).reshape(-1)
+  cap = max(int(counts.max()), 1)
+  wire = {}
+  for k, v in arrays.items():
+    padded = np.zeros((cap, *v.shape[1:]), v.dtype)
+    padded[:n] = v
+    wire[k] = _to_wire(padded)
+  stacked = multihost_utils.process_allgather(wire)  # {name: (P, cap, ...)}
+  return [{k: _from_wire(np.asarray(stacked[k])[p], arrays[k])[:int(counts[p])] for k in arrays}
+          for p in range(len(counts))]
+
+
+def build_bank(encoder: PromptBankEncoder, examples: Iterable[Example], names: Mapping[int, str],
+               source: str = "", order: str | None = None, *, process_index: int = 0, process_count: int = 1,
+               max_examples: int = 0) -> Bank:
+  """Encodes every instance of `examples`; categories of `names` without instances get empty arrays.
+  `order`: "clean" or "reference" (module docstring; default the encoder config's `evaluation.bank_order`,
+  else "clean"). With process_count > 1 (a collective over the jax.distributed processes: every process calls
+  it with its own process_index and the same examples) each process encodes its share and every process returns
+  the merged bank, equal to the one-process bank. max_examples: only the first N examples (0: all)."""
+  if order is None:
+    order = str((encoder.config.get("evaluation", None) or {}).get("bank_order", "clean"))
+  rows = encode_examples(encoder, examples, names, order, process_index=process_index, process_count=process_count,
+                         max_examples=max_examples)
+  if process_count > 1:
+    like = rows.arrays()
+    parts = gather_over_processes(like)
+    if len(parts) != process_count:
+      raise ValueError(f"process_count {process_count} differs from the {len(parts)} running JAX processes")
+    rows = merge_bank_rows([BankRows(**p) for p in parts])
+  return bank_from_rows(rows, names, encoder.dim, source)
 
 
 # ----------------------------------------------------------------------------- files
@@ -426,6 +585,8 @@ def bank_from_embeddings(embeddings: Mapping[str, Sequence[np.ndarray]] | Mappin
   return bank
 
 
-__all__ = ["Example", "Bank", "PromptBankEncoder", "build_bank", "write_bank", "read_bank", "bank_from_embeddings",
+__all__ = ["Example", "Bank", "BankRows", "PreparedExamples", "PromptBankEncoder", "build_bank", "encode_examples",
+           "merge_bank_rows", "bank_from_rows", "gather_over_processes", "write_bank", "read_bank",
+           "bank_from_embeddings",
            "examples_from_prepared", "examples_from_mask_dir", "examples_from_coco_json", "examples_from_path",
            "resize_for_model", "test_canvas", "reference_filing", "FORMAT", "MASK_SEPARATOR"]

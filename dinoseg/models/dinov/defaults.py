@@ -32,6 +32,7 @@ VOS_LATE_OBJECT_MODES = ("clean", "reference")  # test.vos_late_objects (dinoseg
 VOS_RESIZE_MODES = ("dinoseg", "reference")  # test.vos_resize (dinoseg.models.dinov.vos)
 VOS_DTYPES = ("float32", "float16", "bfloat16")  # test.vos_dtype: VOS compute dtype (params stay float32)
 VOS_FIRST_FRAME_OUTPUTS = ("given", "reference")  # test.vos_first_frame_output (dinoseg.models.dinov.vos)
+VOS_OVERLAP_MODES = ("label_map", "per_object")  # test.vos_overlap (dinoseg.models.dinov.vos)
 BANK_ORDERS = ("clean", "reference")  # evaluation.bank_order (dinoseg.models.dinov.bank.build_bank)
 
 
@@ -148,6 +149,10 @@ def test_config() -> ml_collections.ConfigDict:
                                        # "reference" (the given mask resized to the model input and back)
       vos_objects_info="",  # a video_objects_info.json giving each DAVIS object's first / last frame ("": from
                             # the annotations; dinoseg.evaluation.davis.read_video_objects_info)
+      vos_overlap="label_map",  # VOS masks that overlap: "label_map" (the reference's PNG writer and the official
+                                # DAVIS protocol: one label map per frame, a pixel of several objects goes to
+                                # the last painted; each object scored on its label's region) | "per_object"
+                                # (each object's own mask scored, overlaps kept)
   ))
 
 
@@ -158,6 +163,8 @@ def evaluation_config() -> ml_collections.ConfigDict:
       bank="",  # generic: a prompt bank directory (`dinoseg dinov bank`); "" builds one with the evaluated weights
       bank_split="",  # the data.coco split the bank is built from ("" = data.coco.train_split)
       bank_slots=16,  # prompts encoded per call while building the bank
+      bank_max_images=0,  # build the bank from the first N images of bank_split only (0: all; e.g. to keep
+                          # training-time evaluation short)
       bank_order="clean",  # "clean": each embedding under its instance's category; "reference": the reference's
                            # get_content filing (sorted labels against instance-ordered tokens; bank.build_bank)
       num_examples=16,  # bank draws averaged per category (the README's INFERENCE_EXAMPLE=16)
@@ -237,8 +244,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("bank_slots", "num_examples"):
       if int(e[key]) < 1:
         raise ValueError(f"evaluation.{key} must be >= 1, got {e[key]}")
-    for key in ("max_batches", "max_videos"):
-      if int(e[key]) < 0:
+    for key in ("max_batches", "max_videos", "bank_max_images"):
+      if int(e.get(key, 0)) < 0:
         raise ValueError(f"evaluation.{key} must be >= 0, got {e[key]}")
   t = c.get("test")
   if t is not None and t.get("vos_late_objects") is not None:
@@ -253,6 +260,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if t.get("vos_first_frame_output") is not None and t.vos_first_frame_output not in VOS_FIRST_FRAME_OUTPUTS:
       raise ValueError(f"test.vos_first_frame_output must be one of {VOS_FIRST_FRAME_OUTPUTS}, "
                        f"got {t.vos_first_frame_output!r}")
+    if t.get("vos_overlap") is not None and t.vos_overlap not in VOS_OVERLAP_MODES:
+      raise ValueError(f"test.vos_overlap must be one of {VOS_OVERLAP_MODES}, got {t.vos_overlap!r}")
   if e is not None and e.get("bank_order") is not None and e.bank_order not in BANK_ORDERS:
     raise ValueError(f"evaluation.bank_order must be one of {BANK_ORDERS}, got {e.bank_order!r}")
   p = c.get("prompts")
@@ -274,4 +283,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
 __all__ = ["model_config", "prompt_config", "loss_config", "test_config", "evaluation_config", "tiny", "validate",
            "check_prompt_groups",
            "NO_WEIGHT_DECAY", "VOS_LATE_OBJECT_MODES", "VOS_RESIZE_MODES", "VOS_DTYPES", "BANK_ORDERS",
-           "VOS_FIRST_FRAME_OUTPUTS"]
+           "VOS_FIRST_FRAME_OUTPUTS", "VOS_OVERLAP_MODES"]

@@ -21,6 +21,17 @@ Here:
   Mask DINO's evaluator (dinoseg.models.maskdino.task.MaskDINOEvaluator: pycocotools AP, PQ, mIoU) against
   the prepared dataset at original resolution. Instance top-k is `test.detections_per_image` (the reference
   hard-codes 300).
+
+Several processes (jax.distributed; `dinoseg eval` and training-time evaluation): the bank build splits the
+bank split's images over the processes and merges the per-process banks (bank.build_bank: the one-process
+bank); the generic evaluation runs each process's slice of the eval batches (the data pipeline's
+`build_eval_iterator(process_index, process_count)`), gathers every step's predictions over the processes,
+puts them back in the one-process batch order (`interleave_process_rows`) and scores them on every process
+(each computes the same numbers). VOS (vos.evaluate_vos) is not split: every process runs every video.
+
+During training (`train.eval_every_steps` > 0): `ProtocolEvaluator` (task.DINOvTask.evaluator) runs
+`run_protocols` with the current parameters and keeps its jitted functions (bank encoder, generic prediction
+per dataset, VOS segmenter) from one evaluation to the next, so each compiles once per run.
 """
 import logging
 from typing import Any, Mapping, Sequence
@@ -108,21 +119,39 @@ def generic_predict_fn(model, config, thing_classes: Sequence[int]):
   return predict
 
 
+def interleave_process_rows(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """One eval step of every process ({name: (L, ...)} each, process order) -> the one-process batch
+  ({name: (P * L, ...)}): the pipeline gives process p rows p, p + P, ... of the global order, so row j of
+  process p is global row j * P + p."""
+  if not parts:
+    raise ValueError("no process batches to interleave")
+  return {k: np.stack([np.asarray(part[k]) for part in parts], axis=1).reshape(-1, *np.shape(parts[0][k])[1:])
+          for k in parts[0]}
+
+
+EVAL_BATCH_KEYS = ("image_id", "original_hw", "example_valid")  # what MaskDINOEvaluator.update reads of a batch
+
+
 def evaluate_generic(model, variables: Mapping, config, bank: Bank, *, data: ml_collections.ConfigDict | None = None,
                      num_examples: int | None = None, seed: int = 0, max_batches: int = 0,
-                     results_json: str | None = None) -> dict[str, Any]:
+                     results_json: str | None = None, process_index: int = 0, process_count: int = 1,
+                     cache: dict | None = None) -> dict[str, Any]:
   """Scores the generic task on `data` (default `config.data.coco`: a prepared panoptic / instance dataset,
   its `eval_split`) with class prompts from `bank`.
 
   Args:
     num_examples: examples averaged per category (default `config.prompts.inference_example`).
     max_batches: stop after this many eval batches (0: all).
-    results_json: also write the COCO instance results (with the dataset's category ids) there.
+    results_json: also write the COCO instance results (with the dataset's category ids) there (process 0).
+    process_index, process_count: this process's slice of the eval batches (module docstring); with
+      process_count > 1 a collective: every process calls it.
+    cache: a dict kept between calls (ProtocolEvaluator) that holds the jitted prediction per dataset.
   Returns:
     the evaluator's metrics (PQ / segm/AP / bbox/AP / mIoU ...), plus `categories_without_examples`,
     `num_examples` and `seed`.
   """
   from dinoseg.data_pipelines import build_eval_iterator, open_dataset  # noqa: PLC0415
+  from dinoseg.models.dinov.bank import gather_over_processes  # noqa: PLC0415
   from dinoseg.models.maskdino.task import MaskDINOEvaluator, thing_classes  # noqa: PLC0415
   data = data if data is not None else config.data.coco
   if not data.get("path"):
@@ -142,63 +171,150 @@ def evaluate_generic(model, variables: Mapping, config, bank: Bank, *, data: ml_
   shim.test.thing_classes = ()
   things = thing_classes(shim, dataset)
   evaluator = MaskDINOEvaluator(shim, dataset, data.eval_split)
-  predict = jax.jit(generic_predict_fn(model, shim, things))
+  key = ("generic_predict", str(data.path), tuple(things), len(category_ids))
+  predict = cache.get(key) if cache is not None else None
+  if predict is None:
+    predict = jax.jit(generic_predict_fn(model, shim, things))
+    if cache is not None:
+      cache[key] = predict
   variables = jax.device_put(dict(variables))
-  for i, batch in enumerate(build_eval_iterator(data)):
-    if max_batches and i >= max_batches:
+  for i, batch in enumerate(build_eval_iterator(data, process_index, process_count)):
+    if max_batches and i >= max_batches:  # every process yields as many batches: all stop at the same step
       break
     b = len(batch["image_id"])
     p = jnp.broadcast_to(jnp.asarray(prompts)[None], (b, *prompts.shape))
     v = jnp.broadcast_to(jnp.asarray(valid)[None], (b, len(valid)))
     inputs = {k: batch[k] for k in ("image", "valid_hw", "original_hw")}
     pred = jax.device_get(predict(variables, inputs, p, v))
+    if process_count > 1:
+      local = {**{f"batch.{k}": np.asarray(batch[k]) for k in EVAL_BATCH_KEYS if k in batch},
+               **{f"pred.{k}": np.asarray(x) for k, x in pred.items()}}
+      merged = interleave_process_rows(gather_over_processes(local))
+      batch = {k[len("batch."):]: x for k, x in merged.items() if k.startswith("batch.")}
+      pred = {k[len("pred."):]: x for k, x in merged.items() if k.startswith("pred.")}
     evaluator.update(batch, pred)
-  if results_json is not None and evaluator.instance is not None:
+  if results_json is not None and evaluator.instance is not None and process_index == 0:  # one writer
     evaluator.instance.write_results(results_json)
   out = dict(evaluator.result())
   out.update(categories_without_examples=[int(c) for c in missing], num_examples=num_examples, seed=int(seed))
   return out
 
 
-def run_protocols(model, variables: Mapping, config) -> dict[str, Any]:
-  """`dinoseg eval` of DINOv (task.DINOvTask.evaluate): the protocols `config.evaluation` names.
-
-  - generic (`evaluation.generic`): the prompt bank `evaluation.bank`, or one built with these variables from
-    `data.coco` split `evaluation.bank_split` (default its train split), then `evaluate_generic` on
-    `data.coco.eval_split` with `evaluation.num_examples` seeded draws per category; its metrics at the top
-    level (PQ, segm/AP, bbox/AP, mIoU, ..., as Mask DINO's), plus `bank_source`;
-  - VOS, when `evaluation.vos_path` names a DAVIS-2017 root or a prepared video dataset
-    (`vos.evaluate_vos`, split `evaluation.vos_split`): its metrics as `vos/<name>` (vos/J&F-Mean, ...).
-  """
-  from dinoseg.models.dinov import bank as bank_lib, vos  # noqa: PLC0415
+def check_protocol_config(config) -> None:
+  """Raises UserValueError when `config.evaluation` names no protocol, or the generic one without
+  `data.coco.path` (checked before a training run starts, as well as by `run_protocols`)."""
   e = config.evaluation
-  out: dict[str, Any] = {}
   if not e.generic and not e.vos_path:
     raise UserValueError("nothing to evaluate: config.evaluation.generic is False and config.evaluation.vos_path "
                          "is empty")
+  if e.generic and not config.data.coco.get("path"):
+    raise UserValueError("the generic protocol needs config.data.coco.path (a prepared COCO panoptic / instance "
+                         "dataset; or set config.evaluation.generic=False)")
+
+
+def run_protocols(model, variables: Mapping, config, *, cache: dict | None = None) -> dict[str, Any]:
+  """`dinoseg eval` of DINOv (task.DINOvTask.evaluate): the protocols `config.evaluation` names.
+
+  - generic (`evaluation.generic`): the prompt bank `evaluation.bank`, or one built with these variables from
+    `data.coco` split `evaluation.bank_split` (default its train split; its first `evaluation.bank_max_images`
+    images, 0: all), then `evaluate_generic` on `data.coco.eval_split` with `evaluation.num_examples` seeded
+    draws per category; its metrics at the top level (PQ, segm/AP, bbox/AP, mIoU, ..., as Mask DINO's), plus
+    `bank_source`;
+  - VOS, when `evaluation.vos_path` names a DAVIS-2017 root or a prepared video dataset
+    (`vos.evaluate_vos`, split `evaluation.vos_split`): its metrics as `vos/<name>` (vos/J&F-Mean, ...).
+  Under jax.distributed the bank and the generic evaluation are split over the processes (module docstring);
+  every process returns the same metrics. `cache`: a dict kept between calls (ProtocolEvaluator) holding the
+  jitted functions, so repeated evaluations (training) compile once.
+  """
+  from dinoseg.models.dinov import bank as bank_lib, vos  # noqa: PLC0415
+  check_protocol_config(config)
+  e = config.evaluation
+  out: dict[str, Any] = {}
+  process_index, process_count = jax.process_index(), jax.process_count()
   if e.generic:
     data = config.data.coco
-    if not data.get("path"):
-      raise UserValueError("the generic protocol needs config.data.coco.path (a prepared COCO panoptic / instance "
-                           "dataset; or set config.evaluation.generic=False)")
     if e.bank:
       bank = bank_lib.read_bank(e.bank, int(config.model.decoder.hidden_dim))
       source = str(e.bank)
     else:
       split = e.bank_split or data.train_split
-      logger.info("building the prompt bank from %s split %s", data.path, split)
+      limit = int(e.get("bank_max_images", 0))
+      logger.info("building the prompt bank from %s split %s%s", data.path, split,
+                  f" (its first {limit} images)" if limit else "")
       examples, names = bank_lib.examples_from_prepared(data.path, split)
-      encoder = bank_lib.PromptBankEncoder(model, variables, config, slots=int(e.bank_slots))
-      source = f"{data.path}:{split}"
-      bank = bank_lib.build_bank(encoder, examples, names, source=source)
+      encoder = cache.get("bank_encoder") if cache is not None else None
+      if encoder is None:
+        encoder = bank_lib.PromptBankEncoder(model, variables, config, slots=int(e.bank_slots))
+        if cache is not None:
+          cache["bank_encoder"] = encoder
+      else:
+        encoder.variables = jax.device_put(dict(variables))
+      source = f"{data.path}:{split}" + (f"[:{limit}]" if limit else "")
+      bank = bank_lib.build_bank(encoder, examples, names, source=source, process_index=process_index,
+                                 process_count=process_count, max_examples=limit)
     out.update(evaluate_generic(model, variables, config, bank, data=data, num_examples=int(e.num_examples),
-                                seed=int(e.seed), max_batches=int(e.max_batches)))
+                                seed=int(e.seed), max_batches=int(e.max_batches), process_index=process_index,
+                                process_count=process_count, cache=cache))
     out["bank_source"] = source
   if e.vos_path:
-    segmenter = vos.VideoObjectSegmenter(model, variables, config)
+    segmenter = cache.get("vos_segmenter") if cache is not None else None
+    if segmenter is None:
+      segmenter = vos.VideoObjectSegmenter(model, variables, config)
+      if cache is not None:
+        cache["vos_segmenter"] = segmenter
+    else:
+      segmenter.variables = jax.device_put(dict(variables))
     result = vos.evaluate_vos(segmenter, str(e.vos_path), str(e.vos_split), max_videos=int(e.max_videos))
     out.update({f"vos/{k}": v for k, v in result.items()})
   return out
 
 
-__all__ = ["run_protocols", "class_prompts", "masked_logits", "generic_predict_fn", "evaluate_generic", "MISSING_LOGIT"]
+def host_variables(variables: Mapping) -> dict:
+  """Flax variables as NumPy on this host: leaves of global arrays spread over several processes (a
+  multi-process run's parameters) are gathered (a collective over the processes), the others fetched."""
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(fetch, dict(variables))
+
+
+class ProtocolEvaluator:
+  """The DINOv protocols as the trainer's evaluation (task.DINOvTask.evaluator / evaluate): `evaluate(variables)`
+  runs `run_protocols` with a float32 model and a cache of its jitted functions that lives as long as this
+  object, so a training run compiles them once; `result()` is the last evaluation's metrics.
+
+  The protocols score whole datasets of their own (a bank split, an evaluation split, videos) rather than the
+  trainer's eval batches, so `update` refuses batches: the trainer reaches this evaluator through
+  `Task.evaluate` (dinoseg/train/task.py), never through its batch loop.
+  """
+
+  def __init__(self, config):
+    from dinoseg.models.dinov.model import build_model  # noqa: PLC0415
+    check_protocol_config(config)
+    self.config = config
+    self.model = build_model(config.model)  # fp32 evaluation, whatever the training compute dtype
+    self.cache: dict = {}
+    self.last: dict[str, Any] | None = None
+    self.count = 0
+
+  def evaluate(self, variables: Mapping) -> dict[str, Any]:
+    """Metrics of the model's variables {"params": ..., <other collections>} (global or host arrays)."""
+    self.last = run_protocols(self.model, host_variables(variables), self.config, cache=self.cache)
+    self.count += 1
+    return self.last
+
+  def update(self, batch: Mapping[str, Any], predictions: Any) -> None:
+    raise TypeError("the DINOv protocols do not take the trainer's eval batches; they run through "
+                    "DINOvTask.evaluate (ProtocolEvaluator.evaluate)")
+
+  def result(self) -> dict[str, Any]:
+    if self.last is None:
+      raise ValueError("no DINOv evaluation has run yet (ProtocolEvaluator.evaluate)")
+    return dict(self.last)
+
+
+__all__ = ["run_protocols", "check_protocol_config", "ProtocolEvaluator", "host_variables", "interleave_process_rows",
+           "class_prompts",
+           "masked_logits", "generic_predict_fn", "evaluate_generic", "MISSING_LOGIT", "EVAL_BATCH_KEYS"]

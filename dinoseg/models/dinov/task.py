@@ -191,17 +191,35 @@ class DINOvTask(task_lib.Task):
     return super().init_converters()
 
   # -- evaluation
-  def evaluate(self, variables):
-    """`dinoseg eval` (a checkpoint of a run or --weights): the DINOv protocols of `config.evaluation`
-    (evaluate.run_protocols: the generic protocol through a prompt bank, VOS when `evaluation.vos_path` is
-    set). Metrics: the generic ones at the top level, the VOS ones as "vos/<name>"."""
-    from dinoseg.models.dinov import evaluate as evaluate_lib  # noqa: PLC0415
+  def _protocol_evaluator(self):
+    """The one evaluate.ProtocolEvaluator of this task (built on first use; it keeps the protocols' jitted
+    functions, so a run compiles them once). UserValueError without an `evaluation` config group."""
     if self.config.get("evaluation") is None:
       from dinoseg.models.dinov import defaults  # noqa: PLC0415
       from dinoseg.errors import UserValueError  # noqa: PLC0415
       raise UserValueError(f"the config has no `evaluation` group (e.g. {defaults.evaluation_config().to_dict()})")
-    model = build_model(self.config.model)  # fp32 evaluation, whatever the training compute dtype
-    return evaluate_lib.run_protocols(model, jax.device_get(dict(variables)), self.config)
+    if getattr(self, "_protocols", None) is None:
+      from dinoseg.models.dinov import evaluate as evaluate_lib  # noqa: PLC0415
+      self._protocols = evaluate_lib.ProtocolEvaluator(self.config)
+    return self._protocols
+
+  def evaluator(self):
+    """Training-time evaluation (the trainer asks once per run whether the task evaluates): the DINOv protocols
+    (evaluate.ProtocolEvaluator, run by `evaluate`) when the config has an `evaluation` group and
+    `train.eval_every_steps` > 0 (then also at the end with `train.eval_at_end`); None otherwise, so a run with
+    `eval_every_steps` 0 does not evaluate (the protocols encode a whole bank split: `dinoseg eval` runs them
+    on a checkpoint)."""
+    train = self.config.get("train") or {}
+    if self.config.get("evaluation") is None or int(train.get("eval_every_steps", 0) or 0) <= 0:
+      return None
+    return self._protocol_evaluator()
+
+  def evaluate(self, variables):
+    """`dinoseg eval` (a checkpoint of a run or --weights) and training-time evaluation: the DINOv protocols of
+    `config.evaluation` (evaluate.run_protocols: the generic protocol through a prompt bank, VOS when
+    `evaluation.vos_path` is set; split over the processes under jax.distributed). Metrics: the generic ones at
+    the top level, the VOS ones as "vos/<name>"."""
+    return self._protocol_evaluator().evaluate(variables)
 
   # -- loss
   def _shapes(self, key, masks):

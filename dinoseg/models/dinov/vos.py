@@ -79,11 +79,25 @@ The reference's other inference behaviours, as options (config `test.*`, `VOSSet
   object, is a UserValueError (one line); listed ids that are not scored objects are left out (a warning).
   DAVIS roots only.
 
+- `overlap` (`test.vos_overlap`, default "label_map": the reference and the official protocol): `segment`
+  returns per-object masks, which may overlap. The reference writes one indexed PNG per frame
+  (`test_tracking_prev`): a float canvas of zeros on which each object's output (after its `acc_key` /
+  `end_key` masking) is painted with its id, the objects in their order (the order of the ids in its
+  `video_objects_info.json`, in practice ascending), so a pixel claimed by several objects holds the id of the
+  LAST one painted; davis2017-evaluation reads those PNGs, one object per pixel. "label_map" does the same
+  before scoring and writing (`label_map`, painting in ascending id order, or the info file's order when
+  `objects_info` is given; each object scored on its label's region, `label_masks`): on every frame, frame 0 /
+  the given frames and the frames after an object's hidden end included (a hidden or not-yet-started object
+  paints nothing). "per_object" scores each object's own mask (overlaps counted for both objects); the PNGs
+  written are the label map in both modes (the format holds one object per pixel).
+
 Other differences from the reference: a frame where no proposal survives gives an empty mask (the reference
 would fail); batched over objects only (one video at a time, as the reference).
 
 `evaluate_vos` scores a DAVIS-2017 download (dinoseg.evaluation.davis.read_davis_sequence) or a prepared video
-dataset's tracks with dinoseg.evaluation.davis (J&F).
+dataset's tracks with dinoseg.evaluation.davis (J&F); with `out_dir` it writes the DAVIS results layout
+(`<out_dir>/<sequence>/<frame stem>.png`, indexed PNGs with the annotations' palette: what davis2017-evaluation
+and the DAVIS server read) and a per-video npz, and never overwrites a file it did not write itself.
 """
 import dataclasses
 import logging
@@ -94,7 +108,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinoseg.errors import UserValueError
-from dinoseg.models.dinov.defaults import VOS_DTYPES, VOS_FIRST_FRAME_OUTPUTS, VOS_LATE_OBJECT_MODES, VOS_RESIZE_MODES
+from dinoseg.models.dinov.defaults import (VOS_DTYPES, VOS_FIRST_FRAME_OUTPUTS, VOS_LATE_OBJECT_MODES,
+                                           VOS_OVERLAP_MODES, VOS_RESIZE_MODES)
 from dinoseg.ops import box_cxcywh_to_xyxy, box_iou, interpolate
 
 logger = logging.getLogger(__name__)
@@ -106,6 +121,8 @@ LATE_OBJECT_MODES = VOS_LATE_OBJECT_MODES  # VOSSettings.late_objects: "clean" |
 RESIZE_MODES = VOS_RESIZE_MODES  # VOSSettings.resize: "dinoseg" | "reference"
 COMPUTE_DTYPES = VOS_DTYPES  # VOSSettings.dtype
 FIRST_FRAME_OUTPUTS = VOS_FIRST_FRAME_OUTPUTS  # VOSSettings.first_frame_output: "given" | "reference"
+OVERLAP_MODES = VOS_OVERLAP_MODES  # VOSSettings.overlap: "label_map" | "per_object"
+OUTPUTS_MANIFEST = "dinoseg_vos_outputs.json"  # evaluate_vos(out_dir=...): the files it wrote there
 OPENCV_COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS: fixed-point weights of its 8-bit resize
 
 
@@ -226,6 +243,42 @@ def resized_given_masks(canvas_masks: np.ndarray, valid_hw, out_hw: tuple[int, i
   return np.einsum("yh,nhw,xw->nyx", rows, crop, cols, optimize=True) > 0
 
 
+def label_map(masks: np.ndarray, object_ids, order=None) -> np.ndarray:
+  """Flattens per-object masks into one label map per frame, as the reference's PNG writer
+  (`test_tracking_prev`): starting from background 0, each object's mask is painted with its id, one object
+  after another, so a pixel claimed by several objects holds the id of the last one painted.
+
+  Args:
+    masks: (O, ..., H, W) bool, e.g. (O, T, H, W) a video's outputs or (O, H, W) one frame's.
+    object_ids: (O,) distinct ids in 1..255 (the annotation's ids; the reference's `mappers`).
+    order: (O,) a permutation of 0..O-1, the painting order (default 0, 1, ..., O-1: the reference paints its
+      objects in their order, the order of the object ids of its `video_objects_info.json`).
+  Returns:
+    (..., H, W) uint8 label map (0 background).
+  """
+  masks = np.asarray(masks).astype(bool)
+  ids = np.asarray(object_ids, np.int64).reshape(-1)
+  if masks.ndim < 3 or len(ids) != masks.shape[0]:
+    raise ValueError(f"masks must be (O, ..., H, W) with one id per object, got {masks.shape} and {len(ids)} ids")
+  if len(set(ids.tolist())) != len(ids) or ((ids < 1) | (ids > 255)).any():
+    raise ValueError(f"object ids must be distinct and in 1..255, got {ids.tolist()}")
+  order = np.arange(len(ids)) if order is None else np.asarray(order, np.int64)
+  if sorted(order.tolist()) != list(range(len(ids))):
+    raise ValueError(f"order must be a permutation of 0..{len(ids) - 1}, got {order.tolist()}")
+  labels = np.zeros(masks.shape[1:], np.uint8)
+  for o in order:
+    labels[masks[o]] = ids[o]
+  return labels
+
+
+def label_masks(labels: np.ndarray, object_ids) -> np.ndarray:
+  """(..., H, W) label map and (O,) ids -> (O, ..., H, W) bool: each object's region of the label map (what the
+  official DAVIS evaluation scores for it)."""
+  ids = np.asarray(object_ids, np.int64).reshape(-1)
+  labels = np.asarray(labels)
+  return labels[None] == ids.reshape(-1, *([1] * labels.ndim))
+
+
 def point_grid(n_per_side: int) -> np.ndarray:
   """(n^2, 2) xy points in [0, 1], row-major over y (the reference's `build_point_grid`)."""
   offset = 1.0 / (2 * n_per_side)
@@ -294,6 +347,7 @@ class VOSSettings:
   dtype: str = "float32"  # compute dtype: one of COMPUTE_DTYPES ("float32": the model as built)
   first_frame_output: str = "given"  # the output where an object is given: one of FIRST_FRAME_OUTPUTS
   objects_info: str = ""  # a video_objects_info.json (evaluate_vos: start / end frames); "": the annotations'
+  overlap: str = "label_map"  # evaluate_vos: how overlapping outputs are scored: one of OVERLAP_MODES
 
   @classmethod
   def from_config(cls, config, **overrides) -> "VOSSettings":
@@ -305,7 +359,8 @@ class VOSSettings:
                   hide_after_last_frame=bool(t.get("vos_hide_after_last_frame", False)),
                   resize=str(t.get("vos_resize", "dinoseg")), dtype=str(t.get("vos_dtype", "float32")),
                   first_frame_output=str(t.get("vos_first_frame_output", "given")),
-                  objects_info=str(t.get("vos_objects_info", "")))
+                  objects_info=str(t.get("vos_objects_info", "")),
+                  overlap=str(t.get("vos_overlap", "label_map")))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
 
@@ -334,6 +389,8 @@ class VideoObjectSegmenter:
     if self.settings.first_frame_output not in FIRST_FRAME_OUTPUTS:
       raise UserValueError(f"first_frame_output must be one of {FIRST_FRAME_OUTPUTS}, got "
                            f"{self.settings.first_frame_output!r}")
+    if self.settings.overlap not in OVERLAP_MODES:
+      raise UserValueError(f"overlap must be one of {OVERLAP_MODES}, got {self.settings.overlap!r}")
     if self.settings.dtype != "float32":  # compute dtype only: the same parameters (float32) drive the clone
       self.model = model = with_compute_dtype(model, getattr(jnp, self.settings.dtype))
     self.variables = jax.device_put(dict(variables))
@@ -555,19 +612,35 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
   object's start and last frame instead, as the reference reads them (its "frames" list's first and last
   names; `davis.video_object_frames`): every video of the split must be in it (checked before any is run);
   objects it does not list are scored against an empty prediction (only allowed for objects no annotation
-  holds). Returns the DAVIS summary (DavisEvaluator.result) plus
-  `num_videos` and `objects_after_first_frame` (objects whose start frame is not frame 0). With `out_dir`,
-  writes each video's predictions as `<out_dir>/<video>.npz` (masks (O, T, H, W), start_frames (O,) and
-  end_frames (O,), -1 for objects never present).
+  holds).
+
+  Overlaps (`settings.overlap`): "label_map" (default) flattens each frame's outputs into one label map
+  (`label_map`: objects painted in order, ascending ids, or the order of the info file's object ids, the last
+  painted taking a shared pixel) and scores each object on its label's region (`label_masks`), as the
+  reference's PNGs are scored by davis2017-evaluation; "per_object" scores each object's own mask.
+
+  Returns the DAVIS summary (DavisEvaluator.result) plus `num_videos` and `objects_after_first_frame` (objects
+  whose start frame is not frame 0). With `out_dir`, writes per video `<out_dir>/<video>/<frame stem>.png`
+  (the DAVIS results layout: indexed PNGs of the label map, object ids as the annotation's (a prepared
+  dataset's tracks: 1, 2, ...), the palette of the sequence's first annotation PNG or `davis.default_palette`;
+  frame stems of a prepared dataset: 00000, 00001, ...) and `<out_dir>/<video>.npz` (masks (O, T, H, W) the
+  per-object outputs before flattening, labels (T, H, W) uint8 the label map, object_ids (O,), start_frames
+  (O,) and end_frames (O,), -1 for objects never present), and lists them in `<out_dir>/` OUTPUTS_MANIFEST.
+  A file that would be written and already exists without being listed there (not written by an earlier
+  evaluate_vos) is a UserValueError (for a DAVIS root, checked before any video runs).
   """
   import pathlib  # noqa: PLC0415
 
   from dinoseg.evaluation import davis  # noqa: PLC0415
   evaluator = davis.DavisEvaluator()
   info_path = segmenter.settings.objects_info if objects_info is None else objects_info
+  overlap = segmenter.settings.overlap
+  if overlap not in OVERLAP_MODES:
+    raise UserValueError(f"overlap must be one of {OVERLAP_MODES}, got {overlap!r}")
   info = None
+  is_davis = davis.is_davis_root(data_path)
   if info_path:
-    if not davis.is_davis_root(data_path):
+    if not is_davis:
       raise UserValueError(f"a video objects info file ({info_path}) names DAVIS sequences and frames: {data_path} "
                            f"is not a DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
     info = davis.read_video_objects_info(info_path)
@@ -575,6 +648,12 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
     if absent:
       raise UserValueError(f"{info_path}: videos {absent[:5]} of split {split!r} are not in it "
                            f"({len(absent)} missing)")
+  out = pathlib.Path(out_dir) if out_dir else None
+  if out is not None and is_davis:  # refuse before anything runs
+    planned = []
+    for name in davis.davis_sequences(data_path, split):
+      planned += _output_files(name, _davis_frame_stems(data_path, name))
+    _check_outputs(out, planned)
   late = videos = 0
   for name, frames, gt, sequence in _videos(data_path, split):
     if max_videos and videos >= max_videos:
@@ -590,21 +669,101 @@ def evaluate_vos(segmenter: VideoObjectSegmenter, data_path: str, split: str, ma
     tracked = start_frames >= 0
     if not tracked.any():
       continue
+    if sequence is None and len(gt) > 255:
+      raise UserValueError(f"{data_path}: video {name} has {len(gt)} tracks; a DAVIS label map holds at most 255")
+    object_ids = np.arange(1, len(gt) + 1) if sequence is None else np.asarray(sequence.object_ids)
+    order = None if info is None else _paint_order(info, sequence)
     starts = start_frames[tracked]
     first = gt[tracked][np.arange(int(tracked.sum())), starts]
     pred = np.zeros(gt.shape, bool)
     tracked_masks, _ = segmenter.segment(frames, first, starts, ends[tracked])
     pred[tracked] = tracked_masks
-    evaluator.process(name, gt, pred)
+    labels = label_map(pred, object_ids, order)  # (T, H, W)
+    evaluator.process(name, gt, label_masks(labels, object_ids) if overlap == "label_map" else pred)
     videos += 1
     late += int((starts > 0).sum())
-    if out_dir:
-      pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-      np.savez_compressed(pathlib.Path(out_dir) / f"{name}.npz", masks=pred, start_frames=start_frames,
-                          end_frames=ends)
+    if out is not None:
+      stems = sequence.frame_names if sequence is not None else [f"{t:05d}" for t in range(len(frames))]
+      palette = davis.annotation_palette(data_path, name) if sequence is not None else davis.default_palette()
+      _write_outputs(out, name, stems, labels, palette, masks=pred, labels=labels, object_ids=object_ids,
+                     start_frames=start_frames, end_frames=ends)
   if not videos:
     raise UserValueError(f"{data_path}: no video of split {split!r} has an object (and >= 3 frames)")
   return {**evaluator.result(), "num_videos": videos, "objects_after_first_frame": late}
+
+
+def _paint_order(info: Mapping, sequence) -> np.ndarray:
+  """(O,) the reference's painting order of `sequence`'s objects: the order of the object ids in its
+  `video_objects_info.json` entry (already checked by `davis.video_object_frames`), unlisted objects (never
+  present) after them."""
+  index = {int(v): o for o, v in enumerate(sequence.object_ids)}
+  listed = [index[int(k)] for k in info[sequence.name]["objects"] if int(k) in index]
+  return np.asarray(listed + [o for o in range(len(index)) if o not in listed], np.int64)
+
+
+def _davis_frame_stems(root: str, name: str, resolution: str = "480p") -> list[str]:
+  """The frame file stems of a DAVIS sequence, as `davis.read_davis_sequence` lists them (sorted)."""
+  import pathlib  # noqa: PLC0415
+  image_dir = pathlib.Path(root) / "JPEGImages" / resolution / name
+  files = sorted(p for p in image_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+      if image_dir.is_dir() else []
+  return [p.stem for p in files]
+
+
+def _output_files(name: str, stems: list[str]) -> list[str]:
+  """The out_dir-relative files evaluate_vos writes for video `name` (POSIX separators)."""
+  if not name or name in (".", "..") or "/" in name or "\\" in name:
+    raise UserValueError(f"video name {name!r} cannot name an output folder")
+  return [f"{name}.npz"] + [f"{name}/{stem}.png" for stem in stems]
+
+
+def _read_manifest(out) -> set[str]:
+  """The files listed in `out`/OUTPUTS_MANIFEST (empty when there is none)."""
+  import json  # noqa: PLC0415
+  path = out / OUTPUTS_MANIFEST
+  if not path.exists():
+    return set()
+  try:
+    files = json.loads(path.read_text(encoding="utf-8"))["files"]
+  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    raise UserValueError(f"{path}: not a list of evaluate_vos outputs ({e}); remove it or choose another "
+                         f"out_dir") from None
+  return {str(f) for f in files}
+
+
+def _check_outputs(out, files: list[str]) -> None:
+  """UserValueError when one of `files` (relative to `out`) exists and was not written by evaluate_vos (not in
+  its manifest)."""
+  if out.exists() and not out.is_dir():
+    raise UserValueError(f"out_dir {out} is a file, not a folder")
+  owned = _read_manifest(out)
+  clash = [f for f in files if (f not in owned and (out / f).exists())
+           or ((out / f).parent.exists() and not (out / f).parent.is_dir())]
+  if (out / OUTPUTS_MANIFEST).exists() and not (out / OUTPUTS_MANIFEST).is_file():
+    clash.insert(0, OUTPUTS_MANIFEST)
+  if clash:
+    raise UserValueError(f"out_dir {out}: {out / clash[0]} exists and was not written by an earlier VOS evaluation "
+                         f"({len(clash)} such files); it is not overwritten: choose another out_dir")
+
+
+def _write_outputs(out, name: str, stems: list[str], frame_labels: np.ndarray, palette: list[int], **arrays) -> None:
+  """Writes video `name`'s label PNGs (frame_labels (T, H, W), one per stem) and npz (`arrays`) into `out`
+  (after `_check_outputs`), listing them in the manifest first (so an interrupted write still marks them as
+  evaluate_vos's)."""
+  import json  # noqa: PLC0415
+
+  from dinoseg.evaluation import davis  # noqa: PLC0415
+  files = _output_files(name, stems)
+  _check_outputs(out, files)
+  out.mkdir(parents=True, exist_ok=True)
+  owned = sorted(_read_manifest(out) | set(files))
+  tmp = out / f"{OUTPUTS_MANIFEST}.tmp"
+  tmp.write_text(json.dumps({"files": owned}, indent=0) + "\n", encoding="utf-8")
+  tmp.replace(out / OUTPUTS_MANIFEST)
+  (out / name).mkdir(exist_ok=True)
+  for f, stem in enumerate(stems):
+    davis.write_label_png(out / name / f"{stem}.png", frame_labels[f], palette)
+  np.savez_compressed(out / f"{name}.npz", **arrays)
 
 
 def _videos(data_path: str, split: str):
@@ -627,7 +786,8 @@ def _videos(data_path: str, split: str):
     yield str(ex["image_id"]), ex["frames"], (tr["masks"][use] > 0) & tr["present"][use][:, :, None, None], None
 
 
-__all__ = ["LATE_OBJECT_MODES", "RESIZE_MODES", "COMPUTE_DTYPES", "FIRST_FRAME_OUTPUTS", "reference_resize_size",
+__all__ = ["LATE_OBJECT_MODES", "RESIZE_MODES", "COMPUTE_DTYPES", "FIRST_FRAME_OUTPUTS", "OVERLAP_MODES",
+           "OUTPUTS_MANIFEST", "label_map", "label_masks", "reference_resize_size",
            "opencv_cubic_resize", "reference_resize", "torch_cpu_bilinear_matrix",
            "resized_given_masks", "with_compute_dtype",
            "last_annotated_frames", "point_grid", "grid_clicks", "fixed_nms", "select_proposals", "VOSSettings",

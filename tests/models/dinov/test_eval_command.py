@@ -30,7 +30,7 @@ def test_eval_weights_runs_the_task_protocols(tmp_path, monkeypatch, capsys):
   _zero_weights(config, tmp_path / "w.msgpack")
   calls = []
 
-  def fake(model, variables, cfg):
+  def fake(model, variables, cfg, cache=None):
     calls.append((float(np.asarray(variables["params"]["predictor"]["class_embed"]).mean()), cfg.evaluation.seed,
                   cfg.evaluation.vos_path))
     return {"PQ": 1.5, "vos/J&F-Mean": 0.25}
@@ -53,7 +53,8 @@ def test_eval_workdir_checkpoint_runs_the_task_protocols(tmp_path, monkeypatch):
   from dinoseg.train import trainer
   config = load_config(TINY)
   seen = []
-  monkeypatch.setattr(evaluate, "run_protocols", lambda model, variables, cfg: seen.append(variables) or {"PQ": 2.0})
+  monkeypatch.setattr(evaluate, "run_protocols",
+                      lambda model, variables, cfg, cache=None: seen.append(variables) or {"PQ": 2.0})
   run = types.SimpleNamespace(task=task_lib.build(config))
   state = types.SimpleNamespace(params={"w": np.zeros(2)}, ema_params={"w": np.ones(2)}, model_state={})
   monkeypatch.setattr(trainer, "restore_for_eval", lambda config, workdir, step=None, task=None: (run, state, 7))
