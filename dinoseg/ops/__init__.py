@@ -8,7 +8,7 @@ from dinoseg.ops.losses import (box_l1_loss, dice_loss, giou_loss, instance_norm
                                 softmax_cross_entropy)
 from dinoseg.ops.masks import (annotation_to_mask, paste_masks, polygons_to_mask, resize_masks, rle_area,
                                rle_decode, rle_encode, rle_to_xywh)
-from dinoseg.ops.point_sampling import (importance_point_counts, logit_uncertainty,
+from dinoseg.ops.point_sampling import (importance_point_counts, largest_k_indices, logit_uncertainty,
                                         uncertain_point_coords_with_randomness)
 from dinoseg.ops.position import inverse_sigmoid, sine_embedding_for_boxes, sine_position_embedding
 from dinoseg.ops.resample import bilinear_gather, grid_sample, interpolate, point_sample, resize_valid_region

@@ -58,3 +58,26 @@ def test_bad_arguments(kwargs, arg):
   with pytest.raises(ValueError, match="coarse_logits"):
     uncertain_point_coords_with_randomness(jax.random.key(0), jnp.zeros((4, 4)), num_points=4,
                                            oversample_ratio=2.0, importance_sample_ratio=0.5)
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "signed_zeros_and_infs", "k_edges"])
+def test_largest_k_indices_is_the_set_top_k_picks(case):
+  """`largest_k_indices` selects exactly lax.top_k's indices (ties: lowest index first), in index order."""
+  from dinoseg.ops import largest_k_indices  # noqa: PLC0415
+  rng = np.random.default_rng(3)
+  if case == "normal":
+    x, ks = rng.normal(size=(6, 257)).astype(np.float32) * 10.0 ** rng.integers(-30, 30, (6, 1)), (1, 64, 200)
+  elif case == "ties":  # many equal values, so the k-th value is tied and the lowest indices must win
+    x, ks = rng.integers(-3, 4, size=(5, 100)).astype(np.float32), (1, 17, 50, 99)
+  elif case == "signed_zeros_and_infs":
+    x = rng.choice(np.asarray([-np.inf, -1.0, -0.0, 0.0, 1e-38, 2.0, np.inf], np.float32), size=(4, 64))
+    ks = (3, 32, 63)
+  else:
+    x, ks = rng.normal(size=(2, 3, 40)).astype(np.float32), (0, 40)
+  for k in ks:
+    got = np.asarray(jax.jit(largest_k_indices, static_argnums=1)(jnp.asarray(x), k))
+    _, want = jax.lax.top_k(jnp.asarray(x), k)
+    assert got.shape == x.shape[:-1] + (k,) and got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.sort(np.asarray(want), axis=-1), err_msg=f"{case} k={k}")
+  with pytest.raises(ValueError, match="k must be"):
+    largest_k_indices(jnp.zeros((2, 5)), 6)

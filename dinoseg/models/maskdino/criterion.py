@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
 from dinoseg.kernels import sharding
@@ -48,8 +49,8 @@ from dinoseg.models.maskdino import denoising
 from dinoseg.models.maskdino.decoder import MATCHING_GROUP, DecoderOutputs
 from dinoseg.models.maskdino import mask_logits
 from dinoseg.models.maskdino.mask_logits import FactoredMasks
-from dinoseg.ops import (bilinear_gather, box_cxcywh_to_xyxy, box_l1_loss, importance_point_counts, point_sample,
-                         sigmoid_focal_loss, softmax_cross_entropy)
+from dinoseg.ops import (bilinear_gather, box_cxcywh_to_xyxy, box_l1_loss, importance_point_counts, largest_k_indices,
+                         point_sample, sigmoid_focal_loss, softmax_cross_entropy)
 from dinoseg.ops.losses import dice_per_mask, sigmoid_ce_per_mask
 from dinoseg.parallel import BATCH_AXES
 from dinoseg.structures import PaddedInstances
@@ -92,6 +93,9 @@ def row_points(keys: jax.Array, shape: tuple) -> jax.Array:
   return jax.vmap(lambda k: jax.random.uniform(jax.random.wrap_key_data(k), shape, jnp.float32))(keys)
 
 
+MASK_POINTS = "mask_loss_points"  # checkpoint name of a mask row's points, target samples and logits
+
+
 def _tall_targets(masks: jax.Array) -> jax.Array:
   """(B, T, H, W) masks -> (1, B * T * (H + 1) * W, 1): stacked with a zero row after each mask, so the
   bilinear taps of one mask never reach the next (`_sample_tall`). Binary masks stay one byte per pixel
@@ -116,7 +120,8 @@ def _map_valid_chunks(fn: Callable, valid: jax.Array, args: tuple, chunk: int, r
   """fn(*args) for args with R leading rows, computed in chunks of `chunk` rows; a chunk without a
   valid row is skipped (`lax.cond`) and gives zeros. valid: (R,) bool. Returns fn's outputs, (R, ...).
   With `remat`, each chunk is recomputed in the backward pass (`jax.checkpoint` around the loop body, so
-  only the chunk's inputs are kept; the arrays fn closes over stay loop constants, never per-chunk copies)."""
+  only the chunk's inputs and the values fn names `MASK_POINTS` are kept; the arrays fn closes over stay loop
+  constants, never per-chunk copies)."""
   r = valid.shape[0]
   pad = (-r) % chunk
   split = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(  # noqa: E731
@@ -129,7 +134,9 @@ def _map_valid_chunks(fn: Callable, valid: jax.Array, args: tuple, chunk: int, r
     return jax.lax.cond(jnp.any(v), lambda p: fn(*p),
                         lambda p: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), parts)
 
-  out = jax.lax.map(jax.checkpoint(body) if remat else body, (split(valid), chunks))
+  if remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.save_only_these_names(MASK_POINTS))
+  out = jax.lax.map(body, (split(valid), chunks))
   return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:r], out)
 
 
@@ -293,13 +300,16 @@ class SetCriterion:
     if not jnp.issubdtype(rand.dtype, jnp.floating):
       rand = row_points(rand, (self.num_random, 2))
     uncertainty = -jnp.abs(sample_sg(cand))
-    _, top = jax.lax.top_k(uncertainty, self.num_uncertain)
+    # The most uncertain candidates as a set (the terms are means over the points; lax.top_k's order is not needed)
+    top = largest_k_indices(uncertainty, self.num_uncertain)
     coords = jnp.take_along_axis(cand, top[..., None], axis=1)
     if self.num_random:
       coords = jnp.concatenate([coords, rand], axis=1)
-    coords = jax.lax.stop_gradient(coords)
-    labels = jax.lax.stop_gradient(_sample_tall(tall, hw, row, coords))
-    logits = sample(coords)
+    # Named for the factored path's rematerialisation policy (`_map_valid_chunks`): the backward pass keeps a row's
+    # points, target samples and logits ((R, P) each) instead of redoing the uncertainty sampling and selection.
+    coords = checkpoint_name(jax.lax.stop_gradient(coords), MASK_POINTS)
+    labels = checkpoint_name(jax.lax.stop_gradient(_sample_tall(tall, hw, row, coords)), MASK_POINTS)
+    logits = checkpoint_name(sample(coords), MASK_POINTS)
     return sigmoid_ce_per_mask(logits, labels), dice_per_mask(logits, labels)
 
   def _skip_padded(self) -> bool:
