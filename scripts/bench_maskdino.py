@@ -262,7 +262,7 @@ def run_reference(args, overrides, workdir: pathlib.Path) -> dict:
   if cuda:
     torch.cuda.reset_peak_memory_stats()
   first_train, train_s, train_rss = time_calls(train_step, args.iters)
-  breakdown = reference_breakdown(marks) if marks else None  # of the last timed call
+  breakdown = reference_breakdown(marks) if getattr(args, "breakdown", False) else None  # of the last timed call
   device_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
   return {"side": "reference", "build_s": build_s, "train_s": train_s, "train_first_s": first_train,
           "train_rss_mb": train_rss, "eval_s": eval_s, "eval_first_s": first_eval, "eval_rss_mb": eval_rss,
