@@ -364,12 +364,12 @@ class SetCriterion:
     t = tgt_masks.shape[1]
     tall, hw = _tall_targets(tgt_masks), tuple(tgt_masks.shape[2:])
     row = jnp.arange(b, dtype=jnp.int32)[:, None] * t + target.astype(jnp.int32)
+    if features is not None:
+      return self._factored_terms(src, row, valid, tall, hw, cand, rand, features)
     rows = m * b * n
     args = (src.reshape(rows, *src.shape[3:]), jnp.broadcast_to(row[None], (m, b, n)).reshape(rows),
             cand.reshape(rows, *cand.shape[3:]), rand.reshape(rows, *rand.shape[3:]))
     valid_rows = jnp.broadcast_to(valid[None], (m, b, n)).reshape(rows)
-    if features is not None:
-      return self._factored_terms(src, row, valid, tall, hw, cand, rand, features)
     fn = lambda s, r, c, rd: self._mask_row_terms(s, tall, hw, r, c, rd)  # noqa: E731
     if self._skip_padded():
       bce, dice = _map_valid_chunks(fn, valid_rows, args, int(self.cfg.get("mask_row_chunk", 8)))
